@@ -1,0 +1,267 @@
+"""Values that cross the core boundary.
+
+Inputs are facts (something happened); actions are commands (do this). All are frozen dataclasses. PCM payloads
+are numpy int16 arrays at 24 kHz mono unless a field says otherwise; such dataclasses compare by identity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Literal
+
+from kioskd.core.pcm import Pcm
+
+# ---------------------------------------------------------------------------------------------------- names
+
+
+class Led(str, Enum):
+    """LED patterns the core names; button.py gives them timings."""
+
+    OFF = "off"
+    OFFLINE = "offline"  # slow blink
+    ERROR = "error"  # fast blink
+    IDLE = "idle"  # dim steady
+    LISTENING = "listening"  # full on
+    THINKING = "thinking"  # quick pulse
+    SPEAKING = "speaking"  # slow pulse
+
+
+class Timer(str, Enum):
+    CONNECT = "connect"
+    RECONNECT = "reconnect"
+    RECYCLE = "recycle"
+    HOLD_CAP = "hold_cap"
+    REPLY_WAIT = "reply_wait"
+    REPLY_CAP = "reply_cap"
+
+
+class Earcon(str, Enum):
+    PRESS = "press"
+    THINKING = "thinking"
+    OFFLINE = "offline"
+    APOLOGY = "apology"
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True, slots=True)
+class Pressed:
+    at_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    at_s: float
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class MicBlock:
+    """Microphone audio already resampled to 24 kHz mono PCM16."""
+
+    pcm: Pcm
+
+
+@dataclass(frozen=True, slots=True)
+class Timeout:
+    timer: Timer
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """The WebSocket handshake succeeded (no session yet)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    """The connection failed or closed; ``cause`` is a KioskError or builtin exception."""
+
+    cause: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class Played:
+    """Result of an ``Interrupt``: the item that was playing and how much of it the visitor heard."""
+
+    item_id: str | None
+    played_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlaybackDrained:
+    """The playout buffer ran dry after ``EndOfReply``: the reply has been heard in full."""
+
+
+# server events (parsed once, in core/realtime.py)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCreated:
+    session_id: str
+    expires_at_s: float | None  # Unix time of the session deadline
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUpdated:
+    turn_detection: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class InputCommitted:
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseCreated:
+    response_id: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class AudioDelta:
+    response_id: str
+    item_id: str
+    pcm: Pcm
+
+
+@dataclass(frozen=True, slots=True)
+class AudioDone:
+    response_id: str
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptDone:
+    response_id: str
+    item_id: str
+    transcript: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseDone:
+    response_id: str
+    status: str  # completed | cancelled | incomplete | failed
+    reason: str | None
+    usage: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemTruncated:
+    item_id: str
+    audio_end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServerError:
+    """A server ``error`` event."""
+
+    code: str | None
+    message: str
+    error_type: str | None
+    event_id: str | None  # the client event at fault
+
+
+@dataclass(frozen=True, slots=True)
+class ServerEvent:
+    """A known server event that changes nothing in the turn (acknowledgements, transcript deltas...)."""
+
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """A server event type kioskd does not know: counted and ignored."""
+
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
+class BadEvent:
+    """A server frame kioskd could not use (malformed JSON, bad base64, missing fields)."""
+
+    event_type: str
+    reason: str
+
+
+Input = (
+    Pressed | Released | MicBlock | Timeout | Connected | Disconnected | Played | PlaybackDrained
+    | SessionCreated | SessionUpdated | InputCommitted | ResponseCreated | AudioDelta | AudioDone
+    | TranscriptDone | ResponseDone | ItemTruncated | ServerError | ServerEvent | Unknown | BadEvent
+)
+
+# ---------------------------------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send one client event (a JSON-ready dict built by core/realtime.py)."""
+
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """Open a new WebSocket session."""
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close the WebSocket with this code."""
+
+    code: int = 1000
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Play:
+    """Queue reply audio (24 kHz) for ``item_id`` on the speaker."""
+
+    pcm: Pcm
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfReply:
+    """No more audio is coming for this reply: play the tail below the prebuffer target."""
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupt:
+    """Stop the speaker at once (a few ms fade) and report back ``Played(item_id, played_ms)``."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlayEarcon:
+    earcon: Earcon
+
+
+@dataclass(frozen=True, slots=True)
+class SetLed:
+    pattern: Led
+
+
+@dataclass(frozen=True, slots=True)
+class Arm:
+    """Arm ``timer`` to fire ``Timeout(timer)`` at ``at_s`` (same clock as ``now``); re-arming replaces."""
+
+    timer: Timer
+    at_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Disarm:
+    timer: Timer
+
+
+Level = Literal["debug", "info", "warning", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """One log line: a stable dotted event name, a level and fields."""
+
+    name: str
+    level: Level = "info"
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+Action = Send | Connect | Close | Play | EndOfReply | Interrupt | PlayEarcon | SetLed | Arm | Disarm | Note

@@ -1,0 +1,54 @@
+"""Shared test fixtures.
+
+The null-sink audio environment (scripts/audio-env) is set up here, before anything imports sounddevice,
+because PortAudio enumerates devices at import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+if "ALSA_CONFIG_PATH" not in os.environ:
+    _out = subprocess.run([str(REPO / "scripts" / "audio-env")], check=True, capture_output=True, text=True).stdout
+    for _line in _out.splitlines():
+        _key, _, _value = _line.removeprefix("export ").partition("=")
+        os.environ[_key] = _value.strip("'")
+
+#: one unit of waiting, in seconds; scale it up on a slow machine with KIOSKD_TEST_UNIT
+UNIT_S = float(os.environ.get("KIOSKD_TEST_UNIT", "1.0"))
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T], timeout_units: float = 30) -> T:
+    """Run one coroutine to completion on a fresh event loop, failing after ``timeout_units`` units."""
+
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, timeout_units * UNIT_S)
+
+    return asyncio.run(bounded())
+
+
+@pytest.fixture
+def mock_factory() -> Iterator[Any]:
+    """gpiozero's own MockFactory (PWM-capable pins), swapped in and restored afterwards."""
+    from gpiozero import Device
+    from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+    saved = Device.pin_factory
+    factory = MockFactory(pin_class=MockPWMPin)
+    Device.pin_factory = factory
+    try:
+        yield factory
+    finally:
+        factory.reset()
+        Device.pin_factory = saved
