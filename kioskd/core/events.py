@@ -90,7 +90,19 @@ class Played:
 
 @dataclass(frozen=True, slots=True)
 class PlaybackDrained:
-    """The playout buffer ran dry after ``EndOfReply``: the reply has been heard in full."""
+    """The playout buffer ran dry after ``EndOfReply``: the reply has been heard in full.
+
+    ``underruns_total`` is the buffer's running underrun count, so the core can tell how many fell in this turn.
+    """
+
+    underruns_total: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PlaybackStarted:
+    """The speaker started sounding queued audio (after the prebuffer); ``at_s`` is when it becomes audible."""
+
+    at_s: float
 
 
 # server events (parsed once, in core/realtime.py)
@@ -99,7 +111,8 @@ class PlaybackDrained:
 @dataclass(frozen=True, slots=True)
 class SessionCreated:
     session_id: str
-    expires_at_s: float | None  # Unix time of the session deadline
+    expires_at_s: float | None  # Unix time of the session deadline, as the server sent it
+    expires_in_s: float | None = None  # the same deadline from now: filled in by the adapter, which has a clock
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +197,7 @@ class BadEvent:
 
 
 Input = (
-    Pressed | Released | MicBlock | Timeout | Connected | Disconnected | Played | PlaybackDrained
+    Pressed | Released | MicBlock | Timeout | Connected | Disconnected | Played | PlaybackDrained | PlaybackStarted
     | SessionCreated | SessionUpdated | InputCommitted | ResponseCreated | AudioDelta | AudioDone
     | TranscriptDone | ResponseDone | ItemTruncated | ServerError | ServerEvent | Unknown | BadEvent
 )

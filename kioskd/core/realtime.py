@@ -1,0 +1,192 @@
+"""The Realtime API GA codec: server JSON → typed inputs, and builders for every client event kioskd sends.
+
+This is the only module that turns wire JSON into kioskd values. It is written from
+``shared/reference/realtime.md`` (GA shape): ``session.type: "realtime"``, ``audio.input.format`` objects,
+``response.output_audio.delta`` and so on. It never sends the beta header and never builds a beta field.
+
+Parsing is total: a frame that cannot be used becomes ``BadEvent(type, reason)``; a type kioskd does not know
+becomes ``Unknown(type)``. ``error`` frames are parsed leniently (a recorded one lacks ``event_id``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, Final
+
+from kioskd.core import events as ev
+from kioskd.core.pcm import API_RATE_HZ, Pcm, b64_to_pcm, pcm_to_b64
+
+#: GA server events that kioskd accepts and that change nothing in a turn
+ACKNOWLEDGED: Final = frozenset(
+    {
+        "conversation.created", "conversation.item.added", "conversation.item.done", "conversation.item.created",
+        "conversation.item.deleted", "conversation.item.retrieved", "input_audio_buffer.cleared",
+        "response.output_item.added", "response.output_item.done", "response.content_part.added",
+        "response.content_part.done", "response.output_audio_transcript.delta", "response.output_text.delta",
+        "response.output_text.done", "rate_limits.updated", "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped", "input_audio_buffer.timeout_triggered",
+        "response.function_call_arguments.delta", "response.function_call_arguments.done",
+        "output_audio_buffer.started", "output_audio_buffer.stopped", "output_audio_buffer.cleared",
+    }
+)
+
+AUDIO_FORMAT: Final = {"type": "audio/pcm", "rate": API_RATE_HZ}
+
+
+class _Missing(Exception):
+    pass
+
+
+def _get(obj: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(obj, dict) or key not in obj:
+            raise _Missing(".".join(path))
+        obj = obj[key]
+    return obj
+
+
+def _str(obj: Any, *path: str) -> str:
+    value = _get(obj, *path)
+    if not isinstance(value, str):
+        raise _Missing(".".join(path) + " (not a string)")
+    return value
+
+
+def _opt(obj: Any, *path: str) -> Any:
+    try:
+        return _get(obj, *path)
+    except _Missing:
+        return None
+
+
+def _session_created(d: dict[str, Any]) -> ev.Input:
+    expires = _opt(d, "session", "expires_at")
+    return ev.SessionCreated(
+        session_id=_str(d, "session", "id"),
+        expires_at_s=float(expires) if isinstance(expires, (int, float)) and expires > 0 else None,
+    )
+
+
+def _session_updated(d: dict[str, Any]) -> ev.Input:
+    session = _get(d, "session")
+    return ev.SessionUpdated(turn_detection=_opt(session, "audio", "input", "turn_detection"))
+
+
+def _audio_delta(d: dict[str, Any]) -> ev.Input:
+    try:
+        pcm = b64_to_pcm(_str(d, "delta"))
+    except ValueError as exc:
+        return ev.BadEvent("response.output_audio.delta", str(exc))
+    return ev.AudioDelta(response_id=_str(d, "response_id"), item_id=_str(d, "item_id"), pcm=pcm)
+
+
+def _response_done(d: dict[str, Any]) -> ev.Input:
+    response = _get(d, "response")
+    usage = _opt(response, "usage")
+    reason = _opt(response, "status_details", "reason")
+    return ev.ResponseDone(
+        response_id=_str(response, "id"),
+        status=_str(response, "status"),
+        reason=reason if isinstance(reason, str) else None,
+        usage=usage if isinstance(usage, dict) else None,
+    )
+
+
+def _error(d: dict[str, Any]) -> ev.Input:
+    err = d.get("error")
+    err = err if isinstance(err, dict) else {}
+
+    def text(key: str) -> str | None:
+        value = err.get(key)
+        return value if isinstance(value, str) else None
+
+    return ev.ServerError(
+        code=text("code"), message=text("message") or "(no message)", error_type=text("type"),
+        event_id=text("event_id"),
+    )
+
+
+_PARSERS: Final[dict[str, Callable[[dict[str, Any]], ev.Input]]] = {
+    "session.created": _session_created,
+    "session.updated": _session_updated,
+    "input_audio_buffer.committed": lambda d: ev.InputCommitted(item_id=_str(d, "item_id")),
+    "response.created": lambda d: ev.ResponseCreated(response_id=_str(d, "response", "id")),
+    "response.output_audio.delta": _audio_delta,
+    "response.output_audio.done": lambda d: ev.AudioDone(response_id=_str(d, "response_id"), item_id=_str(d, "item_id")),
+    "response.output_audio_transcript.done": lambda d: ev.TranscriptDone(
+        response_id=_str(d, "response_id"), item_id=_str(d, "item_id"), transcript=_str(d, "transcript")
+    ),
+    "response.done": _response_done,
+    "conversation.item.truncated": lambda d: ev.ItemTruncated(
+        item_id=_str(d, "item_id"), audio_end_ms=int(_get(d, "audio_end_ms"))
+    ),
+    "error": _error,
+}
+
+
+def parse_server_event(frame: str | bytes) -> ev.Input:
+    """Parse one WebSocket text frame from the server into a typed input. Never raises."""
+    try:
+        data = json.loads(frame)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return ev.BadEvent("(unparsed)", f"not JSON: {exc}")
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        return ev.BadEvent("(unparsed)", "not an object with a string 'type'")
+    kind: str = data["type"]
+    parser = _PARSERS.get(kind)
+    if parser is None:
+        return ev.ServerEvent(kind) if kind in ACKNOWLEDGED else ev.Unknown(kind)
+    try:
+        return parser(data)
+    except _Missing as exc:
+        return ev.BadEvent(kind, f"missing field {exc}")
+    except (TypeError, ValueError) as exc:
+        return ev.BadEvent(kind, f"bad field: {exc}")
+
+
+class ClientEvents:
+    """Builders for the client events kioskd sends, each with a unique ``event_id`` (so errors can name it)."""
+
+    def __init__(self, prefix: str = "kioskd") -> None:
+        self._prefix = prefix
+        self._count = 0
+
+    def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
+        self._count += 1
+        return {"type": kind, "event_id": f"{self._prefix}_{self._count}", **fields}
+
+    def session_update(self, *, voice: str, instructions: str) -> dict[str, Any]:
+        """Push-to-talk GA session: PCM 24 kHz both ways, no turn detection (the button is the turn)."""
+        return self._event(
+            "session.update",
+            session={
+                "type": "realtime",
+                "output_modalities": ["audio"],
+                "instructions": instructions,
+                "audio": {
+                    "input": {"format": dict(AUDIO_FORMAT), "turn_detection": None},
+                    "output": {"format": dict(AUDIO_FORMAT), "voice": voice},
+                },
+            },
+        )
+
+    def append(self, pcm: Pcm) -> dict[str, Any]:
+        return self._event("input_audio_buffer.append", audio=pcm_to_b64(pcm))
+
+    def commit(self) -> dict[str, Any]:
+        return self._event("input_audio_buffer.commit")
+
+    def clear(self) -> dict[str, Any]:
+        return self._event("input_audio_buffer.clear")
+
+    def response_create(self) -> dict[str, Any]:
+        return self._event("response.create")
+
+    def response_cancel(self, response_id: str | None) -> dict[str, Any]:
+        if response_id is None:
+            return self._event("response.cancel")
+        return self._event("response.cancel", response_id=response_id)
+
+    def truncate(self, item_id: str, audio_end_ms: int) -> dict[str, Any]:
+        return self._event("conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=audio_end_ms)
