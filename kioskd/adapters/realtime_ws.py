@@ -1,0 +1,86 @@
+"""The WebSocket edge: open a Realtime session (OpenAI or Azure) and read its frames.
+
+It decides *how* (URL, auth header, keepalive, frame size) and turns websockets' exceptions into kioskd's
+error tree, so the turn machine can choose between OFFLINE and FAULT without importing websockets. The API key
+goes only into the handshake header: never into a URL, a log line or an exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Final, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from kioskd.errors import AuthError, ConnectionLost, HandshakeError
+
+#: conversation.item.retrieved can exceed websockets' 1 MiB default (reference §2)
+MAX_FRAME_BYTES: Final = 16 * 2**20
+PING_INTERVAL_S: Final = 20.0
+PING_TIMEOUT_S: Final = 20.0
+
+Auth = Literal["auto", "bearer", "api-key"]
+
+
+def endpoint_of(url: str) -> str:
+    """The URL without its query string: what log lines and errors name."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def auth_headers(url: str, auth: Auth, api_key: str | None) -> dict[str, str]:
+    """Bearer for OpenAI, ``api-key`` for Azure (``auto`` picks by host). Never the beta header."""
+    if not api_key:
+        return {}
+    if auth == "auto":
+        auth = "api-key" if (urlsplit(url).hostname or "").endswith(".openai.azure.com") else "bearer"
+    return {"api-key": api_key} if auth == "api-key" else {"Authorization": f"Bearer {api_key}"}
+
+
+async def open_session(url: str, *, auth: Auth, api_key: str | None, open_timeout_s: float) -> ClientConnection:
+    """Open the WebSocket. Raises AuthError, HandshakeError, TimeoutError or OSError, each naming the endpoint."""
+    endpoint = endpoint_of(url)
+    try:
+        return await connect(
+            url,
+            additional_headers=auth_headers(url, auth, api_key),
+            max_size=MAX_FRAME_BYTES,
+            ping_interval=PING_INTERVAL_S,
+            ping_timeout=PING_TIMEOUT_S,
+            open_timeout=open_timeout_s,
+            user_agent_header="kioskd",
+        )
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        if status in (401, 403):
+            raise AuthError(endpoint, status) from None
+        raise HandshakeError(endpoint, status) from None
+    except InvalidURI:
+        raise HandshakeError(endpoint, 0) from None
+    except InvalidHandshake as exc:
+        raise ConnectionLost(None, f"{endpoint}: handshake failed: {exc}") from None
+    except TimeoutError:
+        raise TimeoutError(f"{endpoint}: no handshake within {open_timeout_s:g} s") from None
+    except OSError as exc:
+        raise ConnectionError(f"{endpoint}: {exc.strerror or exc}") from None
+
+
+async def frames(conn: ClientConnection) -> AsyncIterator[str | bytes]:
+    """Yield server frames until the connection ends; always ends by raising ConnectionLost with the close code."""
+    try:
+        async for message in conn:
+            yield message
+    except ConnectionClosed:
+        pass
+    rcvd = conn.close_code, conn.close_reason or ""
+    raise ConnectionLost(rcvd[0], rcvd[1])
+
+
+async def send(conn: ClientConnection, frame: str) -> None:
+    """Send one frame; a closed connection is left for ``frames`` to report."""
+    try:
+        await conn.send(frame)
+    except ConnectionClosed:
+        pass

@@ -1,0 +1,296 @@
+"""The composition root: builds the adapters from config, owns every task, and runs the action executor.
+
+One input at a time goes into the turn machine; its actions are executed in order. An input produced by an
+action (``Interrupt`` → ``Played``) is handled before the next queued input. Edge threads (PortAudio,
+gpiozero) never touch the machine: their adapters post inputs to this loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import random
+import signal
+import time
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection
+
+from kioskd import config as config_mod
+from kioskd import log as log_mod
+from kioskd.adapters import realtime_ws, systemd
+from kioskd.adapters.audio import AudioIO
+from kioskd.adapters.button import ButtonAdapter, mock_pin_factory
+from kioskd.adapters.control import ControlServer
+from kioskd.core import events as ev
+from kioskd.core.pcm import earcon_pcm
+from kioskd.core.realtime import parse_server_event
+from kioskd.core.turn import Phase, TurnMachine, TurnSettings
+from kioskd.errors import KioskError, LocalProtocolError
+from kioskd.config import KioskConfig
+
+
+def turn_settings(cfg: KioskConfig) -> TurnSettings:
+    t = cfg.turn
+    return TurnSettings(
+        voice=cfg.realtime.voice, instructions=cfg.realtime.instructions, min_hold_ms=t.min_hold_ms,
+        hold_cap_s=t.hold_cap_s, reply_wait_s=t.reply_wait_s, reply_cap_s=t.reply_cap_s, rearm_ms=t.rearm_ms,
+        connect_timeout_s=cfg.realtime.connect_timeout_s, earcons=cfg.audio.earcons,
+    )
+
+
+class Daemon:
+    """kioskd's running process. ``run()`` returns the exit code."""
+
+    def __init__(self, cfg: KioskConfig, *, api_key: str | None) -> None:
+        self.cfg = cfg
+        self._api_key = api_key
+        self._log = log_mod.get_logger("kioskd")
+        self._machine = TurnMachine(turn_settings(cfg), rand=random.random)
+        self._queue: asyncio.Queue[ev.Input] = asyncio.Queue()
+        self._timers: dict[ev.Timer, asyncio.TimerHandle] = {}
+        self._conn: ClientConnection | None = None
+        self._generation = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._url = cfg.realtime.url or ""
+        self._ready = False
+        self._started_s = time.monotonic()
+        self._earcons = {kind: earcon_pcm(kind) for kind in ev.Earcon}
+        self.audio: AudioIO | None = None
+        self.button: ButtonAdapter | None = None
+
+    # ------------------------------------------------------------------------------------------ inputs
+
+    def post(self, inp: ev.Input) -> None:
+        """Queue an input (loop thread only)."""
+        self._queue.put_nowait(inp)
+
+    def _post_from(self, generation: int, inp: ev.Input) -> None:
+        """Queue an input from a WebSocket session, unless that session has been replaced meanwhile."""
+        if generation == self._generation:
+            self.post(inp)
+
+    # ------------------------------------------------------------------------------------------ run
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with contextlib.AsyncExitStack() as stack:
+            if not self._url:
+                self._url = await self._start_simulator(stack)
+            audio = AudioIO(
+                input_device=self.cfg.audio.input_device, output_device=self.cfg.audio.output_device,
+                on_mic=lambda pcm: self.post(ev.MicBlock(pcm)), on_drained=self._on_drained,
+                on_started=lambda at_s: self.post(ev.PlaybackStarted(at_s)),
+                block_ms=self.cfg.audio.block_ms, latency_s=self.cfg.audio.latency_s,
+                prebuffer_ms=self.cfg.audio.prebuffer_ms, log=log_mod.get_logger("kioskd.audio"),
+            )
+            await audio.start()
+            stack.push_async_callback(audio.close)
+            self.audio = audio
+            simulated = self.cfg.button.kind == "simulated"
+            button = ButtonAdapter(
+                self.cfg.button.pin, self.cfg.led.pin, loop=loop, pwm=self.cfg.led.pwm, simulated=simulated,
+                pin_factory=mock_pin_factory() if simulated else None,
+                on_press=lambda at_s: self.post(ev.Pressed(at_s)),
+                on_release=lambda at_s: self.post(ev.Released(at_s)),
+            )
+            stack.callback(button.close)
+            self.button = button
+            control = ControlServer(config_mod.control_socket_path(self.cfg.control), self._control)
+            await control.start()
+            stack.push_async_callback(control.close)
+            self._log.info("daemon.started", url=realtime_ws.endpoint_of(self._url), button=self.cfg.button.kind,
+                           control_socket=config_mod.control_socket_path(self.cfg.control))
+            executor = asyncio.create_task(self._execute_forever(), name="executor")
+            stop_wait = asyncio.create_task(stop.wait())
+            await asyncio.wait({executor, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if executor.done():
+                stop_wait.cancel()
+                executor.result()  # an executor crash is a kioskd bug: let it surface
+            await self._shutdown(executor)
+        systemd.notify("STOPPING=1")
+        self._log.info("daemon.stopped")
+        return 0
+
+    async def _start_simulator(self, stack: contextlib.AsyncExitStack) -> str:
+        from kioskd.sim.realtime_server import RealtimeSimulator, SimOptions
+
+        s = self.cfg.simulator
+        sim = RealtimeSimulator(SimOptions(
+            api_key=None, first_delta_delay_ms=s.first_delta_delay_ms, jitter_ms=s.jitter_ms, voice=s.voice,
+        ))
+        await sim.start()
+        stack.push_async_callback(sim.close)
+        self._log.info("daemon.simulator", url=sim.url)
+        return sim.url
+
+    async def _shutdown(self, executor: asyncio.Task[None]) -> None:
+        systemd.notify("STOPPING=1", "STATUS=stopping")
+        executor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await executor
+        if self.audio is not None:
+            self.audio.interrupt()  # fade out whatever is playing
+        for handle in self._timers.values():
+            handle.cancel()
+        await self._close_connection(1000)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.button is not None:
+            self.button.set_led(ev.Led.OFF)
+        await asyncio.sleep(0.05)  # let the fade reach the device before the stream closes
+
+    async def _execute_forever(self) -> None:
+        await self._execute(self._machine.begin(asyncio.get_running_loop().time()))
+        while True:
+            inp = await self._queue.get()
+            await self._feed(inp)
+
+    async def _feed(self, inp: ev.Input) -> None:
+        now = asyncio.get_running_loop().time()
+        before = self._machine.phase
+        try:
+            actions = self._machine.handle(inp, now)
+        except LocalProtocolError as exc:
+            # a kioskd bug: say so once with the traceback, start over with a fresh machine, keep serving
+            self._log.error("turn.bug", exc_info=exc, **log_mod.error_fields(exc))
+            self._machine = TurnMachine(self._machine.settings, rand=random.random)
+            await self._close_connection(1000)
+            actions = [ev.PlayEarcon(ev.Earcon.APOLOGY), *self._machine.begin(now)]
+        await self._execute(actions)
+        if self._machine.phase is not before:
+            self._phase_changed()
+
+    def _phase_changed(self) -> None:
+        phase = self._machine.phase
+        fields = [f"STATUS={phase.value}"]
+        if not self._ready and phase in (Phase.IDLE, Phase.OFFLINE, Phase.FAULT):
+            self._ready = True  # a kiosk that answers with the offline prompt is serving
+            fields.insert(0, "READY=1")
+            self._log.info("daemon.ready", phase=phase.value)
+        systemd.notify(*fields)
+
+    # ------------------------------------------------------------------------------------------ actions
+
+    async def _execute(self, actions: list[ev.Action]) -> None:
+        for action in actions:
+            try:
+                produced = await self._do(action)
+            except (KioskError, OSError, ValueError) as exc:
+                self._log.error("daemon.action_failed", action=type(action).__name__, **log_mod.error_fields(exc))
+                continue
+            if produced is not None:
+                await self._feed(produced)
+
+    async def _do(self, action: ev.Action) -> ev.Input | None:
+        audio, button = self.audio, self.button
+        assert audio is not None and button is not None
+        match action:
+            case ev.Send(event):
+                if self._conn is not None:
+                    await realtime_ws.send(self._conn, json.dumps(event))
+            case ev.Play(pcm, item_id):
+                audio.play(pcm, item_id)
+            case ev.EndOfReply():
+                audio.end_of_reply()
+            case ev.Interrupt():
+                item_id, played_ms = audio.interrupt()
+                return ev.Played(item_id, played_ms)
+            case ev.PlayEarcon(kind):
+                audio.play(self._earcons[kind], None)
+                audio.end_of_reply()
+            case ev.SetLed(pattern):
+                button.set_led(pattern)
+            case ev.Arm(timer, at_s):
+                old = self._timers.pop(timer, None)
+                if old is not None:
+                    old.cancel()
+                self._timers[timer] = asyncio.get_running_loop().call_at(at_s, self.post, ev.Timeout(timer))
+            case ev.Disarm(timer):
+                handle = self._timers.pop(timer, None)
+                if handle is not None:
+                    handle.cancel()
+            case ev.Connect():
+                await self._close_connection(1000)
+                self._generation += 1
+                self._spawn(self._session(self._generation))
+            case ev.Close(code):
+                await self._close_connection(code)
+            case ev.Note(name, level, fields):
+                log_mod.emit(self._log, action)
+        return None
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _close_connection(self, code: int) -> None:
+        conn, self._conn = self._conn, None
+        self._generation += 1  # whatever that session still reports is stale
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(code), 2.0)
+
+    async def _session(self, generation: int) -> None:
+        """One WebSocket session: connect, then turn every frame into an input; any end becomes Disconnected."""
+        post = self._post_from
+        try:
+            conn = await realtime_ws.open_session(
+                self._url, auth=self.cfg.realtime.auth, api_key=self._api_key,
+                open_timeout_s=self.cfg.realtime.connect_timeout_s,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # every failure becomes an input: the machine decides what it means
+            post(generation, ev.Disconnected(exc))
+            return
+        if generation != self._generation:
+            await conn.close(1000)
+            return
+        self._conn = conn
+        post(generation, ev.Connected())
+        try:
+            async for frame in realtime_ws.frames(conn):
+                inp = parse_server_event(frame)
+                if isinstance(inp, ev.SessionCreated) and inp.expires_at_s is not None:
+                    inp = dataclasses.replace(inp, expires_in_s=inp.expires_at_s - time.time())
+                post(generation, inp)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            post(generation, ev.Disconnected(exc))
+
+    def _on_drained(self) -> None:
+        assert self.audio is not None
+        self.post(ev.PlaybackDrained(underruns_total=int(self.audio.stats().get("underruns", 0))))
+
+    # ------------------------------------------------------------------------------------------ control
+
+    async def _control(self, cmd: str, request: dict[str, Any]) -> dict[str, Any]:
+        button = self.button
+        assert button is not None
+        if cmd == "press":
+            button.press()
+            return {"phase": self._machine.phase.value}
+        if cmd == "release":
+            button.release()
+            return {"phase": self._machine.phase.value}
+        if cmd == "status":
+            return self.status()
+        raise KioskError(f"unknown command {cmd!r}")
+
+    def status(self) -> dict[str, Any]:
+        out = self._machine.status()
+        out["endpoint"] = realtime_ws.endpoint_of(self._url)
+        out["uptime_s"] = round(time.monotonic() - self._started_s, 1)
+        out["button"] = self.cfg.button.kind
+        if self.audio is not None:
+            out["audio"] = self.audio.stats()
+        return out
