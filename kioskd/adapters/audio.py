@@ -1,0 +1,300 @@
+"""The audio adapter: one input and one output PortAudio stream, open for the life of the daemon.
+
+Devices run at a probed native rate; soxr converts to and from the API's 24 kHz mono in the app, one
+``ResampleStream`` per direction (reference/pi-audio.md §1, §4). The output plays silence when idle.
+
+Threads: PortAudio calls ``_on_input`` and ``_on_output`` on its own threads. The input callback copies the block,
+records a heartbeat and posts the copy to the loop; the output callback only runs ``PlayoutBuffer.fill()`` under
+``_lock`` and posts counter changes. Every other method runs on the asyncio loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import numpy as np
+import soxr  # type: ignore[import-untyped]
+
+from kioskd.adapters.devices import DeviceChoice, Kind, choose
+from kioskd.core.jitter import PlayoutBuffer
+from kioskd.core.pcm import API_RATE_HZ, Pcm
+from kioskd.errors import DeviceError
+
+DTYPE: Final = "int16"
+_NO_AUDIO: Final = np.zeros(0, dtype=np.int16)
+
+
+class PlaybackResampler:
+    """24 kHz mono int16 → the device rate, streaming, keeping track of which item each output sample belongs to.
+
+    soxr holds back some input (≈ 20–38 ms at MQ, §4.2); when the item changes, the previous item's tail is
+    flushed first so no sample is credited to the wrong item. Loop thread only.
+    """
+
+    def __init__(self, out_rate_hz: int, quality: str = "MQ") -> None:
+        self._rs = soxr.ResampleStream(API_RATE_HZ, out_rate_hz, 1, dtype=DTYPE, quality=quality)
+        self._item: str | None = None
+        self._pending = False  # input went in since the last flush or clear
+
+    def push(self, pcm24: Pcm, item_id: str | None) -> list[tuple[Pcm, str | None]]:
+        """Resample one chunk; returns the (device-rate PCM, item) pieces ready to queue, possibly none."""
+        out: list[tuple[Pcm, str | None]] = [] if item_id == self._item else self.flush()
+        x = np.ascontiguousarray(pcm24, dtype=np.int16).reshape(-1)
+        if x.size == 0:
+            return out
+        self._item, self._pending = item_id, True
+        y = self._rs.resample_chunk(x)
+        if y.size:
+            out.append((y, item_id))
+        return out
+
+    def flush(self) -> list[tuple[Pcm, str | None]]:
+        """Release the tail held inside soxr (end of a reply or of an item) and reset for a fresh signal."""
+        if not self._pending:
+            return []
+        tail = self._rs.resample_chunk(_NO_AUDIO, last=True)
+        self._rs.clear()
+        self._pending = False
+        return [(tail, self._item)] if tail.size else []
+
+    def clear(self) -> None:
+        """Drop what soxr holds (barge-in: it was never heard)."""
+        self._rs.clear()
+        self._pending = False
+
+
+class AudioIO:
+    """Microphone in (→ ``on_mic`` with 24 kHz mono int16) and speaker out (``play`` → ``PlayoutBuffer``).
+
+    ``on_mic``, ``on_drained`` and ``on_started(at_s)`` are called on the loop thread. ``at_s`` is the monotonic
+    (loop clock) time at which the first frame of a new reply item becomes audible, estimated from PortAudio's
+    output timing. ``chooser`` picks a device's name, rate and channels (default: by probing).
+    """
+
+    def __init__(self, *, input_device: str | None, output_device: str | None, on_mic: Callable[[Pcm], None],
+                 on_drained: Callable[[], None], on_started: Callable[[float], None] | None = None,
+                 block_ms: int = 20, latency_s: float | str = 0.05, prebuffer_ms: float = 120.0, log: Any = None,
+                 chooser: Callable[[str | None, Kind], DeviceChoice] = choose) -> None:
+        if log is None:
+            import structlog
+
+            log = structlog.get_logger("kioskd.audio")
+        self._log = log
+        self._queries: Final = {"input": input_device, "output": output_device}
+        self._on_mic = on_mic
+        self._on_drained = on_drained
+        self._on_started = on_started
+        self._block_ms = block_ms
+        self._latency_s = latency_s
+        self._prebuffer_ms = prebuffer_ms
+        self._chooser = chooser
+
+        self._lock = threading.Lock()  # guards _buffer between the loop thread and the output callback
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._buffer: PlayoutBuffer | None = None
+        self._mic_rs: Any = None
+        self._play_rs: PlaybackResampler | None = None
+        self._streams: dict[str, Any] = {}
+        self._choices: dict[str, DeviceChoice] = {}
+        self._closed = False
+
+        # written by the callbacks (single writer each), read by the loop thread
+        self._last_in_s = 0.0
+        self._last_out_s = 0.0
+        self._in_callbacks = 0
+        self._out_callbacks = 0
+        self._input_overflows = 0
+        self._output_underflows = 0
+        self._callback_errors = 0
+        self._posts_dropped = 0
+        self._finished: dict[str, bool] = {"input": False, "output": False}
+        self._seen_drained = 0
+        self._seen_started = 0
+        self._out_latency_s = 0.0
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Choose both devices, open and start both streams, and log one ``audio.device_opened`` line each.
+
+        Raises DeviceError when a device is missing, busy or refuses every rate.
+        """
+        self._loop = asyncio.get_running_loop()
+        inp = await asyncio.to_thread(self._chooser, self._queries["input"], "input")
+        out = await asyncio.to_thread(self._chooser, self._queries["output"], "output")
+        self._choices = {"input": inp, "output": out}
+        self._buffer = PlayoutBuffer(out.rate_hz, out.channels, prebuffer_ms=self._prebuffer_ms)
+        self._mic_rs = soxr.ResampleStream(inp.rate_hz, API_RATE_HZ, 1, dtype=DTYPE, quality="LQ")
+        self._play_rs = PlaybackResampler(out.rate_hz)
+        try:
+            await asyncio.to_thread(self._open, "output", out)
+            await asyncio.to_thread(self._open, "input", inp)
+        except BaseException:
+            await self.close()
+            raise
+        now = time.monotonic()
+        self._last_in_s = self._last_out_s = now  # a grace period before the first callbacks
+
+    def _open(self, direction: Kind, choice: DeviceChoice) -> None:
+        import sounddevice as sd  # type: ignore[import-untyped]
+
+        blocksize = max(1, choice.rate_hz * self._block_ms // 1000)
+        cls = sd.InputStream if direction == "input" else sd.OutputStream
+        callback = self._on_input if direction == "input" else self._on_output
+        try:
+            stream = cls(device=choice.index, samplerate=choice.rate_hz, channels=choice.channels, dtype=DTYPE,
+                         blocksize=blocksize, latency=self._latency_s, callback=callback,
+                         finished_callback=lambda: self._stream_finished(direction))
+            self._streams[direction] = stream
+            if direction == "output":
+                self._out_latency_s = float(stream.latency)
+            stream.start()
+        except (sd.PortAudioError, ValueError) as exc:
+            raise DeviceError(choice.name, direction, f"cannot open at {choice.rate_hz} Hz, "
+                              f"{choice.channels} ch: {exc}") from exc
+        self._log.info("audio.device_opened", direction=direction, name=choice.name, rate_hz=choice.rate_hz,
+                       channels=choice.channels, blocksize=blocksize, latency_s=round(float(stream.latency), 4))
+
+    async def close(self) -> None:
+        """Stop and close both streams (the output first plays what it was handed). Safe to call twice."""
+        self._closed = True
+        streams, self._streams = self._streams, {}
+        if streams:
+            await asyncio.to_thread(self._close_streams, streams)
+
+    @staticmethod
+    def _close_streams(streams: dict[str, Any]) -> None:
+        for stream in streams.values():
+            try:
+                stream.stop()  # the output plays what it was handed (a fade) before it stops
+            except Exception:  # a lost device may refuse; closing still releases it
+                pass
+            stream.close(ignore_errors=True)
+
+    # ------------------------------------------------------------------------------------------ loop thread
+
+    def play(self, pcm24: Pcm, item_id: str | None) -> None:
+        """Queue 24 kHz mono int16 for ``item_id`` (None: an earcon), resampled to the device rate. Never blocks."""
+        if self._play_rs is None or self._buffer is None:
+            raise RuntimeError("AudioIO.play() before start()")
+        self._queue(self._play_rs.push(pcm24, item_id))
+
+    def end_of_reply(self) -> None:
+        """No more audio for now: flush the resampler's tail and let the buffer play out below its target."""
+        if self._play_rs is None or self._buffer is None:
+            return
+        self._queue(self._play_rs.flush())
+        with self._lock:
+            self._buffer.end_of_stream()
+
+    def interrupt(self) -> tuple[str | None, int]:
+        """Fade out now and drop the queue; returns (item playing or last played, its played ms incl. the fade).
+
+        What is still inside the resampler was never heard and is dropped too.
+        """
+        if self._play_rs is None or self._buffer is None:
+            return None, 0
+        with self._lock:
+            result = self._buffer.interrupt()
+        self._play_rs.clear()
+        return result
+
+    def _queue(self, pieces: list[tuple[Pcm, str | None]]) -> None:
+        assert self._buffer is not None
+        for pcm, item_id in pieces:
+            with self._lock:  # held for one memcpy: the output callback waits on it
+                self._buffer.push(pcm, item_id)
+
+    def _mic_block(self, block: Pcm) -> None:
+        if self._closed or self._mic_rs is None:
+            return
+        pcm24: Pcm = self._mic_rs.resample_chunk(block)
+        if pcm24.size:
+            self._on_mic(pcm24)
+
+    def stats(self) -> dict[str, Any]:
+        """Buffer stats plus rates, callback counts and the PortAudio flags seen."""
+        out: dict[str, Any] = {}
+        if self._buffer is not None:
+            with self._lock:
+                out.update(self._buffer.stats())
+        for direction, choice in self._choices.items():
+            out[f"{direction}_device"] = choice.name
+            out[f"{direction}_rate_hz"] = choice.rate_hz
+            out[f"{direction}_channels"] = choice.channels
+        out.update(input_callbacks=self._in_callbacks, output_callbacks=self._out_callbacks,
+                   input_overflows=self._input_overflows, output_underflows=self._output_underflows,
+                   callback_errors=self._callback_errors, posts_dropped=self._posts_dropped,
+                   input_finished=self._finished["input"], output_finished=self._finished["output"],
+                   output_latency_s=round(self.output_latency_s, 4))
+        return out
+
+    @property
+    def last_callback_s(self) -> float:
+        """Monotonic time of the freshest callback (the start time until the first one)."""
+        return max(self._last_in_s, self._last_out_s)
+
+    @property
+    def output_latency_s(self) -> float:
+        """The output latency PortAudio reported when the stream opened (0.0 before start)."""
+        return self._out_latency_s
+
+    # ------------------------------------------------------------------------------------------ PortAudio threads
+
+    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop is closed: the daemon is going away
+            self._posts_dropped += 1
+
+    def _stream_finished(self, direction: str) -> None:
+        """finished_callback (PortAudio thread): the stream went inactive, by close() or by device loss."""
+        self._finished[direction] = True
+
+    def _on_input(self, indata: Any, frames: int, time_info: Any, status: Any) -> None:
+        """Input callback: copy (mixing stereo down), heartbeat, post. Never blocks or raises."""
+        try:
+            self._last_in_s = time.monotonic()
+            self._in_callbacks += 1
+            if status.input_overflow:
+                self._input_overflows += 1
+            if indata.shape[1] == 1:
+                block = indata[:, 0].copy()  # PortAudio reuses indata
+            else:
+                block = (indata.sum(axis=1, dtype=np.int32) // indata.shape[1]).astype(np.int16)
+            self._post(self._mic_block, block)
+        except Exception:
+            self._callback_errors += 1
+
+    def _on_output(self, outdata: Any, frames: int, time_info: Any, status: Any) -> None:
+        """Output callback: fill under the lock, then post the counters that changed. Never blocks or raises."""
+        try:
+            self._last_out_s = now = time.monotonic()
+            self._out_callbacks += 1
+            if status.output_underflow:
+                self._output_underflows += 1
+            buffer = self._buffer
+            if buffer is None:
+                outdata.fill(0)
+                return
+            with self._lock:
+                buffer.fill(outdata)
+                drained, started = buffer.drained, buffer.items_started
+            if drained != self._seen_drained:
+                self._seen_drained = drained
+                self._post(self._on_drained)
+            if started != self._seen_started:
+                self._seen_started = started
+                if self._on_started is not None:
+                    ahead_s = time_info.outputBufferDacTime - time_info.currentTime
+                    if not 0.0 <= ahead_s < 1.0:  # some host APIs report no timing
+                        ahead_s = self._out_latency_s
+                    self._post(self._on_started, now + ahead_s)
+        except Exception:
+            self._callback_errors += 1
+            outdata.fill(0)

@@ -1,0 +1,521 @@
+"""The only YAML reader: a config file becomes one frozen, typed ``KioskConfig``, built once.
+
+Theory: the dataclass defaults below *are* the embedded default (embedded simulator on loopback, simulated
+button), and ``config/kioskd.yaml`` spells the same values out with comments; a test keeps the two equal. The
+file is read with ``yaml.compose`` so that every value keeps its node and its line: each ``ConfigError`` names
+the file, the 1-based line, the dotted key and the problem, and unknown names come with the closest valid one.
+Units are in the key names; ``None`` (YAML ``null``) means off or "pick for me". The YAML names a key *file*,
+never a key: ``read_api_key`` reads it later, and no message ever includes it.
+
+Everything here is synchronous and side-effect free apart from reading the named files; call it from any thread
+(the daemon reads at start and on reload, before touching the running config).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal, Union, get_args, get_origin, get_type_hints
+from urllib.parse import parse_qsl, urlsplit
+
+import yaml
+
+from kioskd.errors import ConfigError
+
+Auth = Literal["auto", "bearer", "api-key"]
+ButtonKind = Literal["gpio", "simulated"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["auto", "json", "console"]
+SimVoice = Literal["speech", "tone"]
+
+DEFAULT_SOURCE: Final = "(embedded default)"
+CREDENTIAL_NAME: Final = "openai_api_key"
+API_KEY_ENV: Final = "OPENAI_API_KEY"
+AZURE_HOST_SUFFIX: Final = ".openai.azure.com"
+#: sun_path is 108 bytes on Linux, one of them the terminating NUL
+MAX_SOCKET_PATH_BYTES: Final = 107
+
+
+@dataclass(frozen=True, slots=True)
+class RealtimeConfig:
+    url: str | None = None
+    """ws:// or wss:// Realtime endpoint; None: the embedded simulator on loopback."""
+    auth: Auth = "auto"
+    """auto: ``api-key`` header for *.openai.azure.com, else ``Authorization: Bearer``."""
+    api_key_file: str | None = None
+    """File holding the key (mode 600); None: $CREDENTIALS_DIRECTORY/openai_api_key, else $OPENAI_API_KEY."""
+    voice: str = "marin"
+    instructions: str = (
+        "You are the voice of a museum exhibit. Answer visitors' questions in one or two short sentences."
+    )
+    connect_timeout_s: float = 10.0
+    """From opening the socket to ``session.updated``."""
+
+
+@dataclass(frozen=True, slots=True)
+class AudioConfig:
+    input_device: str | None = None
+    """Device name or substring; None: the system default."""
+    output_device: str | None = None
+    block_ms: int = 20
+    """PortAudio block (callback period)."""
+    latency_s: float = 0.05
+    """Suggested PortAudio latency for both streams."""
+    prebuffer_ms: float = 120.0
+    """Reply audio queued before the speaker starts (the jitter buffer's starting target)."""
+    earcons: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ButtonConfig:
+    kind: ButtonKind = "simulated"
+    """gpio: a real push button; simulated: driven only through kioskctl press/release."""
+    pin: int = 17
+    """BCM pin number, wired to ground (internal pull-up)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LedConfig:
+    pin: int | None = 27
+    """BCM pin number; None: no LED."""
+    pwm: bool = True
+    """Pulse (PWM) instead of blink."""
+
+
+@dataclass(frozen=True, slots=True)
+class ControlConfig:
+    socket: str | None = None
+    """Unix socket path; None: see ``control_socket_path``."""
+
+
+@dataclass(frozen=True, slots=True)
+class TurnConfig:
+    min_hold_ms: int = 100
+    """Held audio below this is dropped, never committed."""
+    hold_cap_s: float = 30.0
+    reply_wait_s: float = 10.0
+    """From commit to the first reply audio."""
+    reply_cap_s: float = 90.0
+    rearm_ms: int = 50
+    """A press this soon after a release is a bounce."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: LogLevel = "info"
+    format: LogFormat = "auto"
+    """auto: console on a TTY, JSON lines otherwise."""
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatorConfig:
+    first_delta_delay_ms: float = 300.0
+    """The embedded simulator's delay from response.create to the first audio delta."""
+    jitter_ms: float = 20.0
+    voice: SimVoice = "speech"
+
+
+@dataclass(frozen=True, slots=True)
+class KioskConfig:
+    realtime: RealtimeConfig = field(default_factory=RealtimeConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    button: ButtonConfig = field(default_factory=ButtonConfig)
+    led: LedConfig = field(default_factory=LedConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    turn: TurnConfig = field(default_factory=TurnConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+    source: str = DEFAULT_SOURCE
+    """Where this config came from: the file path, or DEFAULT_SOURCE."""
+
+
+# ---------------------------------------------------------------------------------------------------- schema
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    """What one key accepts, derived from the dataclass annotation."""
+
+    kind: type  # str, int, float or bool
+    optional: bool
+    choices: tuple[str, ...] = ()
+
+    def expected(self) -> str:
+        if self.choices:
+            text = "one of " + ", ".join(self.choices)
+        else:
+            text = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}[self.kind]
+        return f"{text} or null" if self.optional else text
+
+
+def _spec_of(hint: Any) -> _Spec:
+    args = get_args(hint)
+    optional = get_origin(hint) in (Union, types.UnionType) and type(None) in args
+    if optional:
+        (hint,) = [a for a in args if a is not type(None)]
+    if get_origin(hint) is Literal:
+        return _Spec(str, optional, tuple(get_args(hint)))
+    return _Spec(hint, optional)
+
+
+SECTIONS: Final[dict[str, type]] = {
+    name: hint for name, hint in get_type_hints(KioskConfig).items() if name != "source"
+}
+SCHEMA: Final[dict[str, dict[str, _Spec]]] = {
+    name: {key: _spec_of(hint) for key, hint in get_type_hints(cls).items()} for name, cls in SECTIONS.items()
+}
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
+def _between(low: int, high: int) -> Callable[[float], str | None]:
+    return lambda value: None if low <= value <= high else f"must be between {low} and {high}"
+
+
+def _non_empty(value: str) -> str | None:
+    return None if value.strip() else "must not be empty"
+
+
+def _url_problem(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss"):
+        return "must be a ws:// or wss:// URL"
+    if not parts.hostname:
+        return "has no host"
+    if parts.username or parts.password or any(k.lower() in ("api-key", "api_key", "key")
+                                               for k, _ in parse_qsl(parts.query)):
+        return "carries a credential; put the key in a file named by realtime.api_key_file"
+    return None
+
+
+def _socket_problem(path: str) -> str | None:
+    if not path.strip():
+        return "must not be empty"
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH_BYTES:
+        return f"is longer than {MAX_SOCKET_PATH_BYTES} bytes, the limit for a Unix socket path"
+    return None
+
+
+def _key_file_problem(path: str) -> str | None:
+    if not path.strip():
+        return "must not be empty"
+    if path.startswith("sk-") or (len(path) > 40 and "/" not in path):
+        return "looks like a key, not a file name; put the key in a file (mode 600) and name the file here"
+    return None
+
+
+#: value checks beyond the type, by dotted key; each returns the problem (None: fine)
+CHECKS: Final[Mapping[str, Callable[[Any], str | None]]] = {
+    "realtime.url": _url_problem,
+    "realtime.api_key_file": _key_file_problem,
+    "realtime.voice": _non_empty,
+    "realtime.connect_timeout_s": _positive,
+    "audio.block_ms": _between(5, 100),
+    "audio.latency_s": _positive,
+    "audio.prebuffer_ms": _non_negative,
+    "button.pin": _between(0, 27),
+    "led.pin": _between(0, 27),
+    "control.socket": _socket_problem,
+    "turn.min_hold_ms": _non_negative,
+    "turn.hold_cap_s": _positive,
+    "turn.reply_wait_s": _positive,
+    "turn.reply_cap_s": _positive,
+    "turn.rearm_ms": _non_negative,
+    "simulator.first_delta_delay_ms": _non_negative,
+    "simulator.jitter_ms": _non_negative,
+}
+#: path-valued keys: "~" is expanded and relative paths are taken from the config file's directory, because
+#: the daemon's working directory is not the technician's (and lgpio chdir()s to $LG_WD)
+PATH_KEYS: Final = frozenset({"realtime.api_key_file", "control.socket"})
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+
+
+def load(path: str | os.PathLike[str] | None) -> KioskConfig:
+    """Read and validate a config file; ``None`` gives the embedded default. Raises ConfigError."""
+    if path is None:
+        return KioskConfig()
+    name = os.fspath(path)
+    try:
+        text = Path(name).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(name, None, None, "no such file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(name, None, None, "not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(name, None, None, f"cannot read: {(exc.strerror or str(exc)).lower()}") from None
+    return parse(text, name)
+
+
+def parse(text: str, filename: str) -> KioskConfig:
+    """Validate YAML text; ``filename`` names it in errors and anchors relative paths. Raises ConfigError."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "unreadable"
+        if exc.context and problem.startswith("but "):  # "expected a single document ... but found another"
+            problem = f"{exc.context} {problem}"
+        raise ConfigError(filename, mark.line + 1 if mark else None, None, f"invalid YAML: {problem}",
+                          _syntax_hint(problem)) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(filename, None, None, f"invalid YAML: {exc}") from None
+    if root is None or _is_null(root):
+        return KioskConfig(source=filename)
+    if not isinstance(root, yaml.MappingNode):
+        raise ConfigError(filename, _line(root), None, "expected a mapping of sections at the top level",
+                          "sections: " + ", ".join(SECTIONS))
+    sections: dict[str, Any] = {}
+    for key_node, value_node in _pairs(root, filename, None):
+        name = key_node.value
+        if name not in SECTIONS:
+            raise ConfigError(filename, _line(key_node), name, "unknown section", _suggest(name, list(SECTIONS)))
+        sections[name] = _section(name, value_node, filename)
+    cfg = KioskConfig(source=filename, **sections)
+    _cross_check(cfg, root, filename)
+    return cfg
+
+
+def _section(name: str, node: yaml.Node, filename: str) -> Any:
+    cls = SECTIONS[name]
+    if _is_null(node):
+        return cls()
+    if not isinstance(node, yaml.MappingNode):
+        raise ConfigError(filename, _line(node), name, f"expected a mapping of {name} keys, got {_kind(node)}")
+    specs = SCHEMA[name]
+    values: dict[str, Any] = {}
+    for key_node, value_node in _pairs(node, filename, name):
+        key, dotted = key_node.value, f"{name}.{key_node.value}"
+        if key not in specs:
+            hint = _suggest(key, list(specs), prefix=f"{name}.")
+            if key.lower().replace("-", "_") == "api_key":
+                hint = "the YAML names a key file, never a key: use realtime.api_key_file"
+            raise ConfigError(filename, _line(key_node), dotted, "unknown key", hint)
+        values[key] = _value(dotted, specs[key], value_node, filename)
+    return cls(**values)
+
+
+def _value(dotted: str, spec: _Spec, node: yaml.Node, filename: str) -> Any:
+    line = _line(node)
+    if _is_null(node):
+        if spec.optional:
+            return None
+        raise ConfigError(filename, line, dotted, f"expected {spec.expected()}, got null")
+    if not isinstance(node, yaml.ScalarNode):
+        raise ConfigError(filename, line, dotted, f"expected {spec.expected()}, got {_kind(node)}")
+    try:
+        value = yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+    except yaml.MarkedYAMLError as exc:
+        # only the problem: str(exc) quotes the source line, which may hold a secret
+        raise ConfigError(filename, line, dotted, f"invalid value: {exc.problem or 'unreadable'}") from None
+    value = _coerce(dotted, spec, value, filename, line)
+    problem = CHECKS[dotted](value) if dotted in CHECKS else None
+    if problem:
+        raise ConfigError(filename, line, dotted, problem)
+    if dotted in PATH_KEYS:
+        base = os.path.dirname(os.path.abspath(filename))
+        value = os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+    return value
+
+
+def _coerce(dotted: str, spec: _Spec, value: Any, filename: str, line: int) -> Any:
+    """Check the constructed value's type; only int → float widens (YAML writes 10 for 10.0)."""
+    kind = spec.kind
+    fits = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, fits = float(value), True
+    if not fits:
+        # never echo what sits where a key file name belongs: it may be the key itself
+        secret = dotted == "realtime.api_key_file"
+        shown = f"a {type(value).__name__}" if secret else repr(value)
+        hint = None
+        if kind is str and isinstance(value, (int, float)) and not secret:
+            hint = f'quote it: "{value}"'
+        elif spec.optional and isinstance(value, str) and value.lower() in ("none", "off", "false"):
+            hint = "use null to turn it off"
+        raise ConfigError(filename, line, dotted, f"expected {spec.expected()}, got {shown}", hint)
+    if kind is float and not math.isfinite(value):
+        raise ConfigError(filename, line, dotted, "must be a finite number")
+    if spec.choices and value not in spec.choices:
+        close = difflib.get_close_matches(value.lower(), spec.choices, n=1)
+        hint = f"did you mean {close[0]}?" if close else None
+        raise ConfigError(filename, line, dotted, f"{value!r} is not one of {', '.join(spec.choices)}", hint)
+    return value
+
+
+def _cross_check(cfg: KioskConfig, root: yaml.MappingNode, filename: str) -> None:
+    if cfg.led.pin is not None and cfg.led.pin == cfg.button.pin:
+        led_line = _find_line(root, "led", "pin")
+        if led_line is not None:
+            raise ConfigError(filename, led_line, "led.pin", "is the same pin as button.pin",
+                              "use another pin, or null for no LED")
+        raise ConfigError(filename, _find_line(root, "button", "pin"), "button.pin", "is the same pin as led.pin",
+                          "use another pin, or set led.pin")
+
+
+def _syntax_hint(problem: str) -> str | None:
+    if "'\\t'" in problem:
+        return "indent with spaces, not tabs"
+    if "<block" in problem or "indentation" in problem:
+        return "check the indentation: two spaces before each key of a section"
+    if "mapping values are not allowed" in problem:
+        return "quote a value that contains ': '"
+    return None
+
+
+def _pairs(node: yaml.MappingNode, filename: str, section: str | None) -> list[tuple[yaml.ScalarNode, yaml.Node]]:
+    """The mapping's (key, value) node pairs; rejects non-string and duplicate keys (PyYAML keeps the last)."""
+    seen: set[str] = set()
+    out: list[tuple[yaml.ScalarNode, yaml.Node]] = []
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != "tag:yaml.org,2002:str":
+            what = "a section name" if section is None else f"a {section} key name"
+            raise ConfigError(filename, _line(key_node), section, f"expected {what}, got {_kind(key_node)}")
+        dotted = key_node.value if section is None else f"{section}.{key_node.value}"
+        if key_node.value in seen:
+            raise ConfigError(filename, _line(key_node), dotted, "duplicate key")
+        seen.add(key_node.value)
+        out.append((key_node, value_node))
+    return out
+
+
+def _find_line(root: yaml.MappingNode, section: str, key: str) -> int | None:
+    for s_node, s_value in root.value:
+        if s_node.value == section and isinstance(s_value, yaml.MappingNode):
+            for k_node, v_node in s_value.value:
+                if k_node.value == key:
+                    return _line(v_node)
+    return None
+
+
+def _line(node: yaml.Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def _is_null(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+
+
+def _kind(node: yaml.Node) -> str:
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    return repr(node.value)
+
+
+def _suggest(name: str, valid: list[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {prefix}{close[0]}?"
+    return "valid: " + ", ".join(prefix + v for v in valid)
+
+
+# ---------------------------------------------------------------------------------------------------- derived
+
+
+def control_socket_path(cfg: ControlConfig, environ: Mapping[str, str] = os.environ) -> str:
+    """The control socket's path: the configured one, else $RUNTIME_DIRECTORY/control.sock (systemd's
+    ``RuntimeDirectory=``; the first entry if several), else $XDG_RUNTIME_DIR/kioskd.sock, else
+    /tmp/kioskd-<uid>/control.sock (the server creates that directory with mode 700). kioskctl calls this too."""
+    if cfg.socket:
+        return cfg.socket
+    runtime = environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if runtime:
+        return os.path.join(runtime, "control.sock")
+    xdg = environ.get("XDG_RUNTIME_DIR", "")
+    if xdg:
+        return os.path.join(xdg, "kioskd.sock")
+    return f"/tmp/kioskd-{os.getuid()}/control.sock"
+
+
+def effective_auth(cfg: RealtimeConfig) -> Literal["bearer", "api-key"]:
+    """The header scheme ``auto`` resolves to: ``api-key`` for Azure hosts, else ``bearer``."""
+    if cfg.auth != "auto":
+        return cfg.auth
+    host = urlsplit(cfg.url or "").hostname or ""
+    return "api-key" if host.endswith(AZURE_HOST_SUFFIX) else "bearer"
+
+
+def read_api_key(cfg: RealtimeConfig, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The API key: from ``api_key_file`` if set, else $CREDENTIALS_DIRECTORY/openai_api_key if present, else
+    $OPENAI_API_KEY, else None (fine for the simulator). Raises ConfigError (naming the file, never the key)
+    for a missing, unreadable, world-readable or empty key file."""
+    if cfg.api_key_file is not None:
+        return _read_key_file(cfg.api_key_file, "realtime.api_key_file", refuse_world_readable=True)
+    credentials = environ.get("CREDENTIALS_DIRECTORY")
+    if credentials:
+        path = os.path.join(credentials, CREDENTIAL_NAME)
+        if os.path.exists(path):
+            # systemd makes credentials readable by the service alone, so the mode check does not apply
+            return _read_key_file(path, None, refuse_world_readable=False)
+    value = environ.get(API_KEY_ENV, "").strip()
+    if value:
+        _check_key(value, API_KEY_ENV, None)
+        return value
+    return None
+
+
+def _read_key_file(path: str, key: str | None, *, refuse_world_readable: bool) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            text = f.read()
+    except FileNotFoundError:
+        raise ConfigError(path, None, key, "key file not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, None, key, "key file is not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(path, None, key, f"cannot read key file: {(exc.strerror or 'error').lower()}") from None
+    if refuse_world_readable and mode & 0o004:
+        raise ConfigError(path, None, key, "key file is readable by other users", f"run: chmod 600 {path}")
+    value = text.strip()
+    if not value:
+        raise ConfigError(path, None, key, "key file is empty")
+    _check_key(value, path, key)
+    return value
+
+
+def _check_key(value: str, where: str, key: str | None) -> None:
+    # a key with a newline or space inside would corrupt the handshake header; say so without showing it
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ConfigError(where, None, key, "the key contains whitespace or control characters",
+                          "the file must hold only the key, on one line")
+
+
+def api_key_source(cfg: RealtimeConfig, environ: Mapping[str, str] = os.environ) -> str | None:
+    """Where ``read_api_key`` would look first with success, without reading the key."""
+    if cfg.api_key_file is not None:
+        return cfg.api_key_file
+    credentials = environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and os.path.exists(os.path.join(credentials, CREDENTIAL_NAME)):
+        return os.path.join(credentials, CREDENTIAL_NAME)
+    return API_KEY_ENV if environ.get(API_KEY_ENV, "").strip() else None
+
+
+def describe(cfg: KioskConfig, environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """The effective config as plain JSON-ready data for ``kioskd check-config``: every key, plus the values
+    the defaults resolve to. Names where the key would come from; never reads or includes it."""
+    out: dict[str, Any] = {"source": cfg.source}
+    for name in SECTIONS:
+        out[name] = dataclasses.asdict(getattr(cfg, name))
+    out["effective"] = {
+        "endpoint": cfg.realtime.url or "embedded simulator on loopback",
+        "auth": effective_auth(cfg.realtime),
+        "api_key_source": api_key_source(cfg.realtime, environ),
+        "control_socket": control_socket_path(cfg.control, environ),
+    }
+    return out

@@ -1,0 +1,296 @@
+"""AudioIO on real PortAudio streams through the PulseAudio null sinks (scripts/audio-env).
+
+What kioskd plays is recorded from the sink's monitor by a separate InputStream, started first and confirmed
+delivering (an idle null sink renders ahead, so a late recorder can miss seconds: reference/pi-audio.md §8).
+Delivery through the pulse plugin is bursty: these tests wait for content, never assert timing or underruns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from kioskd.adapters.audio import AudioIO, PlaybackResampler
+from kioskd.adapters.devices import DeviceChoice, Kind, find_device
+from kioskd.core.pcm import API_RATE_HZ, Pcm, ms_to_samples, tone
+from tests.conftest import UNIT_S, run
+
+
+def sd() -> Any:
+    import sounddevice  # type: ignore[import-untyped]
+
+    return sounddevice
+
+
+class Recorder:
+    """Keeps every block an InputStream on ``device`` delivers (appended on PortAudio's thread)."""
+
+    def __init__(self, device: str, rate_hz: int, channels: int = 1) -> None:
+        self.rate_hz = rate_hz
+        self.channels = channels
+        self.blocks: list[npt.NDArray[np.int16]] = []
+        self.overflowed = False  # frames were lost: the recording is then only a lower bound
+        self.stream = sd().InputStream(device=device, samplerate=rate_hz, channels=channels, dtype="int16",
+                                       blocksize=rate_hz // 100, latency=0.01, callback=self._callback)
+
+    def _callback(self, indata: Any, frames: int, time_info: Any, status: Any) -> None:
+        self.blocks.append(indata.copy())
+        if status.input_overflow:
+            self.overflowed = True
+
+    def frames(self) -> int:
+        return sum(b.shape[0] for b in list(self.blocks))
+
+    def data(self) -> npt.NDArray[np.int16]:
+        blocks = list(self.blocks)
+        return np.concatenate(blocks) if blocks else np.zeros((0, self.channels), dtype=np.int16)
+
+    def close(self) -> None:
+        self.stream.abort()
+        self.stream.close()
+
+
+class Lines:
+    """A structlog-shaped sink for the adapter's log lines."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, dict[str, Any]]] = []
+
+    def info(self, event: str, **fields: Any) -> None:
+        self.lines.append((event, fields))
+
+
+async def wait_until(cond: Callable[[], bool], what: str, units: float = 10) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + units * UNIT_S
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def started_recorder(device: str, rate_hz: int, channels: int = 1) -> Recorder:
+    rec = Recorder(device, rate_hz, channels)
+    rec.stream.start()
+    await wait_until(lambda: rec.frames() > rate_hz // 10, f"{device} to deliver")
+    return rec
+
+
+def spectrum_peak(x: npt.NDArray[Any], rate_hz: int) -> tuple[float, float]:
+    """(frequency of the strongest bin, its magnitude over the median magnitude)."""
+    x = x.astype(np.float64)
+    mag = np.abs(np.fft.rfft(x * np.hanning(x.size)))
+    mag[:3] = 0  # DC
+    peak = int(np.argmax(mag))
+    return peak * rate_hz / x.size, float(mag[peak] / (np.median(mag) + 1e-9))
+
+
+def loud_ms(x: npt.NDArray[Any], rate_hz: int, level: int = 2000) -> float:
+    """Milliseconds of samples above ``level`` (a sine at 0.3 full scale is above 2000 about 80% of the time)."""
+    return float(np.count_nonzero(np.abs(x.astype(np.int32)) > level)) * 1000 / rate_hz
+
+
+def sounding_span_ms(x: npt.NDArray[Any], rate_hz: int) -> float:
+    """First to last non-zero sample, in ms (an idle null sink's monitor is exact zeros)."""
+    idx = np.flatnonzero(x)
+    return 0.0 if idx.size == 0 else (int(idx[-1]) - int(idx[0]) + 1) * 1000 / rate_hz
+
+
+def new_audio(**kwargs: Any) -> tuple[AudioIO, list[Pcm], list[int], Lines]:
+    mic: list[Pcm] = []
+    drained: list[int] = []
+    lines = Lines()
+    options: dict[str, Any] = {"input_device": "kiosk_microphone", "output_device": "kiosk_speaker", **kwargs}
+    audio = AudioIO(on_mic=mic.append, on_drained=lambda: drained.append(1), log=lines, **options)
+    return audio, mic, drained, lines
+
+
+# --------------------------------------------------------------------------------------- speaker
+
+
+def test_reply_tone_comes_out_of_the_speaker() -> None:
+    """A 1 kHz tone at 24 kHz is heard at the 48 kHz sink; drained fires; one log line per device."""
+    async def main() -> None:
+        rec = await started_recorder("kiosk_speaker_monitor", 48000)
+        audio, _, drained, lines = new_audio()
+        try:
+            await audio.start()
+            audio.play(tone(1000, 1000), "item_1")
+            audio.end_of_reply()
+            await wait_until(lambda: bool(drained), "the reply to drain")
+            await wait_until(lambda: loud_ms(rec.data(), 48000) > 700, "the tone at the monitor")
+        finally:
+            await audio.close()
+            rec.close()
+        freq_hz, prominence = spectrum_peak(rec.data()[:, 0], 48000)
+        assert abs(freq_hz - 1000) < 5
+        assert prominence > 1000
+        opened = {f["direction"]: f for event, f in lines.lines if event == "audio.device_opened"}
+        assert opened["output"]["name"] == "kiosk_speaker" and opened["input"]["name"] == "kiosk_microphone"
+        assert opened["output"]["rate_hz"] == 48000 and opened["output"]["blocksize"] == 960
+        assert {"channels", "latency_s"} <= set(opened["output"])
+        stats = audio.stats()
+        assert stats["output_rate_hz"] == 48000 and stats["drained"] == 1 and stats["callback_errors"] == 0
+        assert audio.last_callback_s > 0 and audio.output_latency_s > 0
+
+    run(main())
+
+
+def test_interrupt_silences_the_speaker_and_reports_what_was_handed() -> None:
+    """Interrupt mid-tone: silence follows, played_ms <= pushed, and it matches what the monitor heard."""
+    async def main() -> None:
+        rec = await started_recorder("kiosk_speaker_monitor", 48000)
+        audio, _, _, _ = new_audio()
+        try:
+            await audio.start()
+            audio.play(tone(1000, 3000), "item_1")
+            await wait_until(lambda: loud_ms(rec.data(), 48000) > 300, "the tone to start")
+            item_id, played_ms = audio.interrupt()
+            mark = rec.frames()
+            await wait_until(lambda: rec.frames() > mark + 48000, "a second of recording after the interrupt")
+        finally:
+            await audio.close()
+            rec.close()
+        assert item_id == "item_1"
+        assert 0 < played_ms <= 3000
+        x = rec.data()[:, 0]
+        assert not x[-24000:].any()  # the last half second is silence
+        heard_ms = sounding_span_ms(x, 48000)
+        # everything handed to PortAudio is heard, fade included (reference/pi-audio.md §8)
+        assert heard_ms <= played_ms + 5
+        assert rec.overflowed or heard_ms >= played_ms - 10
+
+    run(main())
+
+
+def test_44k_stereo_devices_play_and_hear_the_tone() -> None:
+    """Both directions at 44.1 kHz stereo: the output duplicates the tone onto both channels (24 → 44.1 kHz),
+    and an input on the same sink's monitor mixes it down and delivers it at 24 kHz."""
+    def choose_44k_stereo(query: str | None, kind: Kind) -> DeviceChoice:
+        # an injected choice: the pulse PCMs would accept 48 kHz mono, and this test wants the other path
+        return DeviceChoice(find_device(query, kind), str(query), 44100, 2)
+
+    async def main() -> None:
+        rec = await started_recorder("kiosk_speaker44_monitor", 44100, channels=2)
+        audio, mic, drained, _ = new_audio(output_device="kiosk_speaker44", input_device="kiosk_speaker44_monitor",
+                                           chooser=choose_44k_stereo)
+        try:
+            await audio.start()
+            await wait_until(lambda: bool(mic), "the microphone to deliver")
+            audio.play(tone(1000, 1000), "item_1")
+            audio.end_of_reply()
+            await wait_until(lambda: bool(drained), "the reply to drain")
+            await wait_until(lambda: loud_ms(rec.data()[:, 1], 44100) > 700, "the tone at the monitor")
+            await wait_until(lambda: loud_ms(np.concatenate(mic), API_RATE_HZ) > 700, "the tone at on_mic")
+        finally:
+            await audio.close()
+            rec.close()
+        stats = audio.stats()
+        assert (stats["output_rate_hz"], stats["output_channels"]) == (44100, 2)
+        assert (stats["input_rate_hz"], stats["input_channels"]) == (44100, 2)
+        x = rec.data()
+        for channel in (0, 1):
+            freq_hz, prominence = spectrum_peak(x[:, channel], 44100)
+            assert abs(freq_hz - 1000) < 5 and prominence > 1000
+        freq_hz, prominence = spectrum_peak(np.concatenate(mic), API_RATE_HZ)
+        assert abs(freq_hz - 1000) < 5 and prominence > 1000
+
+
+# --------------------------------------------------------------------------------------- microphone
+
+
+def test_microphone_delivers_24k_audio_of_the_question() -> None:
+    """A 700 Hz tone played into the microphone's sink comes out of on_mic at 24 kHz, peak at 700 Hz."""
+    question = tone(700, 1000, rate_hz=48000)
+
+    async def main() -> None:
+        audio, mic, _, _ = new_audio()
+        player = None
+        try:
+            await audio.start()
+            await wait_until(lambda: sum(p.size for p in mic) > API_RATE_HZ // 10, "the microphone to deliver")
+            pos = [0]
+
+            def speak(outdata: Any, frames: int, time_info: Any, status: Any) -> None:
+                chunk = question[pos[0]:pos[0] + frames]
+                outdata[:chunk.size, 0] = chunk
+                outdata[chunk.size:] = 0
+                pos[0] += frames
+
+            player = sd().OutputStream(device="kiosk_question", samplerate=48000, channels=1, dtype="int16",
+                                       blocksize=480, callback=speak)
+            player.start()
+            await wait_until(lambda: loud_ms(np.concatenate(mic), API_RATE_HZ) > 700, "the question at on_mic")
+        finally:
+            if player is not None:
+                player.abort()
+                player.close()
+            await audio.close()
+        assert all(p.dtype == np.int16 and p.ndim == 1 for p in mic)
+        heard = np.concatenate(mic)
+        freq_hz, prominence = spectrum_peak(heard, API_RATE_HZ)
+        assert abs(freq_hz - 700) < 5 and prominence > 1000
+        assert audio.stats()["input_rate_hz"] == 48000
+
+    run(main())
+
+
+def test_unknown_device_fails_start_with_a_device_error() -> None:
+    from kioskd.errors import DeviceError
+
+    async def main() -> None:
+        audio, _, _, _ = new_audio(output_device="no such speaker")
+        try:
+            await audio.start()
+        except DeviceError as exc:
+            assert exc.direction == "output" and "kiosk_speaker" in str(exc)
+        else:
+            raise AssertionError("start() accepted an unknown device")
+        finally:
+            await audio.close()
+
+    run(main())
+
+
+# --------------------------------------------------------------------------------------- resampling (pure)
+
+
+def test_playback_resampling_does_not_drift() -> None:
+    """60 s of 24 kHz in 20 ms blocks gives 60 s at the device rate: exactly after the flush, and before it
+    short only by soxr's fixed lag (under 40 ms at MQ, reference/pi-audio.md §4.2), which does not grow."""
+    block = np.zeros(ms_to_samples(20), dtype=np.int16)
+    block[::7] = 1000
+    for rate_hz in (48000, 44100, 32000, 16000):
+        rs = PlaybackResampler(rate_hz)
+        lag_samples = []
+        total = 0
+        for n in range(1, 3001):
+            total += sum(pcm.size for pcm, _item in rs.push(block, "item_1"))
+            if n % 1500 == 0:
+                lag_samples.append(n * 20 * rate_hz // 1000 - total)
+        one_block = rate_hz // 50
+        assert all(0 <= lag < 2 * one_block for lag in lag_samples), (rate_hz, lag_samples)
+        assert abs(lag_samples[0] - lag_samples[1]) <= one_block, (rate_hz, lag_samples)
+        total += sum(pcm.size for pcm, _item in rs.flush())
+        assert abs(total - 60 * rate_hz) <= 1, rate_hz
+
+
+def test_playback_resampler_credits_each_item_its_own_samples() -> None:
+    """A new item flushes the previous item's tail first: 1 s of each item gives 1 s at 48 kHz for each."""
+    rs = PlaybackResampler(48000)
+    counts: dict[str | None, int] = {}
+    pieces = []
+    for item in ("a", None, "b"):
+        for chunk in np.array_split(tone(500, 1000), 37):
+            pieces += rs.push(chunk, item)
+    pieces += rs.flush()
+    for pcm, item in pieces:
+        counts[item] = counts.get(item, 0) + pcm.size
+    assert {k: round(v / 48) for k, v in counts.items()} == {"a": 1000, None: 1000, "b": 1000}
+    rs.push(tone(500, 100), "c")
+    rs.clear()  # barge-in: what soxr held is dropped, never attributed
+    assert rs.flush() == []

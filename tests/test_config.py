@@ -1,0 +1,324 @@
+"""kioskd.config: the shipped files, every error path (file, line, key), the API key lookup, describe()."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kioskd import config
+from kioskd.config import KioskConfig
+from kioskd.errors import ConfigError, classify
+
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+KEY = "sk-proj-TESTKEY0123456789abcdef"
+
+
+def error_of(text: str, filename: str = "kioskd.yaml") -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        config.parse(text, filename)
+    return info.value
+
+
+# ---------------------------------------------------------------------------------------------------- shipped
+
+
+def test_no_file_gives_the_embedded_default() -> None:
+    """load(None) → the simulator on loopback and the simulated button, as DESIGN documents."""
+    cfg = config.load(None)
+    assert cfg == KioskConfig()
+    assert cfg.realtime.url is None and cfg.button.kind == "simulated"
+    assert cfg.realtime.voice == "marin" and cfg.audio.block_ms == 20 and cfg.led.pin == 27
+    assert cfg.source == config.DEFAULT_SOURCE
+
+
+def test_shipped_kioskd_yaml_is_the_embedded_default() -> None:
+    """config/kioskd.yaml spells out exactly the dataclass defaults."""
+    path = REPO / "config" / "kioskd.yaml"
+    cfg = config.load(path)
+    assert cfg.source == str(path)
+    assert dataclasses.replace(cfg, source=config.DEFAULT_SOURCE) == KioskConfig()
+
+
+def test_shipped_kioskd_yaml_documents_every_key_with_its_default() -> None:
+    """Every schema key is in the example, each preceded by a comment that states its default."""
+    path = REPO / "config" / "kioskd.yaml"
+    data = yaml.safe_load(path.read_text())
+    assert {s: set(keys) for s, keys in data.items()} == {s: set(keys) for s, keys in config.SCHEMA.items()}
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("  ") and not line.lstrip().startswith("#") and ":" in line:
+            comments = []
+            for above in reversed(lines[:i]):
+                if not above.lstrip().startswith("#"):
+                    break
+                comments.append(above)
+            assert any("Default" in c for c in comments), f"line {i + 1} has no default documented: {line}"
+
+
+def test_shipped_azure_yaml() -> None:
+    """The Azure variant: GA URL with the deployment in model=, the api-key header, a key file."""
+    cfg = config.load(REPO / "config" / "azure.yaml")
+    assert cfg.realtime.url == "wss://<resource>.openai.azure.com/openai/v1/realtime?model=<deployment>"
+    assert cfg.realtime.auth == "api-key"
+    assert config.effective_auth(cfg.realtime) == "api-key"
+    assert config.effective_auth(dataclasses.replace(cfg.realtime, auth="auto")) == "api-key"
+    assert cfg.button.kind == "gpio"
+    assert cfg.realtime.api_key_file is not None and os.path.isabs(cfg.realtime.api_key_file)
+    # the keys it leaves out keep their defaults
+    assert cfg.turn == KioskConfig().turn and cfg.audio == KioskConfig().audio
+
+
+def test_auto_auth_is_bearer_for_openai() -> None:
+    cfg = config.parse("realtime:\n  url: wss://api.openai.com/v1/realtime?model=gpt-realtime\n", "k.yaml")
+    assert config.effective_auth(cfg.realtime) == "bearer"
+
+
+def test_empty_file_and_empty_sections_give_defaults() -> None:
+    assert config.parse("", "k.yaml") == KioskConfig(source="k.yaml")
+    assert config.parse("# only a comment\n", "k.yaml") == KioskConfig(source="k.yaml")
+    assert config.parse("audio:\nturn: {}\n", "k.yaml") == KioskConfig(source="k.yaml")
+
+
+def test_values_are_typed_and_ints_widen_to_floats() -> None:
+    cfg = config.parse(
+        "audio:\n  latency_s: 1\n  input_device: 'USB Audio'\n  earcons: false\n"
+        "led:\n  pin: null\nturn:\n  hold_cap_s: 12.5\n", "k.yaml")
+    assert cfg.audio.latency_s == 1.0 and isinstance(cfg.audio.latency_s, float)
+    assert cfg.audio.input_device == "USB Audio" and cfg.audio.earcons is False
+    assert cfg.led.pin is None and cfg.turn.hold_cap_s == 12.5
+
+
+def test_config_is_frozen() -> None:
+    cfg = config.load(None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.audio.block_ms = 40  # type: ignore[misc]
+
+
+def test_relative_paths_start_at_the_config_files_directory(tmp_path: Path) -> None:
+    """The daemon's working directory is not the technician's, so relative paths follow the file."""
+    path = tmp_path / "kioskd.yaml"
+    path.write_text("realtime:\n  api_key_file: secrets/key\ncontrol:\n  socket: run/control.sock\n")
+    cfg = config.load(path)
+    assert cfg.realtime.api_key_file == str(tmp_path / "secrets" / "key")
+    assert cfg.control.socket == str(tmp_path / "run" / "control.sock")
+
+
+# ---------------------------------------------------------------------------------------------------- errors
+
+
+def test_misspelt_key_names_file_line_key_and_suggestion() -> None:
+    path = DATA / "misspelt_key.yaml"
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    err = info.value
+    assert (err.file, err.line, err.key) == (str(path), 7, "audio.output_devcie")
+    assert str(err) == f"{path}:7: audio.output_devcie: unknown key (did you mean audio.output_device?)"
+    assert classify(err) == "fatal" and isinstance(err, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "fragments"),
+    [
+        # unknown section and key: the key's line, the closest valid name
+        ("audoi:\n  block_ms: 20\n", 1, "audoi", ["unknown section", "did you mean audio?"]),
+        ("turn:\n  hold_cap_s: 5\n  reply_wiat_s: 3\n", 3, "turn.reply_wiat_s", ["did you mean turn.reply_wait_s?"]),
+        ("log:\n  zzz: 1\n", 2, "log.zzz", ["unknown key", "valid: log.level, log.format"]),
+        ("realtime:\n  api_key: sk-x\n", 2, "realtime.api_key", ["realtime.api_key_file"]),
+        ("audio:\n  block_ms: 20\n  block_ms: 40\n", 3, "audio.block_ms", ["duplicate key"]),
+        # wrong type: the value's line, the expected type
+        ("audio:\n  block_ms: abc\n", 2, "audio.block_ms", ["expected an integer", "'abc'"]),
+        ("audio:\n  block_ms: 20.5\n", 2, "audio.block_ms", ["expected an integer"]),
+        ("audio:\n  block_ms: true\n", 2, "audio.block_ms", ["expected an integer"]),
+        ("audio:\n\n  input_device:\n    - a\n    - b\n", 4, "audio.input_device",
+         ["expected a string or null, got a list"]),
+        ("audio:\n  input_device: 2\n", 2, "audio.input_device", ['quote it: "2"']),
+        ("audio:\n  latency_s: fast\n", 2, "audio.latency_s", ["expected a number"]),
+        ("audio:\n  earcons: 1\n", 2, "audio.earcons", ["expected true or false"]),
+        ("realtime:\n  voice: null\n", 2, "realtime.voice", ["expected a string, got null"]),
+        ("led:\n  pin: none\n", 2, "led.pin", ["expected an integer or null", "use null"]),
+        ("audio: 3\n", 1, "audio", ["expected a mapping of audio keys"]),
+        # bad enum: the allowed values
+        ("log:\n  level: verbose\n", 2, "log.level", ["'verbose' is not one of debug, info, warning, error"]),
+        ("log:\n  level: INFO\n", 2, "log.level", ["did you mean info?"]),
+        ("button:\n  kind: GPIO17\n", 2, "button.kind", ["gpio, simulated"]),
+        ("realtime:\n  auth: apikey\n", 2, "realtime.auth", ["auto, bearer, api-key", "did you mean api-key?"]),
+        # out of range: the range
+        ("audio:\n  block_ms: 4\n", 2, "audio.block_ms", ["between 5 and 100"]),
+        ("audio:\n  block_ms: 101\n", 2, "audio.block_ms", ["between 5 and 100"]),
+        ("audio:\n  latency_s: 0\n", 2, "audio.latency_s", ["greater than 0"]),
+        ("audio:\n  prebuffer_ms: -1\n", 2, "audio.prebuffer_ms", ["0 or more"]),
+        ("button:\n  pin: 28\n", 2, "button.pin", ["between 0 and 27"]),
+        ("led:\n  pin: -1\n", 2, "led.pin", ["between 0 and 27"]),
+        ("realtime:\n  connect_timeout_s: 0\n", 2, "realtime.connect_timeout_s", ["greater than 0"]),
+        ("turn:\n  reply_wait_s: -3\n", 2, "turn.reply_wait_s", ["greater than 0"]),
+        ("turn:\n  reply_cap_s: .nan\n", 2, "turn.reply_cap_s", ["finite"]),
+        ("realtime:\n  url: https://api.openai.com/v1/realtime\n", 2, "realtime.url", ["ws:// or wss://"]),
+        ("realtime:\n  url: wss://\n", 2, "realtime.url", ["no host"]),
+        ("control:\n  socket: /" + "x" * 120 + "\n", 2, "control.socket", ["107 bytes"]),
+        ("button:\n  pin: 5\nled:\n  pin: 5\n", 4, "led.pin", ["same pin as button.pin"]),
+        ("button:\n  pin: 27\n", 2, "button.pin", ["same pin as led.pin"]),
+        # syntax and shape
+        ("audio:\n  block_ms: [20\n", 3, None, ["invalid YAML"]),
+        ("audio:\n\tblock_ms: 20\n", 2, None, ["invalid YAML", "spaces, not tabs"]),
+        ("a: 1\n---\nb: 2\n", 2, None, ["single document"]),
+        ("just text\n", 1, None, ["expected a mapping of sections"]),
+        ("- realtime\n", 1, None, ["expected a mapping of sections"]),
+        ("7: x\n", 1, None, ["expected a section name"]),
+    ],
+)
+def test_every_error_names_file_line_and_key(text: str, line: int, key: str | None, fragments: list[str]) -> None:
+    err = error_of(text)
+    assert (err.file, err.line, err.key) == ("kioskd.yaml", line, key)
+    message = str(err)
+    assert message.startswith(f"kioskd.yaml:{line}: " + (f"{key}: " if key else ""))
+    for fragment in fragments:
+        assert fragment in message
+
+
+@pytest.mark.parametrize("name", ["bad_syntax", "not_a_mapping"])
+def test_broken_files_on_disk(name: str) -> None:
+    path = DATA / f"{name}.yaml"
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    assert info.value.file == str(path)
+    assert info.value.line == {"bad_syntax": 3, "not_a_mapping": 1}[name]
+
+
+def test_missing_file_names_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    assert (info.value.file, info.value.line, info.value.key) == (str(path), None, None)
+    assert str(info.value) == f"{path}: no such file"
+
+
+def test_credentials_in_the_yaml_are_refused_without_echoing_them() -> None:
+    """The YAML names a key file, never a key; the refusal does not repeat what was written."""
+    for text, key in [
+        (f"realtime:\n  url: wss://x.openai.azure.com/openai/v1/realtime?model=m&api-key={KEY}\n", "realtime.url"),
+        (f"realtime:\n  api_key_file: {KEY}\n", "realtime.api_key_file"),
+        (f"realtime:\n  api_key: {KEY}\n", "realtime.api_key"),
+        ("realtime:\n  api_key_file: 12345678901234567890\n", "realtime.api_key_file"),
+        (f"realtime:\n  api_key_file: !secret {KEY}\n", "realtime.api_key_file"),
+    ]:
+        err = error_of(text)
+        assert err.key == key
+        assert KEY not in str(err) and "12345678901234567890" not in str(err)
+
+
+# ---------------------------------------------------------------------------------------------------- API key
+
+
+def realtime_with_key_file(path: Path) -> config.RealtimeConfig:
+    return config.RealtimeConfig(api_key_file=str(path))
+
+
+def test_api_key_from_file_is_stripped(tmp_path: Path) -> None:
+    path = tmp_path / "key"
+    path.write_text(f"  {KEY}\n")
+    path.chmod(0o600)
+    assert config.read_api_key(realtime_with_key_file(path), environ={"OPENAI_API_KEY": "other"}) == KEY
+
+
+def test_api_key_file_readable_by_others_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "key"
+    path.write_text(KEY)
+    path.chmod(0o644)
+    with pytest.raises(ConfigError) as info:
+        config.read_api_key(realtime_with_key_file(path), environ={})
+    err = info.value
+    assert err.key == "realtime.api_key_file" and err.file == str(path)
+    assert "chmod 600" in str(err) and KEY not in str(err)
+
+
+@pytest.mark.parametrize("content", ["", "  \n", f"{KEY}\n{KEY}\n", f"{KEY[:8]} {KEY[8:]}"])
+def test_api_key_file_empty_or_malformed_is_refused(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "key"
+    path.write_text(content)
+    path.chmod(0o600)
+    with pytest.raises(ConfigError) as info:
+        config.read_api_key(realtime_with_key_file(path), environ={})
+    assert info.value.key == "realtime.api_key_file"
+    assert KEY not in str(info.value) and KEY[8:] not in str(info.value)
+
+
+def test_api_key_file_missing_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "absent"
+    with pytest.raises(ConfigError) as info:
+        config.read_api_key(realtime_with_key_file(path), environ={"OPENAI_API_KEY": KEY})
+    assert info.value.key == "realtime.api_key_file" and str(path) in str(info.value)
+
+
+def test_api_key_file_unreadable_is_refused(tmp_path: Path) -> None:
+    """A directory where the file should be cannot be read, whoever runs the test (root included)."""
+    path = tmp_path / "key"
+    path.mkdir()
+    with pytest.raises(ConfigError) as info:
+        config.read_api_key(realtime_with_key_file(path), environ={})
+    assert info.value.key == "realtime.api_key_file" and "cannot read key file: is a directory" in str(info.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_api_key_file_without_permission_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "key"
+    path.write_text(KEY)
+    path.chmod(0o000)
+    with pytest.raises(ConfigError) as info:
+        config.read_api_key(realtime_with_key_file(path), environ={})
+    assert info.value.key == "realtime.api_key_file" and "permission denied" in str(info.value)
+
+
+def test_api_key_from_systemd_credentials_before_the_environment(tmp_path: Path) -> None:
+    (tmp_path / "openai_api_key").write_text(KEY + "\n")
+    environ = {"CREDENTIALS_DIRECTORY": str(tmp_path), "OPENAI_API_KEY": "from-env"}
+    assert config.read_api_key(config.RealtimeConfig(), environ=environ) == KEY
+    assert config.api_key_source(config.RealtimeConfig(), environ) == str(tmp_path / "openai_api_key")
+
+
+def test_api_key_from_the_environment(tmp_path: Path) -> None:
+    """An empty credentials directory falls through to OPENAI_API_KEY."""
+    environ = {"CREDENTIALS_DIRECTORY": str(tmp_path), "OPENAI_API_KEY": f" {KEY} "}
+    assert config.read_api_key(config.RealtimeConfig(), environ=environ) == KEY
+
+
+def test_no_api_key_anywhere_is_none() -> None:
+    assert config.read_api_key(config.RealtimeConfig(), environ={"OPENAI_API_KEY": ""}) is None
+    assert config.api_key_source(config.RealtimeConfig(), {}) is None
+
+
+# ---------------------------------------------------------------------------------------------------- derived
+
+
+def test_control_socket_path_resolution() -> None:
+    none = config.ControlConfig()
+    assert config.control_socket_path(config.ControlConfig("/srv/k.sock"), {"RUNTIME_DIRECTORY": "/run/x"}) \
+        == "/srv/k.sock"
+    assert config.control_socket_path(none, {"RUNTIME_DIRECTORY": "/run/kioskd:/run/other",
+                                             "XDG_RUNTIME_DIR": "/run/user/1"}) == "/run/kioskd/control.sock"
+    assert config.control_socket_path(none, {"XDG_RUNTIME_DIR": "/run/user/1"}) == "/run/user/1/kioskd.sock"
+    assert config.control_socket_path(none, {}) == f"/tmp/kioskd-{os.getuid()}/control.sock"
+
+
+def test_describe_is_plain_data_without_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "key"
+    path.write_text(KEY)
+    path.chmod(0o600)
+    cfg = config.parse(f"realtime:\n  url: wss://api.openai.com/v1/realtime?model=gpt-realtime\n"
+                       f"  api_key_file: {path}\n", "k.yaml")
+    described = config.describe(cfg, environ={"OPENAI_API_KEY": KEY, "XDG_RUNTIME_DIR": "/run/user/7"})
+    text = json.dumps(described)
+    assert KEY not in text
+    assert described["source"] == "k.yaml"
+    assert described["audio"]["block_ms"] == 20 and described["led"]["pin"] == 27
+    assert described["effective"] == {
+        "endpoint": "wss://api.openai.com/v1/realtime?model=gpt-realtime", "auth": "bearer",
+        "api_key_source": str(path), "control_socket": "/run/user/7/kioskd.sock",
+    }
+    assert set(described) == {"source", "effective", *config.SCHEMA}
