@@ -427,15 +427,22 @@ def _suggest(name: str, valid: list[str], prefix: str = "") -> str:
 # ---------------------------------------------------------------------------------------------------- derived
 
 
+#: systemd's RuntimeDirectory=kioskd
+SERVICE_RUNTIME_DIR: Final = "/run/kioskd"
+
+
 def control_socket_path(cfg: ControlConfig, environ: Mapping[str, str] = os.environ) -> str:
     """The control socket's path: the configured one, else $RUNTIME_DIRECTORY/control.sock (systemd's
-    ``RuntimeDirectory=``; the first entry if several), else $XDG_RUNTIME_DIR/kioskd.sock, else
+    ``RuntimeDirectory=``; the first entry if several), else /run/kioskd/control.sock when that directory
+    exists (the installed service, seen from a technician's shell), else $XDG_RUNTIME_DIR/kioskd.sock, else
     /tmp/kioskd-<uid>/control.sock (the server creates that directory with mode 700). kioskctl calls this too."""
     if cfg.socket:
         return cfg.socket
     runtime = environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
     if runtime:
         return os.path.join(runtime, "control.sock")
+    if os.path.isdir(SERVICE_RUNTIME_DIR):
+        return os.path.join(SERVICE_RUNTIME_DIR, "control.sock")
     xdg = environ.get("XDG_RUNTIME_DIR", "")
     if xdg:
         return os.path.join(xdg, "kioskd.sock")

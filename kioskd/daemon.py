@@ -179,14 +179,19 @@ class Daemon:
     # ------------------------------------------------------------------------------------------ actions
 
     async def _execute(self, actions: list[ev.Action]) -> None:
+        """Run the actions in order; an input one of them produces (Interrupt → Played) is fed right after the
+        list, before the next queued input, so barge-in goes out as stop → cancel → truncate → clear."""
+        produced: list[ev.Input] = []
         for action in actions:
             try:
-                produced = await self._do(action)
+                result = await self._do(action)
             except (KioskError, OSError, ValueError) as exc:
                 self._log.error("daemon.action_failed", action=type(action).__name__, **log_mod.error_fields(exc))
                 continue
-            if produced is not None:
-                await self._feed(produced)
+            if result is not None:
+                produced.append(result)
+        for inp in produced:
+            await self._feed(inp)
 
     async def _do(self, action: ev.Action) -> ev.Input | None:
         audio, button = self.audio, self.button

@@ -70,6 +70,8 @@ def _session_created(d: dict[str, Any]) -> ev.Input:
 
 def _session_updated(d: dict[str, Any]) -> ev.Input:
     session = _get(d, "session")
+    if not isinstance(session, dict):
+        raise _Missing("session (not an object)")
     return ev.SessionUpdated(turn_detection=_opt(session, "audio", "input", "turn_detection"))
 
 
@@ -129,7 +131,7 @@ def parse_server_event(frame: str | bytes) -> ev.Input:
     """Parse one WebSocket text frame from the server into a typed input. Never raises."""
     try:
         data = json.loads(frame)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         return ev.BadEvent("(unparsed)", f"not JSON: {exc}")
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         return ev.BadEvent("(unparsed)", "not an object with a string 'type'")
@@ -141,7 +143,7 @@ def parse_server_event(frame: str | bytes) -> ev.Input:
         return parser(data)
     except _Missing as exc:
         return ev.BadEvent(kind, f"missing field {exc}")
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         return ev.BadEvent(kind, f"bad field: {exc}")
 
 

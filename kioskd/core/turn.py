@@ -83,6 +83,7 @@ class TurnSettings:
 class _Response:
     """One response from ``response.create`` to ``response.done``; the id is learnt from ``response.created``."""
 
+    create_event_id: str
     id: str | None = None
     cancelled: bool = False
 
@@ -136,8 +137,8 @@ class TurnMachine:
         self._pending: list[Pcm] = []
         self._pending_samples = 0
         self._responses: list[_Response] = []
-        self._cancelled_ids: set[str] = set()
         self._received: dict[str, int] = {}  # samples received per assistant item of the latest response
+        self._done_items: set[str] = set()  # items of the latest response whose audio is complete
         self._recycle_due = False
         self._playing_item: str | None = None
         self._audio_done = False
@@ -243,8 +244,6 @@ class TurnMachine:
         if resp is None or resp.cancelled:
             return []
         resp.cancelled = True
-        if resp.id is not None:
-            self._cancelled_ids.add(resp.id)
         return [ev.Send(self._events.response_cancel(resp.id))]
 
     def _reset_reply(self) -> None:
@@ -308,7 +307,8 @@ class TurnMachine:
         self._responses.clear()
         self._recycle_due = False
         if self._lifetime_s is not None:
-            out.append(self._arm(ev.Timer.RECYCLE, now + max(0.0, self._lifetime_s - self.settings.recycle_margin_s)))
+            lifetime_s = self._lifetime_s
+            out.append(self._arm(ev.Timer.RECYCLE, now + max(lifetime_s / 2, lifetime_s - self.settings.recycle_margin_s)))
         out += self._go_idle(now)
         out.append(ev.Note("ws.ready", "info"))
         return out
@@ -380,6 +380,9 @@ class TurnMachine:
     def _on_mic_dropped(self, inp: ev.MicBlock, now: float) -> list[ev.Action]:
         return []  # the mic is sent only while the button is held
 
+    def _on_press_held(self, inp: ev.Pressed, now: float) -> list[ev.Action]:
+        return [ev.Note("turn.ignored", "debug", {"input": "Pressed", "phase": self.phase.value})]
+
     def _on_press_idle(self, inp: ev.Pressed, now: float) -> list[ev.Action]:
         return self._start_listening(now, preroll=True)
 
@@ -394,7 +397,6 @@ class TurnMachine:
 
     def _on_release_listening(self, inp: ev.Released, now: float) -> list[ev.Action]:
         assert self._turn is not None
-        self._last_release_s = inp.at_s
         held_ms = samples_to_ms(self._turn.held_samples)
         if held_ms < self.settings.min_hold_ms:
             self.counters["too_short"] += 1
@@ -403,19 +405,25 @@ class TurnMachine:
             return [*self._disarm(ev.Timer.HOLD_CAP), ev.Send(self._events.clear()),
                     ev.Note("turn.too_short", "info", {"held_ms": held_ms, "min_hold_ms": self.settings.min_hold_ms}),
                     *self._go_idle(now)]
+        self._last_release_s = inp.at_s  # the re-arm window: a release bounce must not barge in on this turn
         return self._commit(now)
 
     def _on_hold_cap(self, inp: ev.Timeout, now: float) -> list[ev.Action]:
+        assert self._turn is not None
+        if samples_to_ms(self._turn.held_samples) < self.settings.min_hold_ms:  # a dead mic: nothing to commit
+            return self._on_release_listening(ev.Released(now), now)
         return [ev.Note("turn.hold_cap", "warning", {"hold_cap_s": self.settings.hold_cap_s}), *self._commit(now)]
 
     def _commit(self, now: float) -> list[ev.Action]:
         assert self._turn is not None
         self._turn.released_at_s = now
-        self._responses.append(_Response())
+        create = self._events.response_create()
+        self._responses.append(_Response(create_event_id=create["event_id"]))
         self._received = {}
+        self._done_items: set[str] = set()
         return [
             *self._disarm(ev.Timer.HOLD_CAP), *self._flush_appends(),
-            ev.Send(self._events.commit()), ev.Send(self._events.response_create()),
+            ev.Send(self._events.commit()), ev.Send(create),
             *self._to(Phase.WAITING, held_ms=samples_to_ms(self._turn.held_samples)),
             ev.SetLed(ev.Led.THINKING), self._arm(ev.Timer.REPLY_WAIT, now + self.settings.reply_wait_s),
         ]
@@ -428,8 +436,6 @@ class TurnMachine:
         for resp in self._responses:
             if resp.id is None:
                 resp.id = inp.response_id
-                if resp.cancelled:
-                    self._cancelled_ids.add(inp.response_id)
                 break
         return []
 
@@ -443,6 +449,7 @@ class TurnMachine:
         turn = self._turn
         self._received[inp.item_id] = self._received.get(inp.item_id, 0) + inp.pcm.size
         self._playing_item = inp.item_id
+        self._end_of_reply_sent = self._drained = False
         out: list[ev.Action] = [ev.Play(inp.pcm, inp.item_id)]
         if self.phase is Phase.WAITING:
             turn.first_delta_at_s = now
@@ -454,6 +461,7 @@ class TurnMachine:
         if not self._is_current(inp.response_id):
             return []
         self._audio_done = True
+        self._done_items.add(inp.item_id)
         return self._end_of_reply()
 
     def _end_of_reply(self) -> list[ev.Action]:
@@ -466,7 +474,6 @@ class TurnMachine:
         """Forget the response; True if it was the current turn's."""
         current = self._is_current(inp.response_id)
         self._responses = [r for r in self._responses if r.id != inp.response_id]
-        self._cancelled_ids.discard(inp.response_id)
         if current and self._turn is not None:
             self._turn.usage, self._turn.status = inp.usage, inp.status
         return current
@@ -486,7 +493,7 @@ class TurnMachine:
             return []
         self._response_done = True
         if self._drained:
-            return self._turn_done()
+            return self._turn_done(now)
         return self._end_of_reply()
 
     def _on_response_done_elsewhere(self, inp: ev.ResponseDone, now: float) -> list[ev.Action]:
@@ -498,7 +505,7 @@ class TurnMachine:
         if not self._end_of_reply_sent:
             return []  # an earcon ran out, not the reply
         self._drained = True
-        return self._turn_done() if self._response_done else []
+        return self._turn_done(now) if self._response_done else []
 
     def _on_drained_elsewhere(self, inp: ev.PlaybackDrained, now: float) -> list[ev.Action]:
         self._underruns_total = inp.underruns_total
@@ -509,7 +516,7 @@ class TurnMachine:
             self._turn.first_sound_at_s = inp.at_s
         return []
 
-    def _turn_done(self) -> list[ev.Action]:
+    def _turn_done(self, now: float) -> list[ev.Action]:
         if self._turn is not None:
             self._turn.underruns = self._underruns_total - self._turn.underruns_at_start
         self.counters["turns_done"] += 1
@@ -519,7 +526,9 @@ class TurnMachine:
     def _on_reply_wait(self, inp: ev.Timeout, now: float) -> list[ev.Action]:
         self.counters["timeouts"] += 1
         summary = self._finish_turn("timeout")
-        return [*self._cancel(), *self._earcon(ev.Earcon.APOLOGY),
+        cancel = self._cancel()
+        self._responses = [r for r in self._responses if r.id is not None]  # never started: nothing will name it
+        return [*cancel, *self._earcon(ev.Earcon.APOLOGY),
                 ev.Note("turn.timeout", "error", {"waited_s": self.settings.reply_wait_s, **summary}), *self._go_idle(now)]
 
     def _on_reply_cap(self, inp: ev.Timeout, now: float) -> list[ev.Action]:
@@ -553,7 +562,7 @@ class TurnMachine:
         if inp.item_id is not None and inp.item_id in self._received:
             received_ms = samples_to_ms(self._received[inp.item_id])
             end_ms = max(0, min(inp.played_ms, received_ms))
-            if end_ms < received_ms:
+            if end_ms < received_ms or inp.item_id not in self._done_items:
                 out.append(ev.Send(self._events.truncate(inp.item_id, end_ms)))
             out.append(ev.Note("turn.truncated", "info", {"item_id": inp.item_id, "played_ms": inp.played_ms,
                                                            "received_ms": received_ms, "audio_end_ms": end_ms}))
@@ -566,6 +575,8 @@ class TurnMachine:
 
     def _on_server_error(self, inp: ev.ServerError, now: float) -> list[ev.Action]:
         self.counters["server_errors"] += 1
+        # an error naming our response.create means that response will never start
+        self._responses = [r for r in self._responses if not (r.id is None and r.create_event_id == inp.event_id)]
         fields = {"code": inp.code, "message": inp.message, "error_type": inp.error_type, "event_id": inp.event_id}
         if inp.code in BENIGN_CODES:
             return [ev.Note("ws.server_error", "warning", fields)]
@@ -597,6 +608,7 @@ def _rows() -> dict[tuple[Phase | None, type | ev.Timer], Handler]:
         (P.SPEAKING, T.REPLY_CAP): M._on_reply_cap,
         # presses
         (P.IDLE, ev.Pressed): M._on_press_idle,
+        (P.LISTENING, ev.Pressed): M._on_press_held,
         (P.WAITING, ev.Pressed): M._on_barge_in,
         (P.SPEAKING, ev.Pressed): M._on_barge_in,
         (P.LISTENING, ev.Released): M._on_release_listening,
