@@ -1,0 +1,190 @@
+"""The simulated museum floor, shared by the demo, the end-to-end tests and the benchmarks.
+
+- ``SimThread``: the Realtime simulator on its own event loop in a thread, so a synchronous caller can drive a
+  visit and still read the simulator's records.
+- ``Room``: records the speaker null sink's monitor with a real PortAudio stream, with each sample's time.
+- ``KioskdProcess``: ``kioskd run --config FILE`` as a child process (as systemd starts it), its JSON log lines
+  collected, driven through the control socket with kioskctl's own client.
+- ``speak``: a visitor's question played into the microphone's null sink.
+
+Blocking by design: these run in tests, scripts and benchmarks, never inside the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import wave
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kioskd.adapters.control import request
+from kioskd.core.pcm import Pcm
+from kioskd.sim.realtime_server import RealtimeSimulator, SimOptions
+
+
+def wait_for(cond: Callable[[], bool], what: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.01)
+    raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}")
+
+
+class SimThread:
+    """The Realtime simulator on its own loop in a daemon thread."""
+
+    def __init__(self, options: SimOptions) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.sim = RealtimeSimulator(options)
+        self._thread = threading.Thread(target=self.loop.run_forever, name="simulator", daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.sim.start(), self.loop).result(10)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.sim.close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+class Room:
+    """What the visitor hears: the speaker sink's monitor, recorded with each block's capture time.
+
+    Times are on ``time.time()``'s clock (PortAudio's stream clock on Linux). Start it before playing anything:
+    an idle null sink renders ahead, so a freshly attached recorder may get nothing for up to ~2 s.
+    """
+
+    RATE_HZ = 48000
+
+    def __init__(self, device: str = "kiosk_speaker_monitor", timeout_s: float = 10.0) -> None:
+        import sounddevice as sd
+
+        self._blocks: list[tuple[float, Pcm]] = []
+        self._lock = threading.Lock()
+        self._stream = sd.InputStream(device=device, channels=1, samplerate=self.RATE_HZ, dtype="int16",
+                                      latency=0.01, callback=self._callback)
+        self._stream.start()
+        wait_for(lambda: self.samples() > self.RATE_HZ // 10, "the speaker monitor to deliver audio", timeout_s)
+
+    def _callback(self, indata: Any, frames: int, t: Any, status: Any) -> None:
+        with self._lock:
+            self._blocks.append((float(t.inputBufferAdcTime), indata[:, 0].copy()))
+
+    def samples(self) -> int:
+        with self._lock:
+            return sum(b.size for _, b in self._blocks)
+
+    def take(self) -> tuple[np.ndarray, np.ndarray]:
+        """Everything recorded since the last take: (times_s, samples)."""
+        with self._lock:
+            blocks, self._blocks = self._blocks, []
+        if not blocks:
+            return np.zeros(0), np.zeros(0, np.int16)
+        times = np.concatenate([t0 + np.arange(b.size) / self.RATE_HZ for t0, b in blocks])
+        return times, np.concatenate([b for _, b in blocks])
+
+    def close(self) -> None:
+        self._stream.stop()
+        self._stream.close()
+
+
+def write_wav(path: Path, pcm: Pcm, rate_hz: int) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate_hz)
+        w.writeframes(np.asarray(pcm, "<i2").tobytes())
+    return path
+
+
+def say(text: str, path: Path) -> Path:
+    """A spoken question as a WAV file: espeak-ng where present, else a voiced tone."""
+    if shutil.which("espeak-ng"):
+        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "165", "-w", str(path), text], check=True)
+        return path
+    from kioskd.core.pcm import voiced_tone
+
+    return write_wav(path, voiced_tone(180, 1500), 24000)
+
+
+def speak(path: Path) -> None:
+    """Play a question into the microphone's null sink (blocks until played)."""
+    subprocess.run(["paplay", "--device=kiosk_mic", str(path)], check=True)
+
+
+class KioskdProcess:
+    """``kioskd run --config FILE`` as a child process, its JSON log lines collected with arrival times."""
+
+    def __init__(self, workdir: Path, config_yaml: str) -> None:
+        self.socket = str(workdir / "control.sock")
+        config = workdir / "kioskd.yaml"
+        config.write_text(f"control:\n  socket: {self.socket}\n" + config_yaml)
+        self.lines: list[dict[str, Any]] = []
+        self.t0 = time.monotonic()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.pop("OPENAI_API_KEY", None)
+        self.proc = subprocess.Popen([sys.executable, "-m", "kioskd", "run", "--config", str(config)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        threading.Thread(target=self._read, name="kioskd-log", daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                line = {"event": "raw", "text": raw.rstrip()}
+            if not isinstance(line, dict):
+                line = {"event": "raw", "text": raw.rstrip()}
+            line["_t"] = time.monotonic() - self.t0
+            self.lines.append(line)
+
+    def ctl(self, cmd: str) -> dict[str, Any]:
+        return request(self.socket, cmd)
+
+    def phase(self) -> str:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"kioskd exited with {self.proc.returncode}:\n{self.tail()}")
+        try:
+            return str(self.ctl("status")["phase"])
+        except Exception:
+            return "unreachable"
+
+    def wait_phase(self, *phases: str, timeout_s: float = 30.0) -> str:
+        seen: list[str] = []
+
+        def reached() -> bool:
+            seen.append(self.phase())
+            return seen[-1] in phases
+
+        try:
+            wait_for(reached, f"kioskd phase {'/'.join(phases)}", timeout_s)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc} (last phase {seen[-1] if seen else '?'}):\n{self.tail()}") from None
+        return seen[-1]
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [line for line in self.lines if line.get("event") == name]
+
+    def tail(self, n: int = 15) -> str:
+        return "\n".join(json.dumps({k: v for k, v in line.items() if k != "_t"}) for line in self.lines[-n:])
+
+    def stop(self, timeout_s: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
