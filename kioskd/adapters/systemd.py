@@ -1,0 +1,60 @@
+"""The sd_notify protocol, written by hand: no dependency, and easy to test against a real socket.
+
+systemd passes ``$NOTIFY_SOCKET`` to a ``Type=notify`` service: an ``AF_UNIX`` datagram socket (a leading ``@``
+names the abstract namespace). Each notification is one datagram of newline-separated ``KEY=VALUE`` fields,
+e.g. ``READY=1`` + ``STATUS=idle``. Outside systemd (tests, development) there is no socket and ``notify`` does
+nothing. Any thread; none of these functions block.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Mapping
+
+
+def notify(*fields: str, environ: Mapping[str, str] = os.environ) -> bool:
+    """Send ``fields`` (``"KEY=VALUE"`` each) as one datagram to ``$NOTIFY_SOCKET``.
+
+    Returns True when the datagram was sent; False without ``NOTIFY_SOCKET``, with an address form this helper
+    does not speak (such as ``vsock:``), or on any OSError: a notification is never worth a crash. A field
+    without ``=`` is a kioskd bug and raises ValueError; newlines inside a value become spaces, because a
+    newline would start a new field.
+    """
+    for field in fields:
+        if "=" not in field:
+            raise ValueError(f"sd_notify field {field!r} is not KEY=VALUE")
+    address = environ.get("NOTIFY_SOCKET", "")
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # the abstract namespace: a leading NUL instead of a path
+    elif not address.startswith("/"):
+        return False
+    payload = "\n".join(f.replace("\r", " ").replace("\n", " ") for f in fields).encode()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto(payload, address)
+    except OSError:
+        return False
+    return True
+
+
+def watchdog_interval_s(environ: Mapping[str, str] = os.environ) -> float | None:
+    """How often to send ``WATCHDOG=1``: half of ``$WATCHDOG_USEC``, in seconds, or None when the watchdog is
+    off or meant for another process (``$WATCHDOG_PID`` set and not ours)."""
+    pid = environ.get("WATCHDOG_PID")
+    if pid is not None and pid.strip() != str(os.getpid()):
+        return None
+    try:
+        usec = int(environ.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    if usec <= 0:
+        return None
+    return usec / 2 / 1_000_000
+
+
+def monotonic_usec() -> int:
+    """CLOCK_MONOTONIC in µs, for ``RELOADING=1`` + ``MONOTONIC_USEC=…`` (systemd ≥ 253 requires it on reload;
+    older versions ignore it)."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
