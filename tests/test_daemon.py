@@ -107,3 +107,46 @@ def test_visit_question_reply_and_barge_in(tmp_path: Path, sim: RealtimeSimulato
         code = kiosk.stop()
     assert code == 0, kiosk.tail()
     assert not kiosk.events("turn.bug")
+
+
+def test_bad_server_frames_and_taps_do_not_stop_the_kiosk(tmp_path: Path) -> None:
+    """Malformed JSON, bad base64, an unknown event and a server error each get one log line, and the reply
+    still plays; a tap shorter than 100 ms commits nothing. Every event each side sent is schema-valid."""
+    from tests.realtime_schema import validate_client, validate_server
+
+    thread = SimThread(SimOptions(voice="tone", tone_hz=REPLY_HZ, reply_ms=800, first_delta_delay_ms=50,
+                                  faults=("bad_frames",)))
+    sim = thread.sim
+    question = write_wav(tmp_path / "q.wav", tone(QUESTION_HZ, 500, 48000, 0.4), 48000)
+    kiosk = KioskdProcess(tmp_path, f"realtime:\n  url: {sim.url}\n"
+                                    "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
+                                    "log:\n  format: json\n")
+    try:
+        kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
+        kiosk.ctl("press")
+        kiosk.ctl("release")
+        wait_for(lambda: bool(kiosk.events("turn.too_short")), "the too-short note", 10 * UNIT_S)
+        assert kiosk.phase() == "idle"
+
+        for turn in (1, 2):
+            kiosk.ctl("press")
+            speak(question)
+            kiosk.ctl("release")
+            kiosk.wait_phase("speaking", timeout_s=10 * UNIT_S)
+            kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
+            wait_for(lambda: len(kiosk.events("turn.done")) == turn, "the turn summary", 5 * UNIT_S)
+        assert len(sim.committed_audio) == 2
+        assert len(sim.fault_frames) == 6  # three broken frames per reply
+        status = kiosk.ctl("status")["counters"]
+        assert (status["bad_events"], status["unknown_events"], status["server_errors"]) == (4, 2, 2)
+        bad = [e for e in kiosk.events("ws.bad_event") if e["level"] == "warning"]
+        assert sorted(e["type"] for e in bad) == ["(unparsed)", "response.output_audio.delta"]
+        assert [e["code"] for e in kiosk.events("ws.server_error")] == ["server_error", "server_error"]
+        for event in sim.client_events:
+            validate_client(event)
+        for event in sim.server_events:
+            validate_server(event)
+    finally:
+        code = kiosk.stop()
+        thread.close()
+    assert code == 0, kiosk.tail()

@@ -140,6 +140,7 @@ class TurnMachine:
         self._received: dict[str, int] = {}  # samples received per assistant item of the latest response
         self._done_items: set[str] = set()  # items of the latest response whose audio is complete
         self._recycle_due = False
+        self._bad_seen: dict[tuple[str, str], int] = {}
         self._playing_item: str | None = None
         self._audio_done = False
         self._response_done = False
@@ -420,7 +421,7 @@ class TurnMachine:
         create = self._events.response_create()
         self._responses.append(_Response(create_event_id=create["event_id"]))
         self._received = {}
-        self._done_items: set[str] = set()
+        self._done_items = set()
         return [
             *self._disarm(ev.Timer.HOLD_CAP), *self._flush_appends(),
             ev.Send(self._events.commit()), ev.Send(create),
@@ -586,8 +587,12 @@ class TurnMachine:
         return [ev.Note("ws.server_error", "error" if self.phase in IN_TURN else "warning", fields)]
 
     def _on_bad_event(self, inp: ev.BadEvent, now: float) -> list[ev.Action]:
+        """One warning per (type, reason); repeats are counted and logged at debug."""
         self.counters["bad_events"] += 1
-        return [ev.Note("ws.bad_event", "warning", {"type": inp.event_type, "reason": inp.reason})]
+        key = (inp.event_type, inp.reason)
+        seen = self._bad_seen[key] = self._bad_seen.get(key, 0) + 1
+        return [ev.Note("ws.bad_event", "warning" if seen == 1 else "debug",
+                        {"type": inp.event_type, "reason": inp.reason, "count": seen})]
 
 
 def _rows() -> dict[tuple[Phase | None, type | ev.Timer], Handler]:

@@ -48,7 +48,9 @@ MAX_FRAME_BYTES: Final = 16 * 2**20
 DEFAULT_REPLY_TEXT: Final = ("The great hall was built in 1889 for the world fair. "
                              "Its iron roof still spans forty metres without a single column.")
 #: fault modes the simulator knows (none yet; each later fault adds its name here and its behaviour below)
-KNOWN_FAULTS: Final[frozenset[str]] = frozenset()
+#: fault modes: "bad_frames" sends, before each reply's audio, a frame that is not JSON, an audio delta with bad
+#: base64, an event type no client knows, and a retryable `error` event (server_error)
+KNOWN_FAULTS: Final[frozenset[str]] = frozenset({"bad_frames"})
 
 Json = dict[str, Any]
 
@@ -94,6 +96,7 @@ class RealtimeSimulator:
         self.options = options
         self.client_events: list[Json] = []
         self.server_events: list[Json] = []
+        self.fault_frames: list[str] = []  # deliberately broken frames sent by fault modes (not in server_events)
         self.committed_audio: list[Pcm] = []
         self.sent_audio_ms: dict[str, int] = {}
         self.truncations: list[tuple[str, int]] = []
@@ -227,6 +230,12 @@ class _Session:
         async with self.lock:
             await self.ws.send(text)
             self.sim.server_events.append(json.loads(text))
+
+    async def send_raw(self, text: str) -> None:
+        """Send a deliberately broken frame (fault modes only); recorded apart from the valid server events."""
+        async with self.lock:
+            await self.ws.send(text)
+            self.sim.fault_frames.append(text)
 
     async def error(self, code: str, message: str, client_event_id: str | None, param: str | None = None) -> None:
         await self.send("error", error=_error_body(code, message, client_event_id, param))
@@ -399,6 +408,13 @@ class _Session:
             await self.send("response.output_item.added", response_id=r.id, output_index=0, item=item)
             await self.send("conversation.item.added", item=item, previous_item_id=r.previous_item_id)
             await self.send("response.content_part.added", **ids, part={"type": "audio", "transcript": ""})
+            if "bad_frames" in o.faults:
+                await self.send_raw("{this is not json")
+                await self.send_raw(json.dumps({"type": "response.output_audio.delta", "event_id": self.sim.new_id("event"),
+                                                **ids, "delta": "%%not-base64%%"}))
+                await self.send_raw(json.dumps({"type": "response.hologram.delta", "event_id": self.sim.new_id("event")}))
+                await self.send("error", error=_error_body(
+                    "server_error", "The server had an error while processing your request.", None, kind="server_error"))
             step = ms_to_samples(o.delta_ms)
             n_deltas = -(-pcm.size // step)
             due_s = started_s
