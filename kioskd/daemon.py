@@ -296,6 +296,8 @@ class Daemon:
         out["endpoint"] = realtime_ws.endpoint_of(self._url)
         out["uptime_s"] = round(time.monotonic() - self._started_s, 1)
         out["button"] = self.cfg.button.kind
+        if self.button is not None:
+            out["led"] = self.button.led_pattern.value
         if self.audio is not None:
             out["audio"] = self.audio.stats()
         return out

@@ -150,3 +150,75 @@ def test_bad_server_frames_and_taps_do_not_stop_the_kiosk(tmp_path: Path) -> Non
         code = kiosk.stop()
         thread.close()
     assert code == 0, kiosk.tail()
+
+
+def test_systemd_readiness_and_the_key_stays_secret(tmp_path: Path) -> None:
+    """As systemd runs it: READY=1 once connected and the audio is open, STATUS= on every phase change,
+    STOPPING=1 and exit 0 on SIGTERM; the API key (from a 0600 file) authenticates but never appears in a log
+    line or in `kioskctl status`."""
+    import os
+    import socket
+
+    key = "sk-test-" + "k3y" * 12
+    key_file = tmp_path / "openai_api_key"
+    key_file.write_text(key + "\n")
+    key_file.chmod(0o600)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(20 * UNIT_S)
+    thread = SimThread(SimOptions(api_key=key, voice="tone", reply_ms=500, first_delta_delay_ms=50))
+    kiosk = KioskdProcess(tmp_path, f"realtime:\n  url: {thread.sim.url}\n  api_key_file: {key_file}\n"
+                                    "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
+                                    "log:\n  format: json\n  level: debug\n",
+                          env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
+    try:
+        first = notify.recv(4096).decode()
+        assert "READY=1" in first and "STATUS=idle" in first
+        assert kiosk.phase() == "idle"
+        assert thread.sim.request_headers[-1]["authorization"] == f"Bearer {key}"
+        status = kiosk.ctl("status")
+        code = kiosk.stop()
+        messages = []
+        while True:
+            try:
+                messages.append(notify.recv(4096).decode())
+            except (TimeoutError, socket.timeout):
+                break
+            if any("STOPPING=1" in m for m in messages):
+                break
+    finally:
+        kiosk.stop()
+        thread.close()
+        notify.close()
+    assert code == 0
+    assert any("STOPPING=1" in m for m in messages)
+    assert key not in repr(status)
+    assert kiosk.lines and not [line for line in kiosk.lines if key in repr(line)]
+    assert os.stat(key_file).st_mode & 0o077 == 0
+
+
+def test_a_wrong_key_is_a_fault_said_once(tmp_path: Path) -> None:
+    """A rejected key (HTTP 401) puts kioskd in FAULT with the error LED pattern and one ERROR line naming the
+    endpoint; a press then gets the offline prompt, and the key is in no line."""
+    key = "sk-wrong-" + "x" * 30
+    key_file = tmp_path / "key"
+    key_file.write_text(key)
+    key_file.chmod(0o600)
+    thread = SimThread(SimOptions(api_key="the-right-key"))
+    kiosk = KioskdProcess(tmp_path, f"realtime:\n  url: {thread.sim.url}\n  api_key_file: {key_file}\n"
+                                    "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
+                                    "log:\n  format: json\n")
+    try:
+        kiosk.wait_phase("fault", timeout_s=20 * UNIT_S)
+        assert kiosk.ctl("status")["led"] == "error"
+        kiosk.ctl("press")
+        wait_for(lambda: bool(kiosk.events("turn.rejected")), "the rejected press", 10 * UNIT_S)
+        kiosk.ctl("release")
+        faults = kiosk.events("ws.fault")
+        assert len(faults) == 1 and faults[0]["level"] == "error"
+        assert "401" in faults[0]["error"] and "127.0.0.1" in faults[0]["error"]
+    finally:
+        code = kiosk.stop()
+        thread.close()
+    assert code == 0
+    assert not [line for line in kiosk.lines if key in repr(line)]

@@ -126,16 +126,17 @@ def speak(path: Path) -> None:
 class KioskdProcess:
     """``kioskd run --config FILE`` as a child process, its JSON log lines collected with arrival times."""
 
-    def __init__(self, workdir: Path, config_yaml: str) -> None:
+    def __init__(self, workdir: Path, config_yaml: str, env: dict[str, str] | None = None) -> None:
         self.socket = str(workdir / "control.sock")
         config = workdir / "kioskd.yaml"
         config.write_text(f"control:\n  socket: {self.socket}\n" + config_yaml)
         self.lines: list[dict[str, Any]] = []
         self.t0 = time.monotonic()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env.pop("OPENAI_API_KEY", None)
+        child_env = dict(os.environ, PYTHONUNBUFFERED="1")
+        child_env.pop("OPENAI_API_KEY", None)
+        child_env.update(env or {})
         self.proc = subprocess.Popen([sys.executable, "-m", "kioskd", "run", "--config", str(config)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env)
         threading.Thread(target=self._read, name="kioskd-log", daemon=True).start()
 
     def _read(self) -> None:

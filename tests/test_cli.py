@@ -1,0 +1,72 @@
+"""`kioskd` as a technician runs it: exit codes and messages, on real processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from kioskd.cli import EX_CONFIG
+
+
+def kioskd(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kioskd", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_check_config_prints_the_effective_config() -> None:
+    """The shipped config validates and prints as JSON with every section."""
+    done = kioskd("check-config", "config/kioskd.yaml")
+    assert done.returncode == 0, done.stderr
+    for section in ("realtime", "audio", "button", "led", "control", "turn", "log", "simulator"):
+        assert f'"{section}"' in done.stdout
+
+
+def test_a_broken_config_refuses_to_start_naming_file_line_and_key(tmp_path: Path) -> None:
+    """`kioskd run` with a misspelt key exits 78 (EX_CONFIG) with file:line: key and the closest valid key."""
+    bad = tmp_path / "kioskd.yaml"
+    bad.write_text("audio:\n  block_ms: 20\n  output_devcie: USB\n")
+    for args in (("run", "--config", str(bad)), ("check-config", str(bad))):
+        done = kioskd(*args)
+        assert done.returncode == EX_CONFIG
+        assert f"{bad}:3: audio.output_devcie: unknown key (did you mean audio.output_device?)" in done.stderr
+
+
+def test_a_missing_key_for_a_cloud_endpoint_is_a_config_error(tmp_path: Path) -> None:
+    """A wss:// endpoint with no key anywhere exits 78 and says where a key can come from."""
+    cfg = tmp_path / "kioskd.yaml"
+    cfg.write_text("realtime:\n  url: wss://api.openai.com/v1/realtime?model=gpt-realtime\n")
+    done = subprocess.run([sys.executable, "-m", "kioskd", "run", "--config", str(cfg)], capture_output=True,
+                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == EX_CONFIG
+    assert "realtime.api_key_file" in done.stderr and "OPENAI_API_KEY" in done.stderr
+
+
+def test_devices_lists_audio_devices_by_name() -> None:
+    """`kioskd devices` names the null-sink PCMs scripts/audio-env defines."""
+    done = kioskd("devices")
+    assert done.returncode == 0, done.stderr
+    assert "kiosk_speaker" in done.stdout and "kiosk_microphone" in done.stdout
+
+
+def test_simulate_serves_on_the_port_it_prints() -> None:
+    """`kioskd simulate --port 0` prints its URL; a GA client gets session.created there."""
+    import asyncio
+
+    from websockets.asyncio.client import connect
+
+    proc = subprocess.Popen([sys.executable, "-m", "kioskd", "simulate", "--port", "0", "--voice", "tone"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "listening on ws://127.0.0.1:" in line
+        url = line.split("listening on ", 1)[1].split()[0]
+
+        async def first_event() -> str:
+            async with connect(url) as ws:
+                return str(await ws.recv())
+
+        assert '"session.created"' in asyncio.run(first_event())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
