@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from kioskd.core.pcm import tone
-from kioskd.sim.harness import KioskdProcess, Room, SimThread, speak, write_wav
+from kioskd.sim.harness import KioskdProcess, Room, SimThread, write_wav
 from kioskd.sim.realtime_server import SimOptions
 
 LOUD = 1000  # int16: the reply tone peaks near 10000; the idle sink is exact zeros
@@ -83,12 +83,7 @@ def main() -> int:
               f"jitter {args.jitter_ms:g} ms, reply {args.reply_ms} ms\n")
         print(" turn  release→sound  client-added  gaps>10ms  buffer underruns")
         for i in range(args.turns):
-            kiosk.ctl("press")
-            speak(question)
-            room.take()
-            released_s = time.time()
-            kiosk.ctl("release")
-            kiosk.wait_phase("speaking", "idle")
+            released_s = kiosk.ask(question, room)
             kiosk.wait_phase("idle")
             time.sleep(0.3)
             times, pcm = room.take()

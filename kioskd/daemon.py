@@ -227,7 +227,7 @@ class Daemon:
                 self._spawn(self._session(self._generation))
             case ev.Close(code):
                 await self._close_connection(code)
-            case ev.Note(name, level, fields):
+            case ev.Note():
                 log_mod.emit(self._log, action)
         return None
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from kioskd.sim.harness import KioskdProcess, Room, say, speak
+from kioskd.sim.harness import KioskdProcess, Room, say
 
 QUESTIONS = ["What is this painting about?", "Who made this sculpture?", "Sorry, how old is it?"]
 
@@ -34,7 +34,7 @@ def first_sound_after(room: Room, t_s: float) -> float | None:
 
 def timeline(lines: list[dict[str, Any]], start: float) -> None:
     for line in lines:
-        if line["_t"] < start:
+        if line["_t"] <= start:
             continue
         event, t = line.get("event", ""), f"{line['_t'] - start:6.2f} s"
         if event == "turn.phase":
@@ -56,20 +56,10 @@ def timeline(lines: list[dict[str, Any]], start: float) -> None:
 
 def turn(kiosk: KioskdProcess, room: Room, question: Path, *, barge_in_with: Path | None = None) -> None:
     start = kiosk.lines[-1]["_t"] if kiosk.lines else 0.0
-    kiosk.ctl("press")
-    speak(question)
-    room.take()
-    released = time.time()
-    kiosk.ctl("release")
-    kiosk.wait_phase("speaking", "idle")
+    released = kiosk.ask(question, room)
     if barge_in_with is not None:
         time.sleep(1.5)
-        kiosk.ctl("press")
-        speak(barge_in_with)
-        room.take()
-        released = time.time()
-        kiosk.ctl("release")
-        kiosk.wait_phase("speaking", "idle")
+        released = kiosk.ask(barge_in_with, room)  # the press interrupts the exhibit mid-sentence
     kiosk.wait_phase("idle", timeout_s=60)
     time.sleep(0.3)
     timeline(kiosk.lines, start)

@@ -18,9 +18,8 @@ local input (a kioskd bug: ``LocalProtocolError``). Rows listed for ``ANY`` phas
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final
 
@@ -28,7 +27,7 @@ import numpy as np
 
 from kioskd.core import events as ev
 from kioskd.core.backoff import delays
-from kioskd.core.pcm import API_RATE_HZ, Pcm, Ring, ms_to_samples, samples_to_ms
+from kioskd.core.pcm import Pcm, Ring, ms_to_samples, samples_to_ms
 from kioskd.core.realtime import ClientEvents
 from kioskd.errors import LocalProtocolError, ServerRejected, classify
 

@@ -175,6 +175,18 @@ class KioskdProcess:
             raise TimeoutError(f"{exc} (last phase {seen[-1] if seen else '?'}):\n{self.tail()}") from None
         return seen[-1]
 
+    def ask(self, question: Path, room: Room | None = None) -> float:
+        """A visitor's question: press, speak into the mic, release; waits until the reply starts (or the turn
+        ends). Returns the release time on ``time.time()``'s clock; ``room`` is emptied just before it."""
+        self.ctl("press")
+        speak(question)
+        if room is not None:
+            room.take()
+        released_s = time.time()
+        self.ctl("release")
+        self.wait_phase("speaking", "idle")
+        return released_s
+
     def events(self, name: str) -> list[dict[str, Any]]:
         return [line for line in self.lines if line.get("event") == name]
 
