@@ -56,7 +56,7 @@ def _run(path: str | None) -> int:
                           "or OPENAI_API_KEY")
     from kioskd.daemon import Daemon
 
-    return asyncio.run(Daemon(cfg, api_key=api_key).run())
+    return asyncio.run(Daemon(cfg, api_key=api_key, config_path=path).run())
 
 
 def _simulate(args: argparse.Namespace) -> int:

@@ -69,6 +69,8 @@ class AudioConfig:
     """Suggested PortAudio latency for both streams."""
     prebuffer_ms: float = 120.0
     """Reply audio queued before the speaker starts (the jitter buffer's starting target)."""
+    preroll_ms: int = 200
+    """Audio from just before the press sent first, so a visitor who speaks as they press is not clipped."""
     earcons: bool = True
 
 
@@ -225,6 +227,7 @@ CHECKS: Final[Mapping[str, Callable[[Any], str | None]]] = {
     "audio.block_ms": _between(5, 100),
     "audio.latency_s": _positive,
     "audio.prebuffer_ms": _non_negative,
+    "audio.preroll_ms": _between(0, 1000),
     "button.pin": _between(0, 27),
     "led.pin": _between(0, 27),
     "control.socket": _socket_problem,

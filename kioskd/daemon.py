@@ -14,7 +14,7 @@ import json
 import random
 import signal
 import time
-from typing import Any
+from typing import Any, Final
 
 from websockets.asyncio.client import ClientConnection
 
@@ -28,8 +28,8 @@ from kioskd.core import events as ev
 from kioskd.core.pcm import earcon_pcm
 from kioskd.core.realtime import parse_server_event
 from kioskd.core.turn import Phase, TurnMachine, TurnSettings
-from kioskd.errors import KioskError, LocalProtocolError
 from kioskd.config import KioskConfig
+from kioskd.errors import ConfigError, ConnectionLost, KioskError
 
 
 def turn_settings(cfg: KioskConfig) -> TurnSettings:
@@ -37,15 +37,27 @@ def turn_settings(cfg: KioskConfig) -> TurnSettings:
     return TurnSettings(
         voice=cfg.realtime.voice, instructions=cfg.realtime.instructions, min_hold_ms=t.min_hold_ms,
         hold_cap_s=t.hold_cap_s, reply_wait_s=t.reply_wait_s, reply_cap_s=t.reply_cap_s, rearm_ms=t.rearm_ms,
-        connect_timeout_s=cfg.realtime.connect_timeout_s, earcons=cfg.audio.earcons,
+        connect_timeout_s=cfg.realtime.connect_timeout_s, earcons=cfg.audio.earcons, preroll_ms=cfg.audio.preroll_ms,
     )
+
+
+#: frames waiting for the network; past this the link is stalled (~10 s of microphone appends)
+OUTBOX_FRAMES: Final = 256
+#: how often the audio path's health is checked, and how long a stream may go without a callback
+HEALTH_PERIOD_S: Final = 0.5
+AUDIO_STALE_S: Final = 2.0
+#: restart-requiring sections: a reload logs them and applies the rest
+RESTART_SECTIONS: Final = ("audio", "button", "led", "control", "simulator", "log")
 
 
 class Daemon:
     """kioskd's running process. ``run()`` returns the exit code."""
 
-    def __init__(self, cfg: KioskConfig, *, api_key: str | None) -> None:
+    def __init__(self, cfg: KioskConfig, *, api_key: str | None, config_path: str | None = None) -> None:
         self.cfg = cfg
+        self._config_path = config_path
+        self._exit_code = 0
+        self._outbox: asyncio.Queue[str] | None = None
         self._api_key = api_key
         self._log = log_mod.get_logger("kioskd")
         self._machine = TurnMachine(turn_settings(cfg), rand=random.random)
@@ -77,8 +89,10 @@ class Daemon:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
+        self._stop = stop
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
         async with contextlib.AsyncExitStack() as stack:
             if not self._url:
                 self._url = await self._start_simulator(stack)
@@ -107,15 +121,51 @@ class Daemon:
             self._log.info("daemon.started", url=realtime_ws.endpoint_of(self._url), button=self.cfg.button.kind,
                            control_socket=config_mod.control_socket_path(self.cfg.control))
             executor = asyncio.create_task(self._execute_forever(), name="executor")
+            health = asyncio.create_task(self._watch_audio(), name="audio-health")
             stop_wait = asyncio.create_task(stop.wait())
             await asyncio.wait({executor, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            health.cancel()
             if executor.done():
                 stop_wait.cancel()
                 executor.result()  # an executor crash is a kioskd bug: let it surface
             await self._shutdown(executor)
-        systemd.notify("STOPPING=1")
-        self._log.info("daemon.stopped")
-        return 0
+        self._log.info("daemon.stopped", exit_code=self._exit_code)
+        return self._exit_code
+
+    async def _watch_audio(self) -> None:
+        """Device loss: PortAudio cannot reopen a lost USB device in-process (pi-audio.md §2.7), so say so once
+        and exit non-zero: systemd's Restart=on-failure starts a fresh process, which re-enumerates devices."""
+        assert self.audio is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(HEALTH_PERIOD_S)
+            reason = self.audio.fault(time.monotonic(), AUDIO_STALE_S)
+            if reason is not None:
+                self._log.error("audio.device_lost", cause=reason, input_device=self.audio.device_name("input"),
+                                output_device=self.audio.device_name("output"))
+                if self.button is not None:
+                    self.button.set_led(ev.Led.ERROR)
+                self._exit_code = 1
+                loop.call_soon(self._stop.set)
+                return
+
+    def _reload(self) -> None:
+        """SIGHUP (systemctl reload): validate the file first; on any error keep the running config."""
+        systemd.notify("RELOADING=1", f"MONOTONIC_USEC={systemd.monotonic_usec()}")
+        try:
+            new = config_mod.load(self._config_path)
+            api_key = config_mod.read_api_key(new.realtime)  # a rotated credential needs no restart
+        except ConfigError as exc:
+            self._log.warning("config.reload_failed", **log_mod.error_fields(exc))
+        else:
+            if api_key:
+                log_mod.add_secret(api_key)
+            self._api_key = api_key
+            restart = [s for s in RESTART_SECTIONS if getattr(new, s) != getattr(self.cfg, s)]
+            self.cfg = dataclasses.replace(new, realtime=dataclasses.replace(new.realtime, url=self.cfg.realtime.url))
+            self._machine.settings = turn_settings(self.cfg)  # caps now; voice and instructions at the next session
+            self._log.info("config.reloaded", source=new.source, needs_restart=restart)
+        systemd.notify("READY=1", f"STATUS={self._machine.phase.value}")
 
     async def _start_simulator(self, stack: contextlib.AsyncExitStack) -> str:
         from kioskd.sim.realtime_server import RealtimeSimulator, SimOptions
@@ -138,7 +188,7 @@ class Daemon:
             self.audio.interrupt()  # fade out whatever is playing
         for handle in self._timers.values():
             handle.cancel()
-        await self._close_connection(1000)
+        await self._close_connection(1000, timeout_s=0.5)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -157,12 +207,16 @@ class Daemon:
         before = self._machine.phase
         try:
             actions = self._machine.handle(inp, now)
-        except LocalProtocolError as exc:
-            # a kioskd bug: say so once with the traceback, start over with a fresh machine, keep serving
-            self._log.error("turn.bug", exc_info=exc, **log_mod.error_fields(exc))
-            self._machine = TurnMachine(self._machine.settings, rand=random.random)
+        except Exception as exc:
+            # a kioskd bug (LocalProtocolError or worse): say so once with the traceback, start over with a
+            # fresh machine and a fresh session, keep serving
+            self._log.error("turn.bug", input=type(inp).__name__, phase=before.value, exc_info=exc,
+                            **log_mod.error_fields(exc))
+            settings = self._machine.settings
+            self._machine = TurnMachine(settings, rand=random.random)
             await self._close_connection(1000)
-            actions = [ev.PlayEarcon(ev.Earcon.APOLOGY), *self._machine.begin(now)]
+            apology = [ev.PlayEarcon(ev.Earcon.APOLOGY)] if settings.earcons else []
+            actions = [ev.Interrupt(), *apology, *self._machine.begin(now)]
         await self._execute(actions)
         if self._machine.phase is not before:
             self._phase_changed()
@@ -185,7 +239,7 @@ class Daemon:
         for action in actions:
             try:
                 result = await self._do(action)
-            except (KioskError, OSError, ValueError) as exc:
+            except Exception as exc:  # an edge failed to carry out one action: say which, go on with the rest
                 self._log.error("daemon.action_failed", action=type(action).__name__, **log_mod.error_fields(exc))
                 continue
             if result is not None:
@@ -198,8 +252,7 @@ class Daemon:
         assert audio is not None and button is not None
         match action:
             case ev.Send(event):
-                if self._conn is not None:
-                    await realtime_ws.send(self._conn, json.dumps(event))
+                self._send(json.dumps(event))
             case ev.Play(pcm, item_id):
                 audio.play(pcm, item_id)
             case ev.EndOfReply():
@@ -231,17 +284,36 @@ class Daemon:
                 log_mod.emit(self._log, action)
         return None
 
+    def _send(self, frame: str) -> None:
+        """Queue a frame for the session's writer; the executor never waits for the network. A full outbox means
+        the link has stalled: the session is ended as lost rather than letting audio pile up."""
+        if self._outbox is None:
+            return
+        try:
+            self._outbox.put_nowait(frame)
+        except asyncio.QueueFull:
+            self._outbox = None
+            generation = self._generation
+            self._spawn(self._close_connection(1011, timeout_s=0.5))
+            self.post(ev.Disconnected(ConnectionLost(None, f"send queue full ({OUTBOX_FRAMES} frames): network stalled")))
+            self._log.debug("ws.outbox_full", generation=generation)
+
+    async def _writer(self, conn: ClientConnection, outbox: asyncio.Queue[str]) -> None:
+        while True:
+            await realtime_ws.send(conn, await outbox.get())
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _close_connection(self, code: int) -> None:
+    async def _close_connection(self, code: int, timeout_s: float = 2.0) -> None:
         conn, self._conn = self._conn, None
+        self._outbox = None
         self._generation += 1  # whatever that session still reports is stale
         if conn is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(code), 2.0)
+                await asyncio.wait_for(conn.close(code), timeout_s)
 
     async def _session(self, generation: int) -> None:
         """One WebSocket session: connect, then turn every frame into an input; any end becomes Disconnected."""
@@ -260,6 +332,9 @@ class Daemon:
             await conn.close(1000)
             return
         self._conn = conn
+        outbox: asyncio.Queue[str] = asyncio.Queue(OUTBOX_FRAMES)
+        self._outbox = outbox
+        writer = asyncio.create_task(self._writer(conn, outbox))
         post(generation, ev.Connected())
         try:
             async for frame in realtime_ws.frames(conn):
@@ -271,6 +346,8 @@ class Daemon:
             raise
         except Exception as exc:
             post(generation, ev.Disconnected(exc))
+        finally:
+            writer.cancel()
 
     def _on_drained(self) -> None:
         assert self.audio is not None

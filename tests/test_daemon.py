@@ -222,3 +222,59 @@ def test_a_wrong_key_is_a_fault_said_once(tmp_path: Path) -> None:
         thread.close()
     assert code == 0
     assert not [line for line in kiosk.lines if key in repr(line)]
+
+
+def test_losing_the_sound_server_is_said_once_and_exits_for_a_restart(tmp_path: Path) -> None:
+    """The audio path dies under kioskd (its own PulseAudio server is killed, as a USB unplug ends an ALSA
+    stream): one audio.device_lost line naming the devices, then a non-zero exit so systemd restarts it."""
+    import os
+    import signal
+    import subprocess
+
+    audio_dir = tmp_path / "audio"
+    out = subprocess.run(["scripts/audio-env"], capture_output=True, text=True, check=True,
+                         env={**os.environ, "KIOSKD_AUDIO_DIR": str(audio_dir)}).stdout
+    env = dict(line.removeprefix("export ").replace("'", "").split("=", 1) for line in out.splitlines())
+    server_pid = int(subprocess.run(["pgrep", "-f", f"log-target=file:{audio_dir}/"], capture_output=True,
+                                    text=True, check=True).stdout.split()[0])
+    kiosk = KioskdProcess(tmp_path, "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
+                                    "log:\n  format: json\n", env=env)
+    try:
+        kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
+        os.kill(server_pid, signal.SIGKILL)
+        code = kiosk.proc.wait(timeout=20 * UNIT_S)
+    finally:
+        kiosk.stop()
+    assert code == 1, kiosk.tail()
+    lost = kiosk.events("audio.device_lost")
+    assert len(lost) == 1 and lost[0]["level"] == "error"
+    assert "kiosk_speaker" in lost[0]["output_device"] and lost[0]["cause"]
+
+
+def test_reload_keeps_the_old_config_on_error_and_applies_a_good_one(tmp_path: Path) -> None:
+    """systemctl reload (SIGHUP): a broken file is refused with file, line and key and kioskd keeps serving;
+    a good one is applied."""
+    import signal
+
+    thread = SimThread(SimOptions(voice="tone", reply_ms=500))
+    base = (f"realtime:\n  url: {thread.sim.url}\n"
+            "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\nlog:\n  format: json\n")
+    kiosk = KioskdProcess(tmp_path, base)
+    config = tmp_path / "kioskd.yaml"
+    try:
+        kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
+        good = config.read_text()
+        config.write_text(good + "turn:\n  reply_wait_s: -3\n")
+        kiosk.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: bool(kiosk.events("config.reload_failed")), "the refused reload", 10 * UNIT_S)
+        failed = kiosk.events("config.reload_failed")[0]
+        assert "kioskd.yaml:" in failed["error"] and "turn.reply_wait_s" in failed["error"]
+        assert kiosk.phase() == "idle"
+        config.write_text(good + "turn:\n  reply_wait_s: 12\n")
+        kiosk.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: bool(kiosk.events("config.reloaded")), "the applied reload", 10 * UNIT_S)
+        assert kiosk.phase() == "idle"
+    finally:
+        code = kiosk.stop()
+        thread.close()
+    assert code == 0, kiosk.tail()

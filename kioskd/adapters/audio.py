@@ -233,6 +233,23 @@ class AudioIO:
                    output_latency_s=round(self.output_latency_s, 4))
         return out
 
+    def fault(self, now_s: float, stale_s: float = 2.0) -> str | None:
+        """Why the audio path is broken, or None: a stream ended by itself (device lost, PortAudio error), or a
+        stream's callbacks stopped for ``stale_s`` (a callback thread hung inside PortAudio). Loop thread."""
+        if self._closed:
+            return None
+        for direction, finished in self._finished.items():
+            if finished:
+                return f"{direction} stream stopped by itself (device unplugged or failed)"
+        for direction, last_s in (("input", self._last_in_s), ("output", self._last_out_s)):
+            if self._streams and now_s - last_s > stale_s:
+                return f"no {direction} callback for {now_s - last_s:.1f} s"
+        return None
+
+    def device_name(self, direction: str) -> str:
+        choice = self._choices.get(direction)
+        return choice.name if choice is not None else "?"
+
     @property
     def last_callback_s(self) -> float:
         """Monotonic time of the freshest callback (the start time until the first one)."""

@@ -56,6 +56,9 @@ BENIGN_CODES: Final = frozenset(
      "input_audio_buffer_commit_empty"}
 )
 ANY: Final = None
+EARCON_GAP_S: Final = 1.0
+#: the session lifetimes kioskd believes (seconds): outside this the local clock is wrong, not the server
+LIFETIME_RANGE_S: Final = (30.0, 3600.0)
 
 
 @dataclass(frozen=True)
@@ -140,8 +143,9 @@ class TurnMachine:
         self._done_items: set[str] = set()  # items of the latest response whose audio is complete
         self._recycle_due = False
         self._bad_seen: dict[tuple[str, str], int] = {}
-        self._playing_item: str | None = None
-        self._audio_done = False
+        self._last_earcon_s: float | None = None
+        self._session_update_id: str | None = None
+        self._create_deferred = False  # response.create waits for the previous response's response.done
         self._response_done = False
         self._end_of_reply_sent = False
         self._drained = False
@@ -215,8 +219,13 @@ class TurnMachine:
         self.phase = phase
         return [note]
 
-    def _earcon(self, earcon: ev.Earcon) -> list[ev.Action]:
-        return [ev.PlayEarcon(earcon)] if self.settings.earcons else []
+    def _earcon(self, earcon: ev.Earcon, now: float) -> list[ev.Action]:
+        """An earcon, unless they are off or one started less than EARCON_GAP_S ago (presses while offline must
+        not queue a string of prompts that then play into the next question)."""
+        if not self.settings.earcons or (self._last_earcon_s is not None and now - self._last_earcon_s < EARCON_GAP_S):
+            return []
+        self._last_earcon_s = now
+        return [ev.PlayEarcon(earcon)]
 
     def _is_bounce(self, at_s: float) -> bool:
         last = self._last_release_s
@@ -247,8 +256,7 @@ class TurnMachine:
         return [ev.Send(self._events.response_cancel(resp.id))]
 
     def _reset_reply(self) -> None:
-        self._playing_item = None
-        self._audio_done = self._response_done = self._end_of_reply_sent = self._drained = False
+        self._response_done = self._end_of_reply_sent = self._drained = False
 
     def _finish_turn(self, status: str | None) -> dict[str, Any]:
         turn = self._turn
@@ -263,6 +271,7 @@ class TurnMachine:
     def _start_listening(self, now: float, *, preroll: bool) -> list[ev.Action]:
         self.counters["turns"] += 1
         self._turn = _Turn(pressed_at_s=now, underruns_at_start=self._underruns_total)
+        self._create_deferred = False  # a new question replaces one whose response.create was still waiting
         self._pending, self._pending_samples = [], 0
         self._reset_reply()
         out: list[ev.Action] = [*self._to(Phase.LISTENING)]
@@ -293,11 +302,16 @@ class TurnMachine:
 
     def _on_session_created(self, inp: ev.SessionCreated, now: float) -> list[ev.Action]:
         s = self.settings
-        self._lifetime_s = inp.expires_in_s
-        return [
-            ev.Note("ws.session_created", "info", {"session_id": inp.session_id}),
-            ev.Send(self._events.session_update(voice=s.voice, instructions=s.instructions)),
-        ]
+        update = self._events.session_update(voice=s.voice, instructions=s.instructions)
+        self._session_update_id = update["event_id"]
+        out: list[ev.Action] = [ev.Note("ws.session_created", "info", {"session_id": inp.session_id})]
+        low_s, high_s = LIFETIME_RANGE_S
+        lifetime_s = inp.expires_in_s
+        if lifetime_s is not None and not low_s <= lifetime_s <= high_s:
+            out.append(ev.Note("ws.clock_skew", "warning", {"expires_in_s": round(lifetime_s), "assumed_s": high_s}))
+            lifetime_s = high_s
+        self._lifetime_s = lifetime_s
+        return [*out, ev.Send(update)]
 
     def _on_session_updated(self, inp: ev.SessionUpdated, now: float) -> list[ev.Action]:
         out: list[ev.Action] = [*self._disarm(ev.Timer.CONNECT)]
@@ -328,10 +342,10 @@ class TurnMachine:
     def _on_disconnected(self, inp: ev.Disconnected, now: float) -> list[ev.Action]:
         return self._go_offline(inp.cause, now)
 
-    def _go_offline(self, cause: BaseException, now: float) -> list[ev.Action]:
+    def _go_offline(self, cause: BaseException, now: float, *, fatal: bool = False) -> list[ev.Action]:
         """Any online phase → OFFLINE (retryable) or FAULT (fatal): end the turn, apologise if one was under way."""
         self.counters["disconnects"] += 1
-        verdict = classify(cause)
+        verdict = "fatal" if fatal else classify(cause)
         was = self.phase
         out: list[ev.Action] = [*self._disarm(*ev.Timer)]
         if was is Phase.SPEAKING:
@@ -339,11 +353,12 @@ class TurnMachine:
             self._awaiting_played = True
         if was in IN_TURN:
             self._finish_turn("disconnected")
-            out += self._earcon(ev.Earcon.APOLOGY)
+            out += self._earcon(ev.Earcon.APOLOGY, now)
         if self._online_since_s is not None and now - self._online_since_s >= self.settings.healthy_after_s:
             self._backoff = self._new_backoff()
         self._online_since_s = None
         self._responses.clear()
+        self._create_deferred = False
         self._reset_reply()
         fields = {"error": str(cause), "error_type": type(cause).__name__, "phase": was.value}
         if verdict == "fatal":
@@ -369,7 +384,7 @@ class TurnMachine:
 
     def _on_press_offline(self, inp: ev.Pressed, now: float) -> list[ev.Action]:
         self.counters["rejected"] += 1
-        return [ev.Note("turn.rejected", "warning", {"phase": self.phase.value}), *self._earcon(ev.Earcon.OFFLINE)]
+        return [ev.Note("turn.rejected", "warning", {"phase": self.phase.value}), *self._earcon(ev.Earcon.OFFLINE, now)]
 
     # ------------------------------------------------------------------------------------------ the turn
 
@@ -417,16 +432,28 @@ class TurnMachine:
     def _commit(self, now: float) -> list[ev.Action]:
         assert self._turn is not None
         self._turn.released_at_s = now
-        create = self._events.response_create()
-        self._responses.append(_Response(create_event_id=create["event_id"]))
         self._received = {}
         self._done_items = set()
+        # one response at a time: a cancelled one that has not sent response.done yet still counts
+        self._create_deferred = bool(self._responses)
         return [
             *self._disarm(ev.Timer.HOLD_CAP), *self._flush_appends(),
-            ev.Send(self._events.commit()), ev.Send(create),
+            ev.Send(self._events.commit()), *([] if self._create_deferred else self._create_response()),
             *self._to(Phase.WAITING, held_ms=samples_to_ms(self._turn.held_samples)),
             ev.SetLed(ev.Led.THINKING), self._arm(ev.Timer.REPLY_WAIT, now + self.settings.reply_wait_s),
         ]
+
+    def _create_response(self) -> list[ev.Action]:
+        create = self._events.response_create()
+        self._responses.append(_Response(create_event_id=create["event_id"]))
+        return [ev.Send(create)]
+
+    def _deferred_create(self) -> list[ev.Action]:
+        """Send the response.create that waited for the previous response to end, once nothing is open."""
+        if not self._create_deferred or self._responses:
+            return []
+        self._create_deferred = False
+        return self._create_response()
 
     def _on_release_elsewhere(self, inp: ev.Released, now: float) -> list[ev.Action]:
         self._last_release_s = inp.at_s
@@ -448,7 +475,6 @@ class TurnMachine:
             return self._ignore(inp)
         turn = self._turn
         self._received[inp.item_id] = self._received.get(inp.item_id, 0) + inp.pcm.size
-        self._playing_item = inp.item_id
         self._end_of_reply_sent = self._drained = False
         out: list[ev.Action] = [ev.Play(inp.pcm, inp.item_id)]
         if self.phase is Phase.WAITING:
@@ -460,7 +486,6 @@ class TurnMachine:
     def _on_audio_done(self, inp: ev.AudioDone, now: float) -> list[ev.Action]:
         if not self._is_current(inp.response_id):
             return []
-        self._audio_done = True
         self._done_items.add(inp.item_id)
         return self._end_of_reply()
 
@@ -480,12 +505,12 @@ class TurnMachine:
 
     def _on_response_done_waiting(self, inp: ev.ResponseDone, now: float) -> list[ev.Action]:
         if not self._response_ended(inp):
-            return []
+            return self._deferred_create()
         summary = self._finish_turn(inp.status)
         out: list[ev.Action] = [*self._disarm(ev.Timer.REPLY_WAIT),
                                 ev.Note("turn.no_audio", "warning", {"status": inp.status, "reason": inp.reason, **summary})]
         if inp.status != "completed":
-            out += self._earcon(ev.Earcon.APOLOGY)
+            out += self._earcon(ev.Earcon.APOLOGY, now)
         return [*out, *self._go_idle(now)]
 
     def _on_response_done_speaking(self, inp: ev.ResponseDone, now: float) -> list[ev.Action]:
@@ -498,7 +523,7 @@ class TurnMachine:
 
     def _on_response_done_elsewhere(self, inp: ev.ResponseDone, now: float) -> list[ev.Action]:
         self._response_ended(inp)
-        return []
+        return self._deferred_create()
 
     def _on_drained(self, inp: ev.PlaybackDrained, now: float) -> list[ev.Action]:
         self._underruns_total = inp.underruns_total
@@ -528,7 +553,8 @@ class TurnMachine:
         summary = self._finish_turn("timeout")
         cancel = self._cancel()
         self._responses = [r for r in self._responses if r.id is not None]  # never started: nothing will name it
-        return [*cancel, *self._earcon(ev.Earcon.APOLOGY),
+        self._create_deferred = False
+        return [*cancel, *self._earcon(ev.Earcon.APOLOGY, now),
                 ev.Note("turn.timeout", "error", {"waited_s": self.settings.reply_wait_s, **summary}), *self._go_idle(now)]
 
     def _on_reply_cap(self, inp: ev.Timeout, now: float) -> list[ev.Action]:
@@ -578,9 +604,12 @@ class TurnMachine:
         # an error naming our response.create means that response will never start
         self._responses = [r for r in self._responses if not (r.id is None and r.create_event_id == inp.event_id)]
         fields = {"code": inp.code, "message": inp.message, "error_type": inp.error_type, "event_id": inp.event_id}
+        cause = ServerRejected(inp.code, inp.message, inp.event_id, inp.error_type)
+        if self.phase is Phase.CONNECTING and inp.event_id is not None and inp.event_id == self._session_update_id:
+            # the server refused our session configuration: retrying the same one cannot help
+            return self._go_offline(cause, now, fatal=True)
         if inp.code in BENIGN_CODES:
             return [ev.Note("ws.server_error", "warning", fields)]
-        cause = ServerRejected(inp.code, inp.message, inp.event_id, inp.error_type)
         if self.phase in ONLINE | {Phase.CONNECTING} and classify(cause) == "fatal":
             return self._go_offline(cause, now)
         return [ev.Note("ws.server_error", "error" if self.phase in IN_TURN else "warning", fields)]

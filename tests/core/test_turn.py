@@ -635,9 +635,10 @@ def test_late_deltas_of_cancelled_response_are_dropped_and_next_turn_works() -> 
     assert kinds(k.feed(ev.AudioDone("resp_1", "item_1"))) == []
     k.mic(300)
     out = k.release()
-    assert send_types(out)[-2:] == ["input_audio_buffer.commit", "response.create"]
+    # one response at a time: the new response.create waits for the cancelled one's response.done
+    assert send_types(out)[-1] == "input_audio_buffer.commit"
     assert plays(k.feed(delta("resp_1", "item_1", 200))) == []  # still late, now in WAITING
-    assert send_types(k.feed(done("resp_1", "cancelled"))) == []
+    assert send_types(k.feed(done("resp_1", "cancelled"))) == ["response.create"]
     assert k.phase == "waiting"
     k.feed(ev.ResponseCreated("resp_2"))
     out = k.feed(delta("resp_2", "item_2", 200))
@@ -701,12 +702,10 @@ def test_only_one_cancel_per_response() -> None:
     k.press(after_s=0.5)  # cancel (no id)
     k.mic(300)
     k.release()
-    out = k.press(after_s=0.5)  # cancels the new response, not the old one twice
-    assert send_types(out).count("response.cancel") == 1
+    out = k.press(after_s=0.5)  # the second response.create was still waiting for resp_1's done: nothing to cancel
+    assert send_types(out).count("response.cancel") == 0
     k.feed(ev.ResponseCreated("resp_1"))
-    k.feed(ev.ResponseCreated("resp_2"))
-    k.feed(done("resp_1", "cancelled"))
-    k.feed(done("resp_2", "cancelled"))
+    assert send_types(k.feed(done("resp_1", "cancelled"))) == []  # the waiting create was dropped with its turn
     assert k.phase == "listening"
 
 
@@ -1141,3 +1140,58 @@ def test_table_walk_remote(scenario: str, name: str) -> None:
     k = SCENARIOS[scenario]()
     out = k.feed(remote_inputs()[name], after_s=1.0)
     assert all(isinstance(a, _ACTION_TYPES) for a in out)
+
+
+# ------------------------------------------------------------------------------------------------ review fixes
+
+
+def test_offline_prompts_do_not_pile_up() -> None:
+    """Presses while offline get one prompt per second at most, so none queue up into the next question."""
+    k = Kiosk()
+    k.begin()
+    first = k.press()
+    k.release(after_s=0.2)
+    second = k.press(after_s=0.2)
+    k.release(after_s=0.2)
+    third = k.press(after_s=1.0)
+    assert [earcons(a) for a in (first, second, third)] == [[ev.Earcon.OFFLINE], [], [ev.Earcon.OFFLINE]]
+    assert k.counters()["rejected"] == 3
+
+
+def test_a_refused_session_update_is_a_fault_not_a_retry_loop() -> None:
+    """An error naming our session.update (e.g. an unknown voice) → FAULT with the error LED, slow retry."""
+    k = Kiosk()
+    k.begin()
+    out = k.feed(ev.SessionCreated("sess_1", None))
+    update_id = sends(out)[0]["event_id"]
+    out = k.feed(ev.ServerError("invalid_value", "Invalid value: 'robot'.", "invalid_request_error", update_id))
+    assert k.phase == "fault"
+    assert ev.Led.ERROR in leds(out) and "ws.fault" in notes(out)
+    assert arms(out)[ev.Timer.RECONNECT] == k.now + SETTINGS.fault_retry_s
+
+
+def test_an_implausible_session_lifetime_is_clamped_and_said() -> None:
+    """A local clock far off gives a negative or huge lifetime: kioskd assumes 60 min and warns, instead of
+    recycling in a tight loop."""
+    k = Kiosk()
+    k.begin()
+    out = k.feed(ev.SessionCreated("sess_1", 1.0, expires_in_s=-500.0))
+    assert "ws.clock_skew" in notes(out)
+    out = k.feed(ev.SessionUpdated(turn_detection=None))
+    assert arms(out)[ev.Timer.RECYCLE] == k.now + 3600 - SETTINGS.recycle_margin_s
+
+
+def test_a_new_question_waits_for_the_cancelled_response_to_end() -> None:
+    """Barge-in while WAITING, then a quick new question: response.create is sent only once the cancelled
+    response's response.done arrives (never conversation_already_has_active_response)."""
+    k = online()
+    ask(k)
+    k.feed(ev.ResponseCreated("resp_1"))
+    k.press(after_s=0.2)
+    k.mic(300)
+    out = k.release()
+    assert "response.create" not in send_types(out)
+    out = k.feed(done("resp_1", "cancelled"))
+    assert send_types(out) == ["response.create"]
+    k.feed(ev.ResponseCreated("resp_2"))
+    assert [p.item_id for p in plays(k.feed(delta("resp_2", "item_2", 200)))] == ["item_2"]
