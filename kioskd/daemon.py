@@ -351,7 +351,9 @@ class Daemon:
 
     def _on_drained(self) -> None:
         assert self.audio is not None
-        self.post(ev.PlaybackDrained(underruns_total=int(self.audio.stats().get("underruns", 0))))
+        stats = self.audio.stats()
+        playout = {k: stats[k] for k in ("target_ms", "depth_ms", "late_pushes", "overflows") if k in stats}
+        self.post(ev.PlaybackDrained(underruns_total=int(stats.get("underruns", 0)), playout=playout))
 
     # ------------------------------------------------------------------------------------------ control
 

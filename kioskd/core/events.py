@@ -34,6 +34,7 @@ class Timer(str, Enum):
     HOLD_CAP = "hold_cap"
     REPLY_WAIT = "reply_wait"
     REPLY_CAP = "reply_cap"
+    THINKING_CUE = "thinking_cue"
 
 
 class Earcon(str, Enum):
@@ -96,6 +97,7 @@ class PlaybackDrained:
     """
 
     underruns_total: int = 0
+    playout: dict[str, Any] = field(default_factory=dict)  # the buffer's stats when it drained (target, depth…)
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,6 +79,7 @@ class TurnSettings:
     backoff_cap_s: float = 30.0
     fault_retry_s: float = 120.0
     earcons: bool = True
+    thinking_cue_s: float = 1.5  # no reply audio this long after release: a soft "still thinking" sound
 
 
 @dataclass
@@ -104,6 +105,7 @@ class _Turn:
     status: str | None = None
     underruns_at_start: int = 0
     underruns: int = 0
+    playout: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         def since_release(t: float | None) -> int | None:
@@ -117,6 +119,7 @@ class _Turn:
             "release_to_first_sound_ms": since_release(self.first_sound_at_s),
             "reply_ms": samples_to_ms(self.reply_samples),
             "underruns": self.underruns,
+            "playout": self.playout,
             "status": self.status,
             "usage": self.usage,
         }
@@ -143,7 +146,7 @@ class TurnMachine:
         self._done_items: set[str] = set()  # items of the latest response whose audio is complete
         self._recycle_due = False
         self._bad_seen: dict[tuple[str, str], int] = {}
-        self._last_earcon_s: float | None = None
+        self._last_earcon_s: dict[ev.Earcon, float] = {}
         self._session_update_id: str | None = None
         self._create_deferred = False  # response.create waits for the previous response's response.done
         self._response_done = False
@@ -220,11 +223,12 @@ class TurnMachine:
         return [note]
 
     def _earcon(self, earcon: ev.Earcon, now: float) -> list[ev.Action]:
-        """An earcon, unless they are off or one started less than EARCON_GAP_S ago (presses while offline must
-        not queue a string of prompts that then play into the next question)."""
-        if not self.settings.earcons or (self._last_earcon_s is not None and now - self._last_earcon_s < EARCON_GAP_S):
+        """An earcon, unless they are off or the same one started less than EARCON_GAP_S ago (presses while
+        offline must not queue a string of prompts that then play into the next question)."""
+        last_s = self._last_earcon_s.get(earcon)
+        if not self.settings.earcons or (last_s is not None and now - last_s < EARCON_GAP_S):
             return []
-        self._last_earcon_s = now
+        self._last_earcon_s[earcon] = now
         return [ev.PlayEarcon(earcon)]
 
     def _is_bounce(self, at_s: float) -> bool:
@@ -281,6 +285,8 @@ class TurnMachine:
             if preroll and held.size:
                 out.append(ev.Send(self._events.append(held)))
         out += [ev.SetLed(ev.Led.LISTENING), self._arm(ev.Timer.HOLD_CAP, now + self.settings.hold_cap_s)]
+        if preroll:  # the press is acknowledged by ear too (a barge-in is acknowledged by the speaker stopping)
+            out += self._earcon(ev.Earcon.PRESS, now)
         return out
 
     def _go_idle(self, now: float) -> list[ev.Action]:
@@ -441,6 +447,7 @@ class TurnMachine:
             ev.Send(self._events.commit()), *([] if self._create_deferred else self._create_response()),
             *self._to(Phase.WAITING, held_ms=samples_to_ms(self._turn.held_samples)),
             ev.SetLed(ev.Led.THINKING), self._arm(ev.Timer.REPLY_WAIT, now + self.settings.reply_wait_s),
+            self._arm(ev.Timer.THINKING_CUE, now + self.settings.thinking_cue_s),
         ]
 
     def _create_response(self) -> list[ev.Action]:
@@ -479,7 +486,7 @@ class TurnMachine:
         out: list[ev.Action] = [ev.Play(inp.pcm, inp.item_id)]
         if self.phase is Phase.WAITING:
             turn.first_delta_at_s = now
-            out = [*self._disarm(ev.Timer.REPLY_WAIT), *self._to(Phase.SPEAKING), ev.SetLed(ev.Led.SPEAKING),
+            out = [*self._disarm(ev.Timer.REPLY_WAIT, ev.Timer.THINKING_CUE), *self._to(Phase.SPEAKING), ev.SetLed(ev.Led.SPEAKING),
                    self._arm(ev.Timer.REPLY_CAP, now + self.settings.reply_cap_s), *out]
         return out
 
@@ -507,7 +514,7 @@ class TurnMachine:
         if not self._response_ended(inp):
             return self._deferred_create()
         summary = self._finish_turn(inp.status)
-        out: list[ev.Action] = [*self._disarm(ev.Timer.REPLY_WAIT),
+        out: list[ev.Action] = [*self._disarm(ev.Timer.REPLY_WAIT, ev.Timer.THINKING_CUE),
                                 ev.Note("turn.no_audio", "warning", {"status": inp.status, "reason": inp.reason, **summary})]
         if inp.status != "completed":
             out += self._earcon(ev.Earcon.APOLOGY, now)
@@ -525,8 +532,16 @@ class TurnMachine:
         self._response_ended(inp)
         return self._deferred_create()
 
+    def _on_thinking_cue(self, inp: ev.Timeout, now: float) -> list[ev.Action]:
+        return self._earcon(ev.Earcon.THINKING, now)
+
+    def _on_late_cue(self, inp: ev.Timeout, now: float) -> list[ev.Action]:
+        return []  # the reply came (or the turn ended) before the cue was due
+
     def _on_drained(self, inp: ev.PlaybackDrained, now: float) -> list[ev.Action]:
         self._underruns_total = inp.underruns_total
+        if self._turn is not None:
+            self._turn.playout = inp.playout or None
         if not self._end_of_reply_sent:
             return []  # an earcon ran out, not the reply
         self._drained = True
@@ -568,7 +583,7 @@ class TurnMachine:
         """Stop → cancel → (Played: truncate) → clear → listen. The pre-roll holds the exhibit's voice: not sent."""
         self.counters["barge_ins"] += 1
         was = self.phase
-        out: list[ev.Action] = [*self._disarm(ev.Timer.REPLY_WAIT, ev.Timer.REPLY_CAP)]
+        out: list[ev.Action] = [*self._disarm(ev.Timer.REPLY_WAIT, ev.Timer.REPLY_CAP, ev.Timer.THINKING_CUE)]
         if was is Phase.SPEAKING:
             out.append(ev.Interrupt())
             self._awaiting_played = True
@@ -639,6 +654,8 @@ def _rows() -> dict[tuple[Phase | None, type | ev.Timer], Handler]:
         (P.LISTENING, T.HOLD_CAP): M._on_hold_cap,
         (P.WAITING, T.REPLY_WAIT): M._on_reply_wait,
         (P.SPEAKING, T.REPLY_CAP): M._on_reply_cap,
+        (P.WAITING, T.THINKING_CUE): M._on_thinking_cue,
+        (ANY, T.THINKING_CUE): M._on_late_cue,
         # presses
         (P.IDLE, ev.Pressed): M._on_press_idle,
         (P.LISTENING, ev.Pressed): M._on_press_held,

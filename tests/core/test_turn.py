@@ -331,7 +331,8 @@ def test_press_hold_300ms_release_sends_clear_appends_commit_create(block_ms: in
     for e in sends(pressed) + events:
         validate_client(e)
     assert leds(released) == [ev.Led.THINKING]
-    assert arms(released) == {ev.Timer.REPLY_WAIT: k.now + SETTINGS.reply_wait_s}
+    assert arms(released) == {ev.Timer.REPLY_WAIT: k.now + SETTINGS.reply_wait_s,
+                              ev.Timer.THINKING_CUE: k.now + SETTINGS.thinking_cue_s}
     assert ev.Disarm(ev.Timer.HOLD_CAP) in released
     assert k.m.status()["phase"] == "waiting"
 
@@ -1195,3 +1196,23 @@ def test_a_new_question_waits_for_the_cancelled_response_to_end() -> None:
     assert send_types(out) == ["response.create"]
     k.feed(ev.ResponseCreated("resp_2"))
     assert [p.item_id for p in plays(k.feed(delta("resp_2", "item_2", 200)))] == ["item_2"]
+
+
+def test_press_and_thinking_earcons() -> None:
+    """A press from IDLE is acknowledged by a short earcon; a reply slower than thinking_cue_s gets one soft
+    "thinking" earcon; a reply that comes sooner cancels the cue; earcons: false silences them all."""
+    k = online()
+    assert earcons(k.press()) == [ev.Earcon.PRESS]
+    k.mic(300)
+    k.release()
+    assert earcons(k.feed(ev.Timeout(ev.Timer.THINKING_CUE), after_s=SETTINGS.thinking_cue_s)) == [ev.Earcon.THINKING]
+    quick = online()
+    quick.press()
+    quick.mic(300)
+    quick.release()
+    quick.feed(ev.ResponseCreated("resp_1"))
+    out = quick.feed(delta("resp_1", "item_1", 100))
+    assert ev.Disarm(ev.Timer.THINKING_CUE) in out
+    assert quick.feed(ev.Timeout(ev.Timer.THINKING_CUE), after_s=5) == []
+    silent = online(TurnSettings(earcons=False))
+    assert earcons(silent.press()) == []
