@@ -51,6 +51,10 @@ DEFAULT_REPLY_TEXT: Final = ("The great hall was built in 1889 for the world fai
 #: fault modes: "bad_frames" sends, before each reply's audio, a frame that is not JSON, an audio delta with bad
 #: base64, an event type no client knows, and a retryable `error` event (server_error)
 KNOWN_FAULTS: Final[frozenset[str]] = frozenset({"bad_frames"})
+#: one-shot faults armed at run time with ``arm_fault``: "drop_mid_reply" cuts the TCP connection (no close
+#: frame: the client sees 1006) after two audio deltas of the next reply; "refuse_429" answers the next
+#: handshake with HTTP 429; "error_mid_reply" sends a server_error `error` event inside the next reply
+ONE_SHOT_FAULTS: Final[frozenset[str]] = frozenset({"drop_mid_reply", "refuse_429", "error_mid_reply"})
 
 Json = dict[str, Any]
 
@@ -108,6 +112,23 @@ class RealtimeSimulator:
         self._host = "127.0.0.1"
         self._tag = secrets.token_hex(3)  # ids from two simulators never collide
         self._counter = itertools.count(1)
+        self._armed_faults: list[str] = []
+        self.faults_fired: list[str] = []  # one-shot faults in the order they happened
+
+    def arm_fault(self, name: str) -> None:
+        """Arm a one-shot fault (see ONE_SHOT_FAULTS); arming twice makes it happen twice. Thread-safe enough
+        for a caller on another thread: list appends are atomic."""
+        if name not in ONE_SHOT_FAULTS:
+            raise ValueError(f"unknown one-shot fault {name!r} (known: {', '.join(sorted(ONE_SHOT_FAULTS))})")
+        self._armed_faults.append(name)
+
+    def take_fault(self, name: str) -> bool:
+        """True (once per arming) if ``name`` is armed: the fault happens now."""
+        if name in self._armed_faults:
+            self._armed_faults.remove(name)
+            self.faults_fired.append(name)
+            return True
+        return False
 
     def new_id(self, prefix: str) -> str:
         return f"{prefix}_{self._tag}{next(self._counter):05d}"
@@ -154,6 +175,8 @@ class RealtimeSimulator:
         key = self.options.api_key
         if key is not None and headers.get("authorization") != f"Bearer {key}" and headers.get("api-key") != key:
             return connection.respond(http.HTTPStatus.UNAUTHORIZED, "Incorrect API key provided.\n")
+        if self.take_fault("refuse_429"):
+            return connection.respond(http.HTTPStatus.TOO_MANY_REQUESTS, "Rate limit reached.\n")
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
@@ -425,6 +448,13 @@ class _Session:
                     await asyncio.wait_for(r.cancel.wait(), max(due_s - loop.time(), 0))
                 if r.cancel.is_set():
                     break
+                if k == 2 and self.sim.take_fault("drop_mid_reply"):
+                    self.ws.transport.abort()  # a dead link: no close frame, the client sees 1006
+                    return
+                if k == 2 and self.sim.take_fault("error_mid_reply"):
+                    await self.send("error", error=_error_body(
+                        "server_error", "The server had an error while processing your request.", None,
+                        kind="server_error"))
                 words = _text_share(o.reply_text, k + 1, n_deltas)
                 if len(words) > len(r.transcript):
                     await self.send("response.output_audio_transcript.delta", **ids,

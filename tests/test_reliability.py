@@ -1,0 +1,106 @@
+"""Faults survived end to end: `kioskd run` against the simulator's fault modes on real sockets, PortAudio on
+null sinks. Each fault is logged once with its cause and the next visitor is served; nothing asserts timing."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kioskd.core.pcm import tone
+from kioskd.sim.harness import KioskdProcess, SimThread, wait_for, write_wav
+from kioskd.sim.realtime_server import SimOptions
+from tests.conftest import UNIT_S
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[SimThread, KioskdProcess, Path]]:
+    thread = SimThread(SimOptions(voice="tone", reply_ms=3000, first_delta_delay_ms=50, speedup=2.0))
+    kiosk = KioskdProcess(tmp_path, f"realtime:\n  url: {thread.sim.url}\n"
+                                    "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
+                                    "log:\n  format: json\n")
+    question = write_wav(tmp_path / "q.wav", tone(300, 400, 48000, 0.4), 48000)
+    try:
+        kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
+        yield thread, kiosk, question
+    finally:
+        kiosk.stop()
+        thread.close()
+
+
+def served(kiosk: KioskdProcess, question: Path) -> None:
+    """One whole turn: ask, and hear the reply in full."""
+    before = len(kiosk.events("turn.done"))
+    kiosk.ask(question)
+    kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
+    wait_for(lambda: len(kiosk.events("turn.done")) == before + 1, "the turn summary", 5 * UNIT_S)
+
+
+def test_a_dropped_connection_mid_reply_apologises_and_recovers(world: tuple[SimThread, KioskdProcess, Path]) -> None:
+    """The link dies mid-reply (no close frame): one warning with the close code, the apology prompt, offline
+    until reconnected, then the next visitor gets a whole answer."""
+    thread, kiosk, question = world
+    thread.sim.arm_fault("drop_mid_reply")
+    kiosk.ask(question)
+    wait_for(lambda: bool(kiosk.events("ws.disconnected")), "the drop to be noticed", 10 * UNIT_S)
+    kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
+    lost = kiosk.events("ws.disconnected")
+    assert len(lost) == 1 and lost[0]["level"] == "warning" and "1006" in lost[0]["error"]
+    assert lost[0]["phase"] == "speaking"
+    assert thread.sim.faults_fired == ["drop_mid_reply"]
+    served(kiosk, question)
+    assert thread.sim.connections == 2
+
+
+def test_rate_limited_reconnects_back_off_and_recover(world: tuple[SimThread, KioskdProcess, Path]) -> None:
+    """After a drop, two handshakes answered with HTTP 429 are retried with backoff until one succeeds."""
+    thread, kiosk, question = world
+    thread.sim.arm_fault("refuse_429")
+    thread.sim.arm_fault("refuse_429")
+    thread.sim.arm_fault("drop_mid_reply")
+    kiosk.ask(question)
+    wait_for(lambda: thread.sim.faults_fired.count("refuse_429") == 2, "both refusals", 20 * UNIT_S)
+    kiosk.wait_phase("idle", timeout_s=30 * UNIT_S)
+    refusals = [e for e in kiosk.events("ws.disconnected") if "429" in e["error"]]
+    assert len(refusals) == 2 and all(e["retry_in_s"] > 0 for e in refusals)
+    served(kiosk, question)
+
+
+def test_a_server_error_mid_reply_is_logged_and_the_reply_goes_on(world: tuple[SimThread, KioskdProcess, Path]) -> None:
+    """An `error` event (server_error) inside a reply: one line with its code; the reply still completes."""
+    thread, kiosk, question = world
+    thread.sim.arm_fault("error_mid_reply")
+    served(kiosk, question)
+    errors = kiosk.events("ws.server_error")
+    assert [e["code"] for e in errors] == ["server_error"]
+    assert kiosk.events("turn.done")[-1]["status"] == "completed"
+
+
+def test_the_session_cap_is_survived(tmp_path: Path) -> None:
+    """The server ends the session at its lifetime (error session_expired, close 1001): kioskd opens a new one
+    by itself and serves the next visitor."""
+    thread = SimThread(SimOptions(voice="tone", reply_ms=300, first_delta_delay_ms=50, session_lifetime_s=2.0))
+    kiosk = KioskdProcess(tmp_path, f"realtime:\n  url: {thread.sim.url}\n"
+                                    "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
+                                    "log:\n  format: json\n")
+    try:
+        kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
+        wait_for(lambda: thread.sim.connections >= 2, "a new session after the cap", 20 * UNIT_S)
+        kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
+        assert any("1001" in e["error"] for e in kiosk.events("ws.disconnected"))
+        served(kiosk, write_wav(tmp_path / "q.wav", tone(300, 400, 48000, 0.4), 48000))
+    finally:
+        kiosk.stop()
+        thread.close()
+
+
+def test_sigterm_mid_reply_stops_cleanly(world: tuple[SimThread, KioskdProcess, Path]) -> None:
+    """systemctl stop while the exhibit speaks: exit 0 with a daemon.stopped line."""
+    _, kiosk, question = world
+    kiosk.ask(question)
+    assert kiosk.phase() == "speaking"
+    kiosk.proc.send_signal(signal.SIGTERM)
+    assert kiosk.proc.wait(timeout=10 * UNIT_S) == 0
+    wait_for(lambda: bool(kiosk.events("daemon.stopped")), "the stop line", 5 * UNIT_S)
