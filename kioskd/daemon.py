@@ -46,6 +46,8 @@ OUTBOX_FRAMES: Final = 256
 #: how often the audio path's health is checked, and how long a stream may go without a callback
 HEALTH_PERIOD_S: Final = 0.5
 AUDIO_STALE_S: Final = 2.0
+#: the event loop may run this late before the watchdog ping is withheld
+LOOP_LAG_LIMIT_S: Final = 1.0
 #: restart-requiring sections: a reload logs them and applies the rest
 RESTART_SECTIONS: Final = ("audio", "button", "led", "control", "simulator", "log")
 
@@ -122,9 +124,11 @@ class Daemon:
                            control_socket=config_mod.control_socket_path(self.cfg.control))
             executor = asyncio.create_task(self._execute_forever(), name="executor")
             health = asyncio.create_task(self._watch_audio(), name="audio-health")
+            watchdog = asyncio.create_task(self._watchdog(), name="watchdog")
             stop_wait = asyncio.create_task(stop.wait())
             await asyncio.wait({executor, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
             health.cancel()
+            watchdog.cancel()
             if executor.done():
                 stop_wait.cancel()
                 executor.result()  # an executor crash is a kioskd bug: let it surface
@@ -148,6 +152,27 @@ class Daemon:
                 self._exit_code = 1
                 loop.call_soon(self._stop.set)
                 return
+
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 every WATCHDOG_USEC/2, only while the loop is on time and the audio callbacks are fresh;
+        a withheld ping is said once per episode, so a stuck kiosk is restarted by systemd, not kept alive."""
+        interval_s = systemd.watchdog_interval_s()
+        if interval_s is None or self.audio is None:
+            return
+        loop = asyncio.get_running_loop()
+        withheld: str | None = None
+        while True:
+            started_s = loop.time()
+            await asyncio.sleep(interval_s)
+            lag_s = loop.time() - started_s - interval_s
+            reason = self.audio.fault(time.monotonic(), AUDIO_STALE_S)
+            if reason is None and lag_s > LOOP_LAG_LIMIT_S:
+                reason = f"event loop {lag_s:.1f} s late"
+            if reason is None:
+                systemd.notify("WATCHDOG=1")
+            elif reason != withheld:
+                self._log.warning("systemd.watchdog_withheld", cause=reason)
+            withheld = reason
 
     def _reload(self) -> None:
         """SIGHUP (systemctl reload): validate the file first; on any error keep the running config."""

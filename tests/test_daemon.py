@@ -278,3 +278,25 @@ def test_reload_keeps_the_old_config_on_error_and_applies_a_good_one(tmp_path: P
         code = kiosk.stop()
         thread.close()
     assert code == 0, kiosk.tail()
+
+
+def test_watchdog_pings_while_healthy(tmp_path: Path) -> None:
+    """With WATCHDOG_USEC set (as systemd's WatchdogSec= does), healthy kioskd sends WATCHDOG=1 regularly."""
+    import socket
+
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(10 * UNIT_S)
+    kiosk = KioskdProcess(tmp_path, "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
+                                    "log:\n  format: json\n",
+                          env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "400000"})
+    try:
+        pings = 0
+        while pings < 3:
+            if "WATCHDOG=1" in notify.recv(4096).decode():
+                pings += 1
+    finally:
+        code = kiosk.stop()
+        notify.close()
+    assert code == 0
+    assert not kiosk.events("systemd.watchdog_withheld")
