@@ -69,6 +69,7 @@ class Daemon:
         self._generation = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._url = cfg.realtime.url or ""
+        self._simulated = False
         self._ready = False
         self._started_s = time.monotonic()
         self._earcons = {kind: earcon_pcm(kind) for kind in ev.Earcon}
@@ -96,7 +97,8 @@ class Daemon:
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         async with contextlib.AsyncExitStack() as stack:
-            if not self._url:
+            self._simulated = not self._url
+            if self._simulated:
                 self._url = await self._start_simulator(stack)
             audio = AudioIO(
                 input_device=self.cfg.audio.input_device, output_device=self.cfg.audio.output_device,
@@ -187,9 +189,15 @@ class Daemon:
                 log_mod.add_secret(api_key)
             self._api_key = api_key
             restart = [s for s in RESTART_SECTIONS if getattr(new, s) != getattr(self.cfg, s)]
-            self.cfg = dataclasses.replace(new, realtime=dataclasses.replace(new.realtime, url=self.cfg.realtime.url))
-            self._machine.settings = turn_settings(self.cfg)  # caps now; voice and instructions at the next session
-            self._log.info("config.reloaded", source=new.source, needs_restart=restart)
+            if new.realtime.url != self.cfg.realtime.url and not (new.realtime.url is None and self._simulated):
+                self._url = new.realtime.url or self._url
+            old = self.cfg.realtime
+            session_changed = (new.realtime.voice, new.realtime.instructions, new.realtime.url) != (
+                old.voice, old.instructions, old.url)
+            self.cfg = new
+            self._machine.settings = turn_settings(new)  # caps at once; voice and instructions with the session
+            self._log.info("config.reloaded", source=new.source, needs_restart=restart, session_changed=session_changed)
+            self.post(ev.Reloaded(session_changed=session_changed))
         systemd.notify("READY=1", f"STATUS={self._machine.phase.value}")
 
     async def _start_simulator(self, stack: contextlib.AsyncExitStack) -> str:

@@ -101,6 +101,14 @@ class PlaybackDrained:
 
 
 @dataclass(frozen=True, slots=True)
+class Reloaded:
+    """A new config was applied (systemctl reload). ``session_changed``: voice, instructions or endpoint differ,
+    so the Realtime session must be renewed (at IDLE, never mid-turn)."""
+
+    session_changed: bool
+
+
+@dataclass(frozen=True, slots=True)
 class PlaybackStarted:
     """The speaker started sounding queued audio (after the prebuffer); ``at_s`` is when it becomes audible."""
 
@@ -200,6 +208,7 @@ class BadEvent:
 
 Input = (
     Pressed | Released | MicBlock | Timeout | Connected | Disconnected | Played | PlaybackDrained | PlaybackStarted
+    | Reloaded
     | SessionCreated | SessionUpdated | InputCommitted | ResponseCreated | AudioDelta | AudioDone
     | TranscriptDone | ResponseDone | ItemTruncated | ServerError | ServerEvent | Unknown | BadEvent
 )

@@ -78,6 +78,8 @@ class TurnSettings:
     backoff_first_max_s: float = 1.0
     backoff_cap_s: float = 30.0
     fault_retry_s: float = 120.0
+    quick_failure_s: float = 5.0  # a session that dies this soon after it was ready counts as a quick failure
+    quick_failures_fatal: int = 3  # this many in a row: the endpoint or config is broken, not the network
     earcons: bool = True
     thinking_cue_s: float = 1.5  # no reply audio this long after release: a soft "still thinking" sound
 
@@ -147,6 +149,7 @@ class TurnMachine:
         self._recycle_due = False
         self._bad_seen: dict[tuple[str, str], int] = {}
         self._last_earcon_s: dict[ev.Earcon, float] = {}
+        self._quick_failures = 0
         self._session_update_id: str | None = None
         self._create_deferred = False  # response.create waits for the previous response's response.done
         self._response_done = False
@@ -352,6 +355,11 @@ class TurnMachine:
         """Any online phase → OFFLINE (retryable) or FAULT (fatal): end the turn, apologise if one was under way."""
         self.counters["disconnects"] += 1
         verdict = "fatal" if fatal else classify(cause)
+        if self._online_since_s is not None:
+            quick = now - self._online_since_s < self.settings.quick_failure_s
+            self._quick_failures = self._quick_failures + 1 if quick else 0
+            if self._quick_failures >= self.settings.quick_failures_fatal:
+                verdict = "fatal"  # the quick-failure rule: it connects, then dies at once, again and again
         was = self.phase
         out: list[ev.Action] = [*self._disarm(*ev.Timer)]
         if was is Phase.SPEAKING:
@@ -377,6 +385,19 @@ class TurnMachine:
                     *self._to(Phase.OFFLINE), ev.SetLed(ev.Led.OFFLINE)]
         out.append(self._arm(ev.Timer.RECONNECT, now + delay_s))
         return out
+
+    def _on_reload_offline(self, inp: ev.Reloaded, now: float) -> list[ev.Action]:
+        """A reload while OFFLINE or in FAULT (perhaps a rotated credential): try again now."""
+        self._quick_failures = 0
+        self._backoff = self._new_backoff()
+        return [*self._disarm(ev.Timer.RECONNECT), ev.Note("ws.reconnect_on_reload", "info"), *self._connect(now)]
+
+    def _on_reload_idle(self, inp: ev.Reloaded, now: float) -> list[ev.Action]:
+        return self._recycle(now) if inp.session_changed else []
+
+    def _on_reload_in_turn(self, inp: ev.Reloaded, now: float) -> list[ev.Action]:
+        self._recycle_due = self._recycle_due or inp.session_changed  # renew the session once the turn ends
+        return []
 
     def _on_recycle(self, inp: ev.Timeout, now: float) -> list[ev.Action]:
         return self._recycle(now)
@@ -688,6 +709,10 @@ def _rows() -> dict[tuple[Phase | None, type | ev.Timer], Handler]:
         rows[(phase, ev.Pressed)] = M._on_press_offline
     for phase in (P.CONNECTING, *ONLINE):
         rows[(phase, ev.Disconnected)] = M._on_disconnected
+    rows[(P.OFFLINE, ev.Reloaded)] = rows[(P.FAULT, ev.Reloaded)] = M._on_reload_offline
+    rows[(P.IDLE, ev.Reloaded)] = M._on_reload_idle
+    for phase in (P.CONNECTING, *IN_TURN):
+        rows[(phase, ev.Reloaded)] = M._on_reload_in_turn
     return rows
 
 

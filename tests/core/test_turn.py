@@ -814,11 +814,42 @@ def reconnect_delay(k: Kiosk, cause: BaseException, online_for_s: float) -> floa
 
 
 def test_backoff_grows_on_quick_drops_and_resets_after_a_healthy_minute() -> None:
-    """Drops seconds after connecting back off 0.5, 1.75, 3.5 s; a drop after a healthy minute starts again at 0.5 s."""
+    """Drops back off 0.5, 1.75, 3.5 s; a drop after a healthy minute starts again at 0.5 s."""
     k = online()
-    quick = [reconnect_delay(k, ConnectionLost(1011), 2.0) for _ in range(3)]
-    assert quick == pytest.approx([0.5, 1.75, 3.5])
+    drops = [reconnect_delay(k, ConnectionLost(1011), 10.0) for _ in range(3)]
+    assert drops == pytest.approx([0.5, 1.75, 3.5])
     assert reconnect_delay(k, ConnectionLost(1011), SETTINGS.healthy_after_s + 1) == pytest.approx(0.5)
+
+
+def test_quick_failures_in_a_row_are_a_fault() -> None:
+    """The quick-failure rule: sessions that die within quick_failure_s of being ready, three times in a row,
+    mean a broken endpoint or config: FAULT with the error LED and the slow retry, not a fast loop."""
+    k = online()
+    assert reconnect_delay(k, ConnectionLost(1011), 1.0) == pytest.approx(0.5)
+    assert reconnect_delay(k, ConnectionLost(1011), 1.0) == pytest.approx(1.75)
+    out = k.feed(ev.Disconnected(ConnectionLost(1011)), after_s=1.0)
+    assert k.phase == "fault" and ev.Led.ERROR in leds(out)
+    assert arms(out)[ev.Timer.RECONNECT] == k.now + SETTINGS.fault_retry_s
+
+
+def test_a_reload_reconnects_from_fault_and_renews_a_changed_session_at_idle() -> None:
+    """systemctl reload in FAULT (say, a rotated key) reconnects at once; in IDLE a changed voice renews the
+    session; mid-turn the renewal waits for IDLE."""
+    k = online()
+    k.feed(ev.Disconnected(AuthError("wss://x", 401)))
+    out = k.feed(ev.Reloaded(session_changed=False), after_s=1.0)
+    assert ev.Connect() in out and k.phase == "connecting"
+    k.feed(ev.SessionCreated("sess_2", None))
+    k.feed(ev.SessionUpdated(None))
+    out = k.feed(ev.Reloaded(session_changed=True))
+    assert ev.Close(1000) in out and ev.Connect() in out
+    k.feed(ev.SessionCreated("sess_3", None))
+    k.feed(ev.SessionUpdated(None))
+    ask(k)
+    assert k.feed(ev.Reloaded(session_changed=True)) == []
+    k.feed(ev.ResponseCreated("resp_1"))
+    out = k.feed(done("resp_1", "failed"))
+    assert ev.Connect() in out and k.phase == "connecting"
 
 
 def test_disconnect_in_idle_has_no_apology() -> None:
