@@ -63,12 +63,19 @@ class AudioConfig:
     input_device: str | None = None
     """Device name or substring; None: the system default."""
     output_device: str | None = None
-    block_ms: int = 20
+    block_ms: int = 10
     """PortAudio block (callback period)."""
-    latency_s: float = 0.05
-    """Suggested PortAudio latency for both streams."""
-    prebuffer_ms: float = 120.0
-    """Reply audio queued before the speaker starts (the jitter buffer's starting target)."""
+    latency_s: float = 0.03
+    """Suggested PortAudio latency for both streams. The output queue plays after a barge-in press and delays every
+    reply's start, so it is short: 30 ms is three 10 ms periods of headroom for a late callback (GIL, GC). On a
+    Pi Zero 2 W or under load, raise it to 0.05 (and block_ms to 20) if the log shows output underflows."""
+    prebuffer_ms: float = 40.0
+    """The jitter buffer's first target: how long reply audio waits before the speaker starts, until the measured
+    delivery jitter and underruns move it (always within prebuffer_min_ms..prebuffer_max_ms)."""
+    prebuffer_min_ms: float = 20.0
+    """The smallest target the jitter buffer shrinks to on a calm link."""
+    prebuffer_max_ms: float = 400.0
+    """The largest target it grows to after late audio and underruns."""
     preroll_ms: int = 200
     """Audio from just before the press sent first, so a visitor who speaks as they press is not clipped."""
     earcons: bool = True
@@ -227,6 +234,8 @@ CHECKS: Final[Mapping[str, Callable[[Any], str | None]]] = {
     "audio.block_ms": _between(5, 100),
     "audio.latency_s": _positive,
     "audio.prebuffer_ms": _non_negative,
+    "audio.prebuffer_min_ms": _positive,
+    "audio.prebuffer_max_ms": _positive,
     "audio.preroll_ms": _between(0, 1000),
     "button.pin": _between(0, 27),
     "led.pin": _between(0, 27),
@@ -360,6 +369,15 @@ def _coerce(dotted: str, spec: _Spec, value: Any, filename: str, line: int) -> A
 
 
 def _cross_check(cfg: KioskConfig, root: yaml.MappingNode, filename: str) -> None:
+    low, high = cfg.audio.prebuffer_min_ms, cfg.audio.prebuffer_max_ms
+    if low > high:
+        min_line = _find_line(root, "audio", "prebuffer_min_ms")
+        if min_line is not None:
+            raise ConfigError(filename, min_line, "audio.prebuffer_min_ms",
+                              f"is more than audio.prebuffer_max_ms ({high:g})",
+                              "make prebuffer_min_ms <= prebuffer_max_ms")
+        raise ConfigError(filename, _find_line(root, "audio", "prebuffer_max_ms"), "audio.prebuffer_max_ms",
+                          f"is less than audio.prebuffer_min_ms ({low:g})", "make prebuffer_min_ms <= prebuffer_max_ms")
     if cfg.led.pin is not None and cfg.led.pin == cfg.button.pin:
         led_line = _find_line(root, "led", "pin")
         if led_line is not None:

@@ -105,7 +105,8 @@ class Daemon:
                 on_mic=lambda pcm: self.post(ev.MicBlock(pcm)), on_drained=self._on_drained,
                 on_started=lambda at_s: self.post(ev.PlaybackStarted(at_s)),
                 block_ms=self.cfg.audio.block_ms, latency_s=self.cfg.audio.latency_s,
-                prebuffer_ms=self.cfg.audio.prebuffer_ms, log=log_mod.get_logger("kioskd.audio"),
+                prebuffer_ms=self.cfg.audio.prebuffer_ms, prebuffer_min_ms=self.cfg.audio.prebuffer_min_ms,
+                prebuffer_max_ms=self.cfg.audio.prebuffer_max_ms, log=log_mod.get_logger("kioskd.audio"),
             )
             await audio.start()
             stack.push_async_callback(audio.close)
@@ -385,7 +386,7 @@ class Daemon:
     def _on_drained(self) -> None:
         assert self.audio is not None
         stats = self.audio.stats()
-        playout = {k: stats[k] for k in ("target_ms", "depth_ms", "late_pushes", "overflows") if k in stats}
+        playout = {k: stats[k] for k in ("target_ms", "depth_ms", "jitter_ms", "late_pushes", "late_ms", "overflows") if k in stats}
         self.post(ev.PlaybackDrained(underruns_total=int(stats.get("underruns", 0)), playout=playout))
 
     # ------------------------------------------------------------------------------------------ control

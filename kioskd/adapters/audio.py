@@ -31,11 +31,14 @@ _NO_AUDIO: Final = np.zeros(0, dtype=np.int16)
 class PlaybackResampler:
     """24 kHz mono int16 → the device rate, streaming, keeping track of which item each output sample belongs to.
 
-    soxr holds back some input (≈ 20–38 ms at MQ, §4.2); when the item changes, the previous item's tail is
-    flushed first so no sample is credited to the wrong item. Loop thread only.
+    soxr holds back some input (≈ 11 ms mean, 20 ms max at LQ; 21 / 38 ms at MQ, §4.2); when the item changes, the
+    previous item's tail is flushed first so no sample is credited to the wrong item.
+
+    LQ by default: its 16-bit filter already puts aliases at −153 dB (§4.2), the same as MQ, and what it holds back
+    is audio the jitter buffer cannot play yet, so half the lag is slack won at every delta. Loop thread only.
     """
 
-    def __init__(self, out_rate_hz: int, quality: str = "MQ") -> None:
+    def __init__(self, out_rate_hz: int, quality: str = "LQ") -> None:
         self._rs = soxr.ResampleStream(API_RATE_HZ, out_rate_hz, 1, dtype=DTYPE, quality=quality)
         self._item: str | None = None
         self._pending = False  # input went in since the last flush or clear
@@ -77,7 +80,8 @@ class AudioIO:
 
     def __init__(self, *, input_device: str | None, output_device: str | None, on_mic: Callable[[Pcm], None],
                  on_drained: Callable[[], None], on_started: Callable[[float], None] | None = None,
-                 block_ms: int = 20, latency_s: float | str = 0.05, prebuffer_ms: float = 120.0, log: Any = None,
+                 block_ms: int = 10, latency_s: float | str = 0.03, prebuffer_ms: float = 40.0,
+                 prebuffer_min_ms: float = 20.0, prebuffer_max_ms: float = 400.0, log: Any = None,
                  chooser: Callable[[str | None, Kind], DeviceChoice] = choose) -> None:
         if log is None:
             import structlog
@@ -91,6 +95,7 @@ class AudioIO:
         self._block_ms = block_ms
         self._latency_s = latency_s
         self._prebuffer_ms = prebuffer_ms
+        self._prebuffer_bounds_ms = (prebuffer_min_ms, prebuffer_max_ms)
         self._chooser = chooser
 
         self._lock = threading.Lock()  # guards _buffer between the loop thread and the output callback
@@ -115,6 +120,7 @@ class AudioIO:
         self._seen_drained = 0
         self._seen_started = 0
         self._out_latency_s = 0.0
+        self._out_ahead_s = 0.0  # the last callback's outputBufferDacTime - currentTime (the reported latency if none)
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -127,7 +133,9 @@ class AudioIO:
         inp = await asyncio.to_thread(self._chooser, self._queries["input"], "input")
         out = await asyncio.to_thread(self._chooser, self._queries["output"], "output")
         self._choices = {"input": inp, "output": out}
-        self._buffer = PlayoutBuffer(out.rate_hz, out.channels, prebuffer_ms=self._prebuffer_ms)
+        low_ms, high_ms = self._prebuffer_bounds_ms
+        self._buffer = PlayoutBuffer(out.rate_hz, out.channels, prebuffer_ms=self._prebuffer_ms, min_ms=low_ms,
+                                     max_ms=high_ms)
         self._mic_rs = soxr.ResampleStream(inp.rate_hz, API_RATE_HZ, 1, dtype=DTYPE, quality="LQ")
         self._play_rs = PlaybackResampler(out.rate_hz)
         try:
@@ -151,7 +159,7 @@ class AudioIO:
                          finished_callback=lambda: self._stream_finished(direction))
             self._streams[direction] = stream
             if direction == "output":
-                self._out_latency_s = float(stream.latency)
+                self._out_latency_s = self._out_ahead_s = float(stream.latency)
             stream.start()
         except (sd.PortAudioError, ValueError) as exc:
             raise DeviceError(choice.name, direction, f"cannot open at {choice.rate_hz} Hz, "
@@ -205,9 +213,10 @@ class AudioIO:
 
     def _queue(self, pieces: list[tuple[Pcm, str | None]]) -> None:
         assert self._buffer is not None
+        now_s = time.monotonic()  # arrival time, for the jitter estimate (the output callback uses this clock too)
         for pcm, item_id in pieces:
             with self._lock:  # held for one memcpy: the output callback waits on it
-                self._buffer.push(pcm, item_id)
+                self._buffer.push(pcm, item_id, now_s)
 
     def _mic_block(self, block: Pcm) -> None:
         if self._closed or self._mic_rs is None:
@@ -222,6 +231,13 @@ class AudioIO:
         if self._buffer is not None:
             with self._lock:
                 out.update(self._buffer.stats())
+                item = self._buffer.current_item
+                handed_ms = self._buffer.played_ms(item) if item is not None else 0
+            # the position *while playing*: handed to the device minus what still waits in its queue. Status only;
+            # the truncate figure is the handed count itself (everything handed is heard, pi-audio.md §8)
+            queued_ms = round(self._out_ahead_s * 1000) if out["depth_ms"] else 0  # after the drain it all played
+            out["playing_item"] = item
+            out["heard_ms"] = max(0, handed_ms - queued_ms)
         for direction, choice in self._choices.items():
             out[f"{direction}_device"] = choice.name
             out[f"{direction}_rate_hz"] = choice.rate_hz
@@ -300,18 +316,18 @@ class AudioIO:
                 outdata.fill(0)
                 return
             with self._lock:
-                buffer.fill(outdata)
+                buffer.fill(outdata, now)
                 drained, started = buffer.drained, buffer.items_started
+            ahead_s = time_info.outputBufferDacTime - time_info.currentTime
+            if 0.0 <= ahead_s < 1.0:  # some host APIs report no timing: keep the stream's reported latency
+                self._out_ahead_s = ahead_s
             if drained != self._seen_drained:
                 self._seen_drained = drained
                 self._post(self._on_drained)
             if started != self._seen_started:
                 self._seen_started = started
                 if self._on_started is not None:
-                    ahead_s = time_info.outputBufferDacTime - time_info.currentTime
-                    if not 0.0 <= ahead_s < 1.0:  # some host APIs report no timing
-                        ahead_s = self._out_latency_s
-                    self._post(self._on_started, now + ahead_s)
+                    self._post(self._on_started, now + self._out_ahead_s)
         except Exception:
             self._callback_errors += 1
             outdata.fill(0)

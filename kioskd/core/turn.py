@@ -78,7 +78,8 @@ class TurnSettings:
     backoff_first_max_s: float = 1.0
     backoff_cap_s: float = 30.0
     fault_retry_s: float = 120.0
-    quick_failure_s: float = 5.0  # a session that dies this soon after it was ready counts as a quick failure
+    quick_failure_s: float = 5.0  # a session that dies this soon after it was ready, before serving any
+    # response, counts as a quick failure
     quick_failures_fatal: int = 3  # this many in a row: the endpoint or config is broken, not the network
     earcons: bool = True
     thinking_cue_s: float = 1.5  # no reply audio this long after release: a soft "still thinking" sound
@@ -150,6 +151,7 @@ class TurnMachine:
         self._bad_seen: dict[tuple[str, str], int] = {}
         self._last_earcon_s: dict[ev.Earcon, float] = {}
         self._quick_failures = 0
+        self._session_served = False  # the server started a response on this session: it works
         self._session_update_id: str | None = None
         self._create_deferred = False  # response.create waits for the previous response's response.done
         self._response_done = False
@@ -327,6 +329,7 @@ class TurnMachine:
         if inp.turn_detection is not None:
             out.append(ev.Note("ws.session_mismatch", "warning", {"turn_detection": inp.turn_detection}))
         self._online_since_s = now
+        self._session_served = False
         self._responses.clear()
         self._recycle_due = False
         if self._lifetime_s is not None:
@@ -356,7 +359,7 @@ class TurnMachine:
         self.counters["disconnects"] += 1
         verdict = "fatal" if fatal else classify(cause)
         if self._online_since_s is not None:
-            quick = now - self._online_since_s < self.settings.quick_failure_s
+            quick = not self._session_served and now - self._online_since_s < self.settings.quick_failure_s
             self._quick_failures = self._quick_failures + 1 if quick else 0
             if self._quick_failures >= self.settings.quick_failures_fatal:
                 verdict = "fatal"  # the quick-failure rule: it connects, then dies at once, again and again
@@ -488,6 +491,7 @@ class TurnMachine:
         return []  # its press was rejected, capped or bounced
 
     def _on_response_created(self, inp: ev.ResponseCreated, now: float) -> list[ev.Action]:
+        self._session_served = True
         for resp in self._responses:
             if resp.id is None:
                 resp.id = inp.response_id

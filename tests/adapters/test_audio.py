@@ -131,7 +131,7 @@ def test_reply_tone_comes_out_of_the_speaker() -> None:
         assert prominence > 1000
         opened = {f["direction"]: f for event, f in lines.lines if event == "audio.device_opened"}
         assert opened["output"]["name"] == "kiosk_speaker" and opened["input"]["name"] == "kiosk_microphone"
-        assert opened["output"]["rate_hz"] == 48000 and opened["output"]["blocksize"] == 960
+        assert opened["output"]["rate_hz"] == 48000 and opened["output"]["blocksize"] == 480
         assert {"channels", "latency_s"} <= set(opened["output"])
         stats = audio.stats()
         assert stats["output_rate_hz"] == 48000 and stats["drained"] == 1 and stats["callback_errors"] == 0
@@ -149,6 +149,7 @@ def test_interrupt_silences_the_speaker_and_reports_what_was_handed() -> None:
             await audio.start()
             audio.play(tone(1000, 3000), "item_1")
             await wait_until(lambda: loud_ms(rec.data(), 48000) > 300, "the tone to start")
+            playing = audio.stats()
             item_id, played_ms = audio.interrupt()
             mark = rec.frames()
             await wait_until(lambda: rec.frames() > mark + 48000, "a second of recording after the interrupt")
@@ -163,6 +164,9 @@ def test_interrupt_silences_the_speaker_and_reports_what_was_handed() -> None:
         # everything handed to PortAudio is heard, fade included (reference/pi-audio.md §8)
         assert heard_ms <= played_ms + 5
         assert rec.overflowed or heard_ms >= played_ms - 10
+        # while playing, status shows the handed count minus what the device still queues: never ahead of it
+        assert playing["playing_item"] == "item_1" and 0 <= playing["heard_ms"] <= played_ms
+        assert {"jitter_ms", "late_ms", "target_ms", "underruns"} <= set(playing)
 
     run(main())
 

@@ -64,8 +64,8 @@ def longest_silence(x: Pcm) -> tuple[int, int]:
 
 
 def test_prebuffer_waits_for_target_then_fades_in() -> None:
-    """Below the 120 ms target nothing plays; at the target playback starts with a fade-in, not a jump."""
-    buf = PlayoutBuffer(RATE_HZ)
+    """With no clock: below the 120 ms target nothing plays; at the target playback starts with a fade-in."""
+    buf = PlayoutBuffer(RATE_HZ, prebuffer_ms=120)
     src = sine(200, 400)
     buf.push(src[:ms_to_samples(100)], "a")
     assert not fill_blocks(buf, 5).any()
@@ -119,8 +119,8 @@ def test_bursty_arrivals_play_everything_in_order() -> None:
 
 
 def test_stall_mid_stream_fades_counts_one_underrun_and_grows_target() -> None:
-    """An 800 ms stall: one underrun, target 120 → 160 ms, fades at both edges of the gap, nothing lost."""
-    buf = PlayoutBuffer(RATE_HZ)
+    """An 800 ms stall: one underrun, target 120 → 140 ms, fades at both edges of the gap, nothing lost."""
+    buf = PlayoutBuffer(RATE_HZ, prebuffer_ms=120)
     src = sine(200, 1500)
     first = ms_to_samples(300)
     buf.push(src[:first], "a")
@@ -133,8 +133,8 @@ def test_stall_mid_stream_fades_counts_one_underrun_and_grows_target() -> None:
 
     stats = buf.stats()
     assert stats["underruns"] == 1
-    assert stats["target_ms"] == 160
-    assert stats["late_pushes"] == 1
+    assert stats["target_ms"] == 140
+    assert (stats["late_pushes"], stats["late_ms"]) == (1, 1200)
     assert buf.played_ms("a") == 1500
     # a click would jump by up to 16000; the sine's own step is ~860, a 5 ms fade adds ~135
     assert max_step(played) < 1100
@@ -146,7 +146,7 @@ def test_stall_mid_stream_fades_counts_one_underrun_and_grows_target() -> None:
 
 def test_final_drain_is_not_an_underrun_and_calm_replies_shrink_target() -> None:
     """Calm replies shrink the target by 10 ms each, never below min_ms; the drain never counts."""
-    buf = PlayoutBuffer(RATE_HZ, min_ms=90)
+    buf = PlayoutBuffer(RATE_HZ, prebuffer_ms=120, min_ms=90)
     for n in range(1, 6):
         buf.push(sine(500, 300), f"item{n}")
         buf.end_of_stream()
@@ -158,14 +158,14 @@ def test_final_drain_is_not_an_underrun_and_calm_replies_shrink_target() -> None
 
 
 def test_target_stays_within_max() -> None:
-    """Repeated stalls grow the target by 40 ms each, capped at max_ms."""
-    buf = PlayoutBuffer(RATE_HZ, max_ms=250)
+    """Repeated stalls grow the target by 20 ms each, capped at max_ms."""
+    buf = PlayoutBuffer(RATE_HZ, prebuffer_ms=120, max_ms=190)
     for _ in range(6):
         buf.push(sine(500, 300), "a")
         fill_blocks(buf, 40)
     stats = buf.stats()
     assert stats["underruns"] == 6
-    assert stats["target_ms"] == 250
+    assert stats["target_ms"] == 190
 
 
 # --------------------------------------------------------------------------------------- interrupt
@@ -215,7 +215,7 @@ def test_interrupt_with_earcon_playing_names_no_item() -> None:
 
 def test_interrupt_while_prebuffering_plays_nothing() -> None:
     """Interrupt before the target was reached: the item was never heard, and nothing comes out afterwards."""
-    buf = PlayoutBuffer(RATE_HZ)
+    buf = PlayoutBuffer(RATE_HZ, prebuffer_ms=120)
     buf.push(sine(300, 80), "a")
     fill_blocks(buf, 3)
     assert buf.interrupt() == ("a", 0)
@@ -236,7 +236,7 @@ def test_interrupt_spanning_item_boundary_and_after_drain() -> None:
 
 def test_push_after_interrupt_starts_a_new_stream() -> None:
     """After an interrupt the next push prebuffers again, and its own item counts from zero."""
-    buf = PlayoutBuffer(RATE_HZ)
+    buf = PlayoutBuffer(RATE_HZ, prebuffer_ms=120)
     buf.push(sine(300, 500), "a")
     fill_blocks(buf, 10)
     buf.interrupt()
@@ -333,7 +333,7 @@ def test_capacity_overflow_drops_newest_and_counts() -> None:
 
 def test_drained_counts_each_emptying_after_end_of_stream() -> None:
     """Two replies, two drains; a push during the tail keeps the stream going; an empty end still drains."""
-    buf = PlayoutBuffer(RATE_HZ)
+    buf = PlayoutBuffer(RATE_HZ, prebuffer_ms=120)
     buf.push(sine(300, 200), "a")
     buf.end_of_stream()
     fill_blocks(buf, 5)
@@ -370,3 +370,149 @@ def test_items_started_counts_first_frames_of_each_item() -> None:
     assert buf.items_started == 1
     fill_until(buf, lambda: buf.drained == 1)
     assert buf.items_started == 2
+
+
+# --------------------------------------------------------------------------------------- jitter (fake clock)
+
+
+def deliver(buf: PlayoutBuffer, late_ms: list[float], item: str, *, delta_ms: int = 100, block: int = BLOCK,
+            start_s: float = 0.0, phase_s: float = 0.0, timed: bool = True) -> tuple[Pcm, float | None]:
+    """One reply in ``delta_ms`` deltas, delta k arriving ``k * delta_ms + late_ms[k]`` after ``start_s`` (never
+    before the one before it), with a callback every block from ``start_s + phase_s`` on the same fake clock
+    (``timed=False``: the buffer is not told the times). Returns channel 0 of what was handed out and the fake time
+    of the first sounding sample."""
+    src = sine(300, delta_ms * len(late_ms))
+    step = ms_to_samples(delta_ms)
+    due, arrivals = start_s, []
+    for k, late in enumerate(late_ms):
+        due = max(due, start_s + (k * delta_ms + late) / 1000)
+        arrivals.append(due)
+    tick_s, k, outs, first_s = start_s + phase_s, 0, [], None
+    drained = buf.drained
+    for _ in range(4 * (src.size + RATE_HZ) // block):
+        while k < len(arrivals) and arrivals[k] <= tick_s:
+            buf.push(src[k * step:(k + 1) * step], item, arrivals[k] if timed else None)
+            k += 1
+            if k == len(arrivals):
+                buf.end_of_stream()
+        out = np.full((block, 1), SENTINEL, dtype=np.int16)
+        buf.fill(out, tick_s if timed else None)
+        if first_s is None and out.any():
+            first_s = tick_s
+        outs.append(out[:, 0].copy())
+        if buf.drained > drained:
+            return np.concatenate(outs), first_s
+        tick_s += block / RATE_HZ
+    raise AssertionError("the reply never drained")
+
+
+def test_start_is_small_and_timed_from_the_first_arrival() -> None:
+    """With a clock, a 100 ms first delta does not start at once: playback begins 40 ms (the first target) after
+    it arrived, so the second delta has slack; without a clock the same push would start on depth."""
+    buf = PlayoutBuffer(RATE_HZ)
+    assert buf.stats()["target_ms"] == 40
+    buf.push(sine(300, 100), "a", 10.0)
+    silent = 0
+    for tick in range(10):
+        out = np.zeros((BLOCK // 4, 1), dtype=np.int16)  # 5 ms callbacks
+        buf.fill(out, 10.0 + tick * 0.005)
+        if out.any():
+            break
+        silent += 1
+    assert silent == 8  # callbacks at 0, 5, ..., 35 ms stay silent; the one at 40 ms plays
+
+    untimed = PlayoutBuffer(RATE_HZ)
+    untimed.push(sine(300, 100), "a")
+    assert fill_blocks(untimed, 1).any()
+
+
+def test_jitter_estimate_rises_fast_on_late_deltas_and_falls_slowly() -> None:
+    """Three deltas 30 ms behind schedule lift the estimate most of the way to 30 ms within the reply; a calm reply
+    afterwards only lowers it a little; many calm replies bring it down."""
+    buf = PlayoutBuffer(RATE_HZ)
+    deliver(buf, [0, 30, 30, 30, 0, 0], "a")
+    risen = buf.stats()["jitter_ms"]
+    assert 20 <= risen <= 30
+    deliver(buf, [0] * 6, "b", start_s=10.0)
+    after_one = buf.stats()["jitter_ms"]
+    assert risen * 0.7 < after_one < risen
+    for n in range(20):
+        deliver(buf, [0] * 15, f"c{n}", start_s=20.0 + 5 * n)
+    assert buf.stats()["jitter_ms"] < 1
+    assert buf.stats()["target_ms"] == 20  # min_ms once the underrun-free floor has shrunk too
+
+
+def test_target_follows_jitter_within_bounds() -> None:
+    """Target = jitter + 10 ms margin, never below min_ms nor above max_ms, whatever the lateness."""
+    buf = PlayoutBuffer(RATE_HZ, prebuffer_ms=20, min_ms=30, max_ms=150)
+    assert buf.stats()["target_ms"] == 30
+    deliver(buf, [0, 5000, 0, 0, 0, 0], "a")  # a 5 s stall: one underrun; lateness counts up to max_ms only
+    stats = buf.stats()
+    assert stats["underruns"] == 1 and stats["late_pushes"] >= 1
+    assert stats["jitter_ms"] <= 150 and stats["target_ms"] == 150
+
+
+def test_twenty_ms_jitter_settles_without_underruns() -> None:
+    """Uniform 0–20 ms delivery jitter on 100 ms deltas (the benchmark's profile): after a first reply or two the
+    timed buffer plays every reply without an underrun; counted in queued audio alone (no clock), the same small
+    target starts on the first delta and runs dry again and again."""
+    import random
+
+    rng = random.Random(7)
+    replies = [([rng.uniform(0, 20) for _ in range(15)], rng.uniform(0, 0.02)) for _ in range(30)]
+
+    def underruns_per_reply(buf: PlayoutBuffer, timed: bool) -> list[int]:
+        counts = []
+        for n, (lates, phase_s) in enumerate(replies):
+            before = buf.stats()["underruns"]
+            deliver(buf, lates, f"r{n}", start_s=3.0 * n, phase_s=phase_s, timed=timed)
+            counts.append(int(buf.stats()["underruns"]) - before)
+        return counts
+
+    timed = PlayoutBuffer(RATE_HZ)
+    per_reply = underruns_per_reply(timed, True)
+    assert sum(per_reply[2:]) == 0, per_reply
+    assert 20 <= timed.stats()["target_ms"] <= 40
+
+    untimed = PlayoutBuffer(RATE_HZ, max_ms=40)  # the same small target, counted in queued audio only
+    assert sum(underruns_per_reply(untimed, False)) > 5
+
+
+def test_underrun_exactly_at_a_block_edge_fades_instead_of_clicking() -> None:
+    """The queue ends exactly where a block ends and the next delta is late: the next block starts with a fade
+    that continues the waveform downwards to zero (no step), then silence, then a fade-in when audio returns."""
+    buf = PlayoutBuffer(RATE_HZ, prebuffer_ms=20)
+    src = sine(171, 400, amplitude=0.8)  # the cut falls mid-swing
+    buf.push(src[:BLOCK * 3], "a")
+    out = [fill_blocks(buf, 3)[:, 0]]  # plays exactly the three blocks queued
+    assert abs(int(out[0][-1])) > 5000
+    out.append(fill_blocks(buf, 4)[:, 0])  # ran dry: fade, then silence
+    assert buf.stats()["underruns"] == 1
+    buf.push(src[BLOCK * 3:], "a")
+    buf.end_of_stream()
+    out.append(fill_until(buf, lambda: buf.drained == 1))
+    played = np.concatenate(out)
+    assert max_step(played) < 1800  # the sine's own step at 0.8 full scale is ~1200; a click would be ~20000
+    start, end = longest_silence(played)
+    assert end - start >= 3 * BLOCK
+    assert buf.played_ms("a") == 400  # the synthesized fade is not counted as the reply's audio
+
+
+def test_interrupt_with_nothing_queued_mid_stream_still_fades() -> None:
+    """A barge-in just as the queue ran empty (still playing, next delta due) fades from the last samples."""
+    buf = PlayoutBuffer(RATE_HZ, prebuffer_ms=20)
+    buf.push(sine(171, 60, amplitude=0.8), "a")
+    before = fill_blocks(buf, 3)[:, 0]
+    assert buf.interrupt() == ("a", 60)
+    after = fill_blocks(buf, 3)[:, 0]
+    assert max_step(np.concatenate((before, after))) < 1800
+    assert not after[ms_to_samples(5):].any()
+
+
+@pytest.mark.parametrize("block", [1, 7, 441, 1023])
+def test_timed_fill_writes_every_frame_and_plays_everything(block: int) -> None:
+    """fill() with a clock and odd block sizes: every frame written, the whole reply handed out, in order."""
+    buf = PlayoutBuffer(RATE_HZ)
+    out, _ = deliver(buf, [0, 15, 3, 40, 0, 7], "a", block=block)
+    assert not (out == SENTINEL).any()
+    assert buf.played_ms("a") == 600 and buf.stats()["fill_errors"] == 0

@@ -832,6 +832,19 @@ def test_quick_failures_in_a_row_are_a_fault() -> None:
     assert arms(out)[ev.Timer.RECONNECT] == k.now + SETTINGS.fault_retry_s
 
 
+def test_a_session_that_served_a_response_is_not_a_quick_failure() -> None:
+    """Drops mid-reply on sessions that did answer (a flaky link, not a broken endpoint) never add up to FAULT."""
+    k = online()
+    for n in range(4):
+        ask(k)
+        k.feed(ev.ResponseCreated(f"resp_{n}"))
+        out = k.feed(ev.Disconnected(ConnectionLost(1006)), after_s=1.0)
+        assert k.phase == "offline"
+        k.feed(ev.Timeout(ev.Timer.RECONNECT), after_s=arms(out)[ev.Timer.RECONNECT] - k.now)
+        k.feed(ev.SessionCreated("sess_n", None))
+        k.feed(ev.SessionUpdated(None))
+
+
 def test_a_reload_reconnects_from_fault_and_renews_a_changed_session_at_idle() -> None:
     """systemctl reload in FAULT (say, a rotated key) reconnects at once; in IDLE a changed voice renews the
     session; mid-turn the renewal waits for IDLE."""
