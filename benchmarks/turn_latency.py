@@ -1,35 +1,60 @@
-"""Release → first audible sample, measured where the visitor is: on the speaker sink's monitor.
+"""kioskd vs a naive baseline client, measured where the visitor is: on the speaker sink's monitor.
 
-Runs N push-to-talk turns of a real `kioskd run` against the simulator with a known first-delta delay, records
-the speaker null sink's monitor, and prints per turn and as p50 / p95:
-  - release → first audible sample (ms),
-  - the client-added part: that minus the simulator's first-delta delay,
-  - underruns per reply: gaps > 10 ms inside the reply heard in the recording, and the playout buffer's own count.
-Figures are printed, nothing is asserted. Run it after ./scripts/setup:
+For each delivery profile of the simulator (no jitter, 20 ms jitter, 100 ms spikes on every 5th delta), runs the
+same push-to-talk visit twice — once against a real `kioskd run` child process, once against
+benchmarks/baseline.py (the naive client of the common samples, also a child process) — and prints one table per
+profile with a kioskd and a baseline column:
+  - release → first audible sample, p50 / p95, and the client-added part (minus the simulator's first-delta delay;
+    the first delta's own jitter, up to jitter_ms, is in it for both clients);
+  - underruns per reply: gaps > 10 ms between the first and the last audible sample of each full reply, heard in
+    the recording (the replies are a steady tone, so a gap is silence), plus kioskd's own playout-buffer count;
+  - barge-in press → speaker silent: every 2nd turn is interrupted mid-reply by a press; measured from the press
+    to the last loud sample in the recording (then the visitor asks again and that reply is measured too);
+  - CPU % of one core while a reply streams (phase speaking → idle) and while idle (4 s after the turns), from
+    /proc/<pid>/stat (utime + stime, all threads), and RSS / peak RSS from /proc/<pid>/status.
+Figures are printed, nothing is asserted. Run it after ./scripts/setup, with no test run using the same sinks:
 
-    eval "$(scripts/audio-env)" && .venv/bin/python benchmarks/turn_latency.py --turns 10
+    eval "$(scripts/audio-env)" && .venv/bin/python benchmarks/turn_latency.py
 
-Null sinks deliver bursty audio and render ahead (reference pi-audio.md §8), so the absolute figures carry a few
-tens of ms of measurement noise; compare runs made on the same machine.
+The simulator paces deltas at real time by default (--speedup 1), so delivery jitter reaches the speaker unless the
+client buffers; the real API often delivers faster than real time, which hides jitter but lets a plain queue grow
+(try --speedup 4 to see the baseline's barge-in then). Null sinks deliver bursty audio and render ahead (reference
+pi-audio.md §8): absolute figures carry a few tens of ms of measurement noise; compare runs on the same machine.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import os
+import subprocess
+import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final, Protocol
 
 import numpy as np
 
 from kioskd.core.pcm import tone
-from kioskd.sim.harness import KioskdProcess, Room, SimThread, write_wav
+from kioskd.sim.harness import KioskdProcess, Room, SimThread, speak, wait_for, write_wav
 from kioskd.sim.realtime_server import SimOptions
 
-LOUD = 1000  # int16: the reply tone peaks near 10000; the idle sink is exact zeros
-GAP_MS = 10
+LOUD: Final = 1000  # int16: the reply tone peaks near 10000; the idle sink is exact zeros
+GAP_MS: Final = 10
+CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
+BASELINE: Final = Path(__file__).with_name("baseline.py")
+PROFILES: Final[dict[str, dict[str, float]]] = {
+    "jitter0": {"jitter_ms": 0.0},
+    "jitter20": {"jitter_ms": 20.0},
+    "spikes100": {"spike_ms": 100.0, "spike_every": 5},
+}
+PROFILE_TITLES: Final = {"jitter0": "no jitter", "jitter20": "20 ms jitter per delta",
+                         "spikes100": "100 ms spike on every 5th delta"}
 
+
+# ------------------------------------------------------------------------------------------- the recording
 
 def first_sound_s(times: np.ndarray, pcm: np.ndarray, after_s: float) -> float | None:
     loud = np.nonzero((times > after_s) & (np.abs(pcm.astype(np.int32)) > LOUD))[0]
@@ -54,62 +79,317 @@ def gaps_in_reply(pcm: np.ndarray, rate_hz: int) -> int:
     return gaps
 
 
+def record_until_silent(room: Room, after_s: float, quiet_s: float = 0.2,
+                        timeout_s: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
+    """Keep taking the room's recording until it has been quiet for ``quiet_s`` after the last loud sample
+    later than ``after_s`` (time.time clock)."""
+    parts: list[tuple[np.ndarray, np.ndarray]] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        parts.append(room.take())
+        times = np.concatenate([t for t, _ in parts])
+        pcm = np.concatenate([p for _, p in parts])
+        loud = times[(times > after_s) & (np.abs(pcm.astype(np.int32)) > LOUD)]
+        last_s = float(loud[-1]) if loud.size else after_s
+        if times.size and times[-1] - last_s >= quiet_s:
+            break
+    return np.concatenate([t for t, _ in parts]), np.concatenate([p for _, p in parts])
+
+
+# ------------------------------------------------------------------------------------------- the clients
+
+class Client(Protocol):
+    name: str
+    pid: int
+
+    def press(self) -> None: ...
+    def release(self) -> None: ...
+    def phase(self) -> str: ...
+    def buffer_underruns(self) -> int | None: ...
+    def stop(self) -> None: ...
+
+
+class Kioskd:
+    """A real `kioskd run`. Its phase is read from its own `turn.phase` log lines, not by polling the control
+    socket, so that measuring does not cost it CPU."""
+
+    name = "kioskd"
+
+    def __init__(self, work: Path, url: str) -> None:
+        self.proc = KioskdProcess(work, f"realtime:\n  url: {url}\n"
+                                        "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
+                                        "  earcons: false\nlog:\n  format: json\n")
+        self.proc.wait_phase("idle")
+        self.pid = self.proc.proc.pid
+        self._done_seen = len(self.proc.events("turn.done"))
+
+    def press(self) -> None:
+        self.proc.ctl("press")
+
+    def release(self) -> None:
+        self.proc.ctl("release")
+
+    def phase(self) -> str:
+        if self.proc.proc.poll() is not None:
+            raise RuntimeError(f"kioskd exited:\n{self.proc.tail()}")
+        phases = self.proc.events("turn.phase")
+        return str(phases[-1]["to"]) if phases else "idle"
+
+    def buffer_underruns(self) -> int | None:
+        """The playout buffer's own underrun count for the last reply heard in full, if a new one was logged."""
+        done = self.proc.events("turn.done")
+        if len(done) == self._done_seen:
+            return None
+        self._done_seen = len(done)
+        return int(done[-1].get("underruns") or 0)
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+class Baseline:
+    """benchmarks/baseline.py as a child process, driven over stdin, its phase read from its stdout."""
+
+    name = "baseline"
+
+    def __init__(self, url: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(BASELINE), "--url", url], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        self.pid = self.proc.pid
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, name="baseline-out", daemon=True).start()
+        wait_for(lambda: self.phase() == "idle", "the baseline to start", 30)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self.lines.append(raw.rstrip())
+
+    def notes(self) -> list[str]:
+        return [line[5:] for line in self.lines if line.startswith("note ")]
+
+    def _send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def press(self) -> None:
+        self._send("press")
+
+    def release(self) -> None:
+        self._send("release")
+
+    def phase(self) -> str:
+        if self.proc.poll() is not None:
+            raise RuntimeError("baseline exited:\n" + "\n".join(self.lines[-10:]))
+        phases = [line.split()[1] for line in self.lines if line.startswith("phase ")]
+        return phases[-1] if phases else "starting"
+
+    def buffer_underruns(self) -> int | None:
+        return None
+
+    def stop(self) -> None:
+        try:
+            self._send("quit")
+            self.proc.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+
+
+def wait_phase(client: Client, *phases: str, timeout_s: float = 30.0) -> None:
+    wait_for(lambda: client.phase() in phases, f"{client.name} phase {'/'.join(phases)}", timeout_s)
+
+
+def cpu_s(pid: int) -> float:
+    """utime + stime of the whole process (all threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+# ------------------------------------------------------------------------------------------- one visit
+
+@dataclass
+class Figures:
+    latency_ms: list[float] = field(default_factory=list)
+    silent_ms: list[float] = field(default_factory=list)
+    gaps: list[int] = field(default_factory=list)
+    buffer_underruns: list[int] = field(default_factory=list)
+    streaming_cpu_s: float = 0.0
+    streaming_wall_s: float = 0.0
+    idle_cpu_pct: float = float("nan")
+    memory_kib: dict[str, int] = field(default_factory=dict)
+    no_sound: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def ask(client: Client, question: Path, room: Room) -> float:
+    """Press, speak, release (room emptied just before); returns the release time on time.time()'s clock once the
+    client speaks (or is idle again)."""
+    client.press()
+    speak(question)
+    room.take()
+    released_s = time.time()
+    client.release()
+    wait_phase(client, "speaking", "idle")
+    return released_s
+
+
+def hear_reply(client: Client, room: Room, released_s: float, fig: Figures, verbose: bool) -> None:
+    """Wait for the reply to end, then score it: release → first sound, gaps, CPU while it streamed."""
+    cpu0, wall0 = cpu_s(client.pid), time.monotonic()
+    wait_phase(client, "idle")
+    fig.streaming_cpu_s += cpu_s(client.pid) - cpu0
+    fig.streaming_wall_s += time.monotonic() - wall0
+    times, pcm = record_until_silent(room, released_s)
+    sound_s = first_sound_s(times, pcm, released_s)
+    underruns = client.buffer_underruns()
+    if sound_s is None:
+        fig.no_sound += 1
+        return
+    gaps = gaps_in_reply(pcm[times > released_s], Room.RATE_HZ)
+    fig.latency_ms.append((sound_s - released_s) * 1000)
+    fig.gaps.append(gaps)
+    if underruns is not None:
+        fig.buffer_underruns.append(underruns)
+    if verbose:
+        print(f"    {client.name}: release → sound {fig.latency_ms[-1]:.0f} ms, gaps {gaps}, buffer {underruns}")
+
+
+def visit(client: Client, room: Room, question: Path, turns: int, barge_after_s: float, verbose: bool) -> Figures:
+    fig = Figures()
+    for i in range(turns):
+        released_s = ask(client, question, room)
+        if i % 2 == 0:
+            hear_reply(client, room, released_s, fig, verbose)
+            continue
+        # barge-in: press mid-reply, wait until the speaker is silent, then ask again and hear that reply
+        time.sleep(barge_after_s)
+        pressed_s = time.time()
+        client.press()
+        times, pcm = record_until_silent(room, pressed_s)
+        sound_s = first_sound_s(times, pcm, released_s)
+        if sound_s is None or sound_s > pressed_s:
+            fig.no_sound += 1  # the reply had not started when the press came: no barge-in to measure
+        else:
+            fig.latency_ms.append((sound_s - released_s) * 1000)
+            loud = times[(times > pressed_s) & (np.abs(pcm.astype(np.int32)) > LOUD)]
+            fig.silent_ms.append(max(0.0, (float(loud[-1]) - pressed_s) * 1000) if loud.size else 0.0)
+            if verbose:
+                print(f"    {client.name}: release → sound {fig.latency_ms[-1]:.0f} ms, "
+                      f"press → silent {fig.silent_ms[-1]:.0f} ms")
+        client.buffer_underruns()  # an interrupted reply logs no turn.done; keep the count in step
+        speak(question)
+        room.take()
+        released_s = time.time()
+        client.release()
+        wait_phase(client, "speaking", "idle")
+        hear_reply(client, room, released_s, fig, verbose)
+    # idle after the turns: the first seconds after start-up still burn CPU (imports, streams starting)
+    time.sleep(1.0)
+    cpu0, wall0 = cpu_s(client.pid), time.monotonic()
+    time.sleep(4.0)
+    fig.idle_cpu_pct = 100 * (cpu_s(client.pid) - cpu0) / (time.monotonic() - wall0)
+    fig.memory_kib = memory_kib(client.pid)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------- the report
+
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+def p50_p95(values: list[float]) -> str:
+    return f"{pct(values, 50):.0f} / {pct(values, 95):.0f} ms" if values else "—"
+
+
+def table(title: str, figs: dict[str, Figures], delay_ms: float) -> None:
+    rows: list[tuple[str, list[str], str]] = [
+        ("release → first sound, p50 / p95", [p50_p95(f.latency_ms) for f in figs.values()], ""),
+        ("client-added, p50 / p95", [p50_p95([v - delay_ms for v in f.latency_ms]) for f in figs.values()],
+         "≤ 40 / ≤ 80 ms at 20 ms jitter"),
+        (f"gaps > {GAP_MS} ms heard per reply (mean, max)",
+         [f"{np.mean(f.gaps):.2f}, {max(f.gaps)}" if f.gaps else "—" for f in figs.values()],
+         "0 at 20 ms jitter"),
+        ("playout-buffer underruns per reply",
+         [f"{np.mean(f.buffer_underruns):.2f}" if f.buffer_underruns else "n/a" for f in figs.values()], ""),
+        ("barge-in press → silent, p50 / p95", [p50_p95(f.silent_ms) for f in figs.values()], "≤ 30 ms"),
+        ("CPU % of one core, streaming",
+         [f"{100 * f.streaming_cpu_s / f.streaming_wall_s:.1f} %" if f.streaming_wall_s else "—"
+          for f in figs.values()], "≤ 3 %"),
+        ("CPU % of one core, idle", [f"{f.idle_cpu_pct:.1f} %" for f in figs.values()], ""),
+        ("RSS (peak), MiB", [f"{f.memory_kib.get('VmRSS', 0) / 1024:.0f} ({f.memory_kib.get('VmHWM', 0) / 1024:.0f})"
+                             for f in figs.values()], ""),
+        ("replies timed / heard in full / silent",
+         [f"{len(f.latency_ms)} / {len(f.gaps)} / {f.no_sound}" for f in figs.values()], ""),
+    ]
+    names = list(figs)
+    print(f"\n{title}")
+    print(f"  {'figure':44s}" + "".join(f"{n:>18s}" for n in names) + "   target")
+    for label, cells, target in rows:
+        print(f"  {label:44s}" + "".join(f"{c:>18s}" for c in cells) + (f"   {target}" if target else ""))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--turns", type=int, default=10)
+    parser.add_argument("--turns", type=int, default=8, help="turns per profile per client (every 2nd barges in)")
+    parser.add_argument("--profiles", default=",".join(PROFILES), help=f"comma-separated, of {', '.join(PROFILES)}")
+    parser.add_argument("--clients", default="kioskd,baseline")
     parser.add_argument("--delay-ms", type=float, default=200.0, help="simulator's first-delta delay")
-    parser.add_argument("--jitter-ms", type=float, default=20.0, help="simulator's per-delta jitter")
+    parser.add_argument("--delta-ms", type=int, default=100, help="audio per delta")
+    parser.add_argument("--speedup", type=float, default=1.0, help="delivery speed, × real time")
     parser.add_argument("--reply-ms", type=int, default=1500)
+    parser.add_argument("--barge-after-ms", type=int, default=500, help="press this long after the reply starts")
+    parser.add_argument("--verbose", action="store_true", help="print every reply")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="kioskd-bench-"))
     question = write_wav(work / "q.wav", tone(300, 400, 48000, 0.4), 48000)
-    sim = SimThread(SimOptions(voice="tone", tone_hz=1000, reply_ms=args.reply_ms,
-                               first_delta_delay_ms=args.delay_ms, jitter_ms=args.jitter_ms, speedup=4.0))
     room = Room()
-    kiosk = KioskdProcess(work, f"realtime:\n  url: {sim.sim.url}\n"
-                                "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
-                                "  earcons: false\nlog:\n  format: json\n")
-    latencies_ms: list[float] = []
-    heard_gaps: list[int] = []
-    buffer_underruns: list[int] = []
+    print(f"kioskd vs baseline: {args.turns} turns per profile per client (every 2nd interrupted by a press "
+          f"{args.barge_after_ms} ms into the reply, then asked again); simulator: first delta {args.delay_ms:g} ms "
+          f"after response.create, {args.delta_ms} ms deltas at {args.speedup:g}× real time, {args.reply_ms} ms "
+          f"tone replies; audio through PulseAudio null sinks, speaker monitor recorded")
+    rev = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                         cwd=Path(__file__).parent).stdout.strip()
+    print(f"kioskd at {rev or 'unknown revision'}; {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M')}")
+    baseline_notes: list[str] = []
     try:
-        kiosk.wait_phase("idle")
-        print(f"kioskd turn latency: {args.turns} turns, simulator first-delta delay {args.delay_ms:g} ms, "
-              f"jitter {args.jitter_ms:g} ms, reply {args.reply_ms} ms\n")
-        print(" turn  release→sound  client-added  gaps>10ms  buffer underruns")
-        for i in range(args.turns):
-            released_s = kiosk.ask(question, room)
-            kiosk.wait_phase("idle")
-            time.sleep(0.3)
-            times, pcm = room.take()
-            sound_s = first_sound_s(times, pcm, released_s)
-            done = kiosk.events("turn.done")
-            underruns = int(done[-1].get("underruns") or 0) if len(done) == i + 1 else -1
-            if sound_s is None:
-                print(f" {i + 1:4d}  no sound heard")
-                continue
-            latency_ms = (sound_s - released_s) * 1000
-            gaps = gaps_in_reply(pcm[times > released_s], Room.RATE_HZ)
-            latencies_ms.append(latency_ms)
-            heard_gaps.append(gaps)
-            buffer_underruns.append(underruns)
-            print(f" {i + 1:4d}  {latency_ms:10.0f} ms  {latency_ms - args.delay_ms:8.0f} ms  {gaps:9d}  {underruns:16d}")
+        for profile in args.profiles.split(","):
+            options = SimOptions(voice="tone", tone_hz=1000, reply_ms=args.reply_ms, delta_ms=args.delta_ms,
+                                 first_delta_delay_ms=args.delay_ms, speedup=args.speedup, **PROFILES[profile])
+            figs: dict[str, Figures] = {}
+            for name in args.clients.split(","):
+                sim = SimThread(options)  # a fresh simulator per client: the same seeded delivery schedule
+                client: Client | None = None
+                started = time.monotonic()
+                try:
+                    client = Kioskd(work, sim.sim.url) if name == "kioskd" else Baseline(sim.sim.url)
+                    room.take()
+                    figs[name] = visit(client, room, question, args.turns, args.barge_after_ms / 1000, args.verbose)
+                    if isinstance(client, Baseline):
+                        baseline_notes = client.notes()
+                finally:
+                    if client is not None:
+                        client.stop()
+                    sim.close()
+                print(f"  {PROFILE_TITLES[profile]}: {name} done in {time.monotonic() - started:.0f} s", flush=True)
+            table(f"Profile {profile}: {PROFILE_TITLES[profile]}", figs, args.delay_ms)
     finally:
-        kiosk.stop()
         room.close()
-        sim.close()
-    if latencies_ms:
-        added = [v - args.delay_ms for v in latencies_ms]
-        print(f"\nrelease → first audible sample: p50 {pct(latencies_ms, 50):.0f} ms, p95 {pct(latencies_ms, 95):.0f} ms")
-        print(f"client-added (minus the {args.delay_ms:g} ms first-delta delay): p50 {pct(added, 50):.0f} ms, "
-              f"p95 {pct(added, 95):.0f} ms")
-        print(f"gaps > {GAP_MS} ms heard per reply: mean {statistics.mean(heard_gaps):.2f}; "
-              f"playout-buffer underruns per reply: mean {statistics.mean(buffer_underruns):.2f}")
+    for note in baseline_notes:
+        print(f"\nbaseline: {note}")
     return 0
 
 
