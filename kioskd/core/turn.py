@@ -585,6 +585,8 @@ class TurnMachine:
         if self._turn is not None:
             self._turn.underruns = self._underruns_total - self._turn.underruns_at_start
         self.counters["turns_done"] += 1
+        self._backoff = self._new_backoff()  # a session that answered a visitor in full is healthy
+        self._quick_failures = 0
         summary = self._finish_turn(None)
         return [*self._disarm(ev.Timer.REPLY_CAP), ev.Note("turn.done", "info", summary), *self._go_idle(now)]
 

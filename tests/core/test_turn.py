@@ -1260,3 +1260,16 @@ def test_press_and_thinking_earcons() -> None:
     assert quick.feed(ev.Timeout(ev.Timer.THINKING_CUE), after_s=5) == []
     silent = online(TurnSettings(earcons=False))
     assert earcons(silent.press()) == []
+
+
+def test_a_whole_answer_resets_the_backoff() -> None:
+    """After drops grew the backoff, a session that serves a visitor in full starts the next backoff afresh."""
+    k = online()
+    assert [reconnect_delay(k, ConnectionLost(1011), 10.0) for _ in range(2)] == pytest.approx([0.5, 1.75])
+    ask(k)
+    speaking(k)
+    k.feed(ev.AudioDone("resp_1", "item_1"))
+    k.feed(done("resp_1"))
+    k.feed(ev.PlaybackDrained())
+    assert k.phase == "idle"
+    assert reconnect_delay(k, ConnectionLost(1011), 10.0) == pytest.approx(0.5)
