@@ -159,7 +159,7 @@ def test_systemd_readiness_and_the_key_stays_secret(tmp_path: Path) -> None:
     import os
     import socket
 
-    key = "sk-test-" + "k3y" * 12
+    key = "fake-test-" + "k3y" * 12
     key_file = tmp_path / "openai_api_key"
     key_file.write_text(key + "\n")
     key_file.chmod(0o600)
@@ -200,7 +200,7 @@ def test_systemd_readiness_and_the_key_stays_secret(tmp_path: Path) -> None:
 def test_a_wrong_key_is_a_fault_said_once(tmp_path: Path) -> None:
     """A rejected key (HTTP 401) puts kioskd in FAULT with the error LED pattern and one ERROR line naming the
     endpoint; a press then gets the offline prompt, and the key is in no line."""
-    key = "sk-wrong-" + "x" * 30
+    key = "fake-wrong-" + "x" * 30
     key_file = tmp_path / "key"
     key_file.write_text(key)
     key_file.chmod(0o600)

@@ -17,7 +17,7 @@ from kioskd import log
 from kioskd.core.events import Note
 from kioskd.errors import AuthError
 
-KEY = "sk-proj-LOGTESTKEY9876543210zyxwv"
+KEY = "fake-proj-LOGTESTKEY9876543210zyxwv"
 
 
 @pytest.fixture(autouse=True)
@@ -187,7 +187,7 @@ def test_registered_key_never_appears() -> None:
 
 def test_secrets_given_to_configure_and_console_format() -> None:
     stream = io.StringIO()
-    other = "sk-another-secret-value-42"
+    other = "fake-another-secret-value-42"
     log.configure("info", "console", stream=stream, secrets=[other], environ={})
     log.get_logger("kioskd.test").info("x", text=f"key={other}")
     assert other not in stream.getvalue() and "[redacted]" in stream.getvalue()

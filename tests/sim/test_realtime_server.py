@@ -22,7 +22,7 @@ from kioskd.sim.voice import reply_audio
 from tests.conftest import UNIT_S, run
 from tests.sim.conftest import FAST, Client, audio_of, client, configure, simulator
 
-KEY = "sk-test-not-a-secret-0123456789"
+KEY = "fake-test-key-not-a-secret-0123456789"
 QUESTION_HZ = 300.0
 
 #: reference §6, with the deltas collapsed: the order a push-to-talk turn's events arrive in
