@@ -25,6 +25,7 @@ from kioskd.core.pcm import API_RATE_HZ, Pcm
 from kioskd.errors import DeviceError
 
 DTYPE: Final = "int16"
+MIC_BLOCK_MS: Final = 20
 _NO_AUDIO: Final = np.zeros(0, dtype=np.int16)
 
 
@@ -150,7 +151,10 @@ class AudioIO:
     def _open(self, direction: Kind, choice: DeviceChoice) -> None:
         import sounddevice as sd  # type: ignore[import-untyped]
 
-        blocksize = max(1, choice.rate_hz * self._block_ms // 1000)
+        # the speaker's block sets how soon a reply or a barge-in fade reaches the device; the microphone's only
+        # feeds appends of 20-40 ms, so it keeps 20 ms blocks and half the callbacks
+        block_ms = self._block_ms if direction == "output" else max(self._block_ms, MIC_BLOCK_MS)
+        blocksize = max(1, choice.rate_hz * block_ms // 1000)
         cls = sd.InputStream if direction == "input" else sd.OutputStream
         callback = self._on_input if direction == "input" else self._on_output
         try:
