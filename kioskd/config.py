@@ -20,7 +20,6 @@ import os
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final, Literal, Union, get_args, get_origin, get_type_hints
 from urllib.parse import parse_qsl, urlsplit
 
@@ -261,15 +260,23 @@ def load(path: str | os.PathLike[str] | None) -> KioskConfig:
     if path is None:
         return KioskConfig()
     name = os.fspath(path)
-    try:
-        text = Path(name).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(name, None, None, "no such file") from None
-    except UnicodeDecodeError:
-        raise ConfigError(name, None, None, "not UTF-8 text") from None
-    except OSError as exc:
-        raise ConfigError(name, None, None, f"cannot read: {(exc.strerror or str(exc)).lower()}") from None
+    text, _ = _read_text(name, None, "")
     return parse(text, name)
+
+
+def _read_text(path: str, key: str | None, what: str) -> tuple[str, int]:
+    """A UTF-8 file's text and mode bits; every failure a ConfigError naming ``path`` (and ``key``).
+    ``what`` names the file in messages ("key file"), or is empty for the config file itself."""
+    subject = f"{what} " if what else ""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read(), os.fstat(f.fileno()).st_mode
+    except FileNotFoundError:
+        raise ConfigError(path, None, key, f"{what} not found" if what else "no such file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, None, key, f"{subject}is not UTF-8 text" if what else "not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(path, None, key, f"cannot read {subject}".rstrip() + f": {(exc.strerror or str(exc)).lower()}") from None
 
 
 def parse(text: str, filename: str) -> KioskConfig:
@@ -498,16 +505,7 @@ def read_api_key(cfg: RealtimeConfig, environ: Mapping[str, str] = os.environ) -
 
 
 def _read_key_file(path: str, key: str | None, *, refuse_world_readable: bool) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            mode = os.fstat(f.fileno()).st_mode
-            text = f.read()
-    except FileNotFoundError:
-        raise ConfigError(path, None, key, "key file not found") from None
-    except UnicodeDecodeError:
-        raise ConfigError(path, None, key, "key file is not UTF-8 text") from None
-    except OSError as exc:
-        raise ConfigError(path, None, key, f"cannot read key file: {(exc.strerror or 'error').lower()}") from None
+    text, mode = _read_text(path, key, "key file")
     if refuse_world_readable and mode & 0o004:
         raise ConfigError(path, None, key, "key file is readable by other users", f"run: chmod 600 {path}")
     value = text.strip()

@@ -695,7 +695,6 @@ def _rows() -> dict[tuple[Phase | None, type | ev.Timer], Handler]:
         (P.LISTENING, ev.MicBlock): M._on_mic_listening,
         (ANY, ev.MicBlock): M._on_mic_dropped,
         # the reply
-        (P.WAITING, ev.ResponseCreated): M._on_response_created,
         (ANY, ev.ResponseCreated): M._on_response_created,
         (P.WAITING, ev.AudioDelta): M._on_delta,
         (P.SPEAKING, ev.AudioDelta): M._on_delta,
