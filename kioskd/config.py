@@ -62,16 +62,16 @@ class AudioConfig:
     input_device: str | None = None
     """Device name or substring; None: the system default."""
     output_device: str | None = None
-    block_ms: int = 10
-    """PortAudio block (callback period)."""
-    latency_s: float = 0.03
+    block_ms: int = 5
+    """PortAudio block (callback period) of the speaker; the microphone keeps 20 ms blocks."""
+    latency_s: float = 0.015
     """Suggested PortAudio latency for both streams. The output queue plays after a barge-in press and delays every
-    reply's start, so it is short: 30 ms is three 10 ms periods of headroom for a late callback (GIL, GC). On a
-    Pi Zero 2 W or under load, raise it to 0.05 (and block_ms to 20) if the log shows output underflows."""
-    prebuffer_ms: float = 40.0
+    reply's start, so it is short: 15 ms is three 5 ms periods, two of headroom for a late callback (GIL, GC). On a
+    Pi Zero 2 W or under load, raise it to 0.03 (and block_ms to 10) if the log shows output underflows."""
+    prebuffer_ms: float = 30.0
     """The jitter buffer's first target: how long reply audio waits before the speaker starts, until the measured
     delivery jitter and underruns move it (always within prebuffer_min_ms..prebuffer_max_ms)."""
-    prebuffer_min_ms: float = 20.0
+    prebuffer_min_ms: float = 10.0
     """The smallest target the jitter buffer shrinks to on a calm link."""
     prebuffer_max_ms: float = 400.0
     """The largest target it grows to after late audio and underruns."""

@@ -34,7 +34,7 @@ def test_no_file_gives_the_embedded_default() -> None:
     cfg = config.load(None)
     assert cfg == KioskConfig()
     assert cfg.realtime.url is None and cfg.button.kind == "simulated"
-    assert cfg.realtime.voice == "marin" and cfg.audio.block_ms == 10 and cfg.led.pin == 27
+    assert cfg.realtime.voice == "marin" and cfg.audio.block_ms == 5 and cfg.led.pin == 27
     assert cfg.source == config.DEFAULT_SOURCE
 
 
@@ -158,7 +158,7 @@ def test_misspelt_key_names_file_line_key_and_suggestion() -> None:
         ("audio:\n  prebuffer_max_ms: -5\n", 2, "audio.prebuffer_max_ms", ["greater than 0"]),
         ("audio:\n  prebuffer_max_ms: 100\n  prebuffer_min_ms: 200\n", 3, "audio.prebuffer_min_ms",
          ["more than audio.prebuffer_max_ms (100)", "prebuffer_min_ms <= prebuffer_max_ms"]),
-        ("audio:\n  prebuffer_max_ms: 10\n", 2, "audio.prebuffer_max_ms", ["less than audio.prebuffer_min_ms (20)"]),
+        ("audio:\n  prebuffer_max_ms: 5\n", 2, "audio.prebuffer_max_ms", ["less than audio.prebuffer_min_ms (10)"]),
         ("button:\n  pin: 28\n", 2, "button.pin", ["between 0 and 27"]),
         ("led:\n  pin: -1\n", 2, "led.pin", ["between 0 and 27"]),
         ("realtime:\n  connect_timeout_s: 0\n", 2, "realtime.connect_timeout_s", ["greater than 0"]),
@@ -321,7 +321,7 @@ def test_describe_is_plain_data_without_the_key(tmp_path: Path) -> None:
     text = json.dumps(described)
     assert KEY not in text
     assert described["source"] == "k.yaml"
-    assert described["audio"]["block_ms"] == 10 and described["led"]["pin"] == 27
+    assert described["audio"]["block_ms"] == 5 and described["led"]["pin"] == 27
     assert described["effective"] == {
         "endpoint": "wss://api.openai.com/v1/realtime?model=gpt-realtime", "auth": "bearer",
         "api_key_source": str(path), "control_socket": "/run/user/7/kioskd.sock",

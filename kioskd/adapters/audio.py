@@ -20,6 +20,7 @@ import numpy as np
 import soxr  # type: ignore[import-untyped]
 
 from kioskd.adapters.devices import DeviceChoice, Kind, choose
+from kioskd.config import AudioConfig
 from kioskd.core.jitter import PlayoutBuffer
 from kioskd.core.pcm import API_RATE_HZ, Pcm
 from kioskd.errors import DeviceError
@@ -27,6 +28,7 @@ from kioskd.errors import DeviceError
 DTYPE: Final = "int16"
 MIC_BLOCK_MS: Final = 20
 _NO_AUDIO: Final = np.zeros(0, dtype=np.int16)
+_DEFAULTS: Final = AudioConfig()
 
 
 class PlaybackResampler:
@@ -81,8 +83,9 @@ class AudioIO:
 
     def __init__(self, *, input_device: str | None, output_device: str | None, on_mic: Callable[[Pcm], None],
                  on_drained: Callable[[], None], on_started: Callable[[float], None] | None = None,
-                 block_ms: int = 10, latency_s: float | str = 0.03, prebuffer_ms: float = 40.0,
-                 prebuffer_min_ms: float = 20.0, prebuffer_max_ms: float = 400.0, log: Any = None,
+                 block_ms: int = _DEFAULTS.block_ms, latency_s: float | str = _DEFAULTS.latency_s,
+                 prebuffer_ms: float = _DEFAULTS.prebuffer_ms, prebuffer_min_ms: float = _DEFAULTS.prebuffer_min_ms,
+                 prebuffer_max_ms: float = _DEFAULTS.prebuffer_max_ms, log: Any = None,
                  chooser: Callable[[str | None, Kind], DeviceChoice] = choose) -> None:
         if log is None:
             import structlog

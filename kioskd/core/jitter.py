@@ -49,10 +49,10 @@ import numpy.typing as npt
 
 from kioskd.core.pcm import Pcm, ms_to_samples, samples_to_ms
 
-GROW_MS: Final = 20.0  # per underrun, over the target that failed: the jitter estimate already covers late deltas
+GROW_MS: Final = 10.0  # per underrun, over the target that failed: the jitter estimate already covers late deltas
 SHRINK_MS: Final = 10.0  # per calm stream: rise fast, fall slowly (baresip aubuf)
 JITTER_RISE: Final = 1 / 2  # share of the way the estimate rises per later arrival: two late deltas nearly suffice
-JITTER_FALL: Final = 1 / 32  # share of the way it falls per calmer arrival: halves in ~2 s of 100 ms deltas
+JITTER_FALL: Final = 1 / 64  # share of the way it falls per calmer arrival: halves in ~4.5 s of 100 ms deltas
 MAX_TRACKED_ITEMS: Final = 256  # played counters kept for barge-in; older items are forgotten
 
 

@@ -104,6 +104,9 @@ class RealtimeSimulator:
         self.committed_audio: list[Pcm] = []
         self.sent_audio_ms: dict[str, int] = {}
         self.truncations: list[tuple[str, int]] = []
+        #: item id → seconds from response.create arriving to its first audio delta being sent: the server's own
+        #: share of a turn's latency, first-delta jitter included (benchmarks subtract it to get the client's)
+        self.first_delta_delay_s: dict[str, float] = {}
         self.connections = 0
         self.request_headers: list[dict[str, str]] = []
         self.rng = random.Random(options.seed)
@@ -462,6 +465,8 @@ class _Session:
                     r.transcript = words
                 chunk = pcm[k * step:(k + 1) * step]
                 await self.send("response.output_audio.delta", **ids, delta=pcm_to_b64(chunk))
+                if k == 0:
+                    self.sim.first_delta_delay_s[r.item_id] = loop.time() - started_s
                 r.sent_samples += chunk.size
                 self.sim.sent_audio_ms[r.item_id] = samples_to_ms(r.sent_samples)
             status = "cancelled" if r.cancel.is_set() else "completed"

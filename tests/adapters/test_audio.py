@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from kioskd.adapters.audio import AudioIO, PlaybackResampler
 from kioskd.adapters.devices import DeviceChoice, Kind, find_device
+from kioskd.config import AudioConfig
 from kioskd.core.pcm import API_RATE_HZ, Pcm, ms_to_samples, tone
 from tests.conftest import UNIT_S, run
 
@@ -131,7 +132,7 @@ def test_reply_tone_comes_out_of_the_speaker() -> None:
         assert prominence > 1000
         opened = {f["direction"]: f for event, f in lines.lines if event == "audio.device_opened"}
         assert opened["output"]["name"] == "kiosk_speaker" and opened["input"]["name"] == "kiosk_microphone"
-        assert opened["output"]["rate_hz"] == 48000 and opened["output"]["blocksize"] == 480
+        assert opened["output"]["rate_hz"] == 48000 and opened["output"]["blocksize"] == 48 * AudioConfig().block_ms
         assert {"channels", "latency_s"} <= set(opened["output"])
         stats = audio.stats()
         assert stats["output_rate_hz"] == 48000 and stats["drained"] == 1 and stats["callback_errors"] == 0

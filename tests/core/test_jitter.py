@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from kioskd.core.jitter import PlayoutBuffer
+from kioskd.core.jitter import GROW_MS, PlayoutBuffer
 from kioskd.core.pcm import Pcm, float_to_pcm, ms_to_samples, tone
 
 RATE_HZ = 24000
@@ -119,7 +119,7 @@ def test_bursty_arrivals_play_everything_in_order() -> None:
 
 
 def test_stall_mid_stream_fades_counts_one_underrun_and_grows_target() -> None:
-    """An 800 ms stall: one underrun, target 120 → 140 ms, fades at both edges of the gap, nothing lost."""
+    """An 800 ms stall: one underrun, target 120 → 120 + GROW_MS, fades at both edges of the gap, nothing lost."""
     buf = PlayoutBuffer(RATE_HZ, prebuffer_ms=120)
     src = sine(200, 1500)
     first = ms_to_samples(300)
@@ -133,7 +133,7 @@ def test_stall_mid_stream_fades_counts_one_underrun_and_grows_target() -> None:
 
     stats = buf.stats()
     assert stats["underruns"] == 1
-    assert stats["target_ms"] == 140
+    assert stats["target_ms"] == 120 + GROW_MS
     assert (stats["late_pushes"], stats["late_ms"]) == (1, 1200)
     assert buf.played_ms("a") == 1500
     # a click would jump by up to 16000; the sine's own step is ~860, a 5 ms fade adds ~135
@@ -158,14 +158,14 @@ def test_final_drain_is_not_an_underrun_and_calm_replies_shrink_target() -> None
 
 
 def test_target_stays_within_max() -> None:
-    """Repeated stalls grow the target by 20 ms each, capped at max_ms."""
-    buf = PlayoutBuffer(RATE_HZ, prebuffer_ms=120, max_ms=190)
+    """Repeated stalls grow the target by GROW_MS each, capped at max_ms."""
+    buf = PlayoutBuffer(RATE_HZ, prebuffer_ms=120, max_ms=120 + 5 * GROW_MS)
     for _ in range(6):
         buf.push(sine(500, 300), "a")
         fill_blocks(buf, 40)
     stats = buf.stats()
     assert stats["underruns"] == 6
-    assert stats["target_ms"] == 190
+    assert stats["target_ms"] == 120 + 5 * GROW_MS
 
 
 # --------------------------------------------------------------------------------------- interrupt
