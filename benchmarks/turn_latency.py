@@ -221,10 +221,13 @@ def wait_phase(client: Client, *phases: str, timeout_s: float = 30.0) -> None:
     wait_for(lambda: client.phase() in phases, f"{client.name} phase {'/'.join(phases)}", timeout_s)
 
 
-def cpu_s(pid: int) -> float:
-    """utime + stime of the whole process (all threads), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+def cpu_s(pid: int) -> tuple[float, float]:
+    """utime + stime in seconds of the whole process (all threads) and of its main thread alone (the event loop:
+    protocol, resampling, turn logic; the rest is PortAudio's and the ALSA pulse plugin's threads)."""
+    def ticks(path: str) -> int:
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    return ticks(f"/proc/{pid}/stat") / CLK_TCK, ticks(f"/proc/{pid}/task/{pid}/stat") / CLK_TCK
 
 
 def memory_kib(pid: int) -> dict[str, int]:
@@ -246,8 +249,10 @@ class Figures:
     gaps: list[int] = field(default_factory=list)
     buffer_underruns: list[int] = field(default_factory=list)
     streaming_cpu_s: float = 0.0
+    streaming_loop_cpu_s: float = 0.0
     streaming_wall_s: float = 0.0
     idle_cpu_pct: float = float("nan")
+    idle_loop_cpu_pct: float = float("nan")
     memory_kib: dict[str, int] = field(default_factory=dict)
     no_sound: int = 0
     device_underflows: int | None = None
@@ -279,9 +284,11 @@ def time_reply(fig: Figures, sim: SimThread, sound_s: float, released_s: float) 
 
 def hear_reply(client: Client, sim: SimThread, room: Room, released_s: float, fig: Figures, verbose: bool) -> None:
     """Wait for the reply to end, then score it: release → first sound, gaps, CPU while it streamed."""
-    cpu0, wall0 = cpu_s(client.pid), time.monotonic()
+    (cpu0, loop0), wall0 = cpu_s(client.pid), time.monotonic()
     wait_phase(client, "idle")
-    fig.streaming_cpu_s += cpu_s(client.pid) - cpu0
+    cpu1, loop1 = cpu_s(client.pid)
+    fig.streaming_cpu_s += cpu1 - cpu0
+    fig.streaming_loop_cpu_s += loop1 - loop0
     fig.streaming_wall_s += time.monotonic() - wall0
     times, pcm = record_until_silent(room, released_s)
     sound_s = first_sound_s(times, pcm, released_s)
@@ -331,9 +338,10 @@ def visit(client: Client, sim: SimThread, room: Room, question: Path, turns: int
         hear_reply(client, sim, room, released_s, fig, verbose)
     # idle after the turns: the first seconds after start-up still burn CPU (imports, streams starting)
     time.sleep(1.0)
-    cpu0, wall0 = cpu_s(client.pid), time.monotonic()
+    (cpu0, loop0), wall0 = cpu_s(client.pid), time.monotonic()
     time.sleep(4.0)
-    fig.idle_cpu_pct = 100 * (cpu_s(client.pid) - cpu0) / (time.monotonic() - wall0)
+    (cpu1, loop1), wall_s = cpu_s(client.pid), time.monotonic() - wall0
+    fig.idle_cpu_pct, fig.idle_loop_cpu_pct = 100 * (cpu1 - cpu0) / wall_s, 100 * (loop1 - loop0) / wall_s
     fig.memory_kib = memory_kib(client.pid)
     fig.device_underflows = client.device_underflows()
     return fig
@@ -375,6 +383,10 @@ def table(title: str, figs: dict[str, Figures], floor_cpu_pct: float) -> None:
          [cpu(100 * f.streaming_cpu_s / f.streaming_wall_s) if f.streaming_wall_s else "—" for f in figs.values()],
          "≤ 3 %"),
         ("CPU % of a core, idle (± rig floor)", [cpu(f.idle_cpu_pct) for f in figs.values()], ""),
+        ("  of which the event-loop thread, streaming",
+         [f"{100 * f.streaming_loop_cpu_s / f.streaming_wall_s:.1f} %" if f.streaming_wall_s else "—"
+          for f in figs.values()], ""),
+        ("  of which the event-loop thread, idle", [f"{f.idle_loop_cpu_pct:.1f} %" for f in figs.values()], ""),
         ("RSS (peak), MiB", [f"{f.memory_kib.get('VmRSS', 0) / 1024:.0f} ({f.memory_kib.get('VmHWM', 0) / 1024:.0f})"
                              for f in figs.values()], ""),
         ("replies timed / heard in full / silent",

@@ -21,7 +21,7 @@ from websockets.asyncio.client import ClientConnection
 from kioskd import config as config_mod
 from kioskd import log as log_mod
 from kioskd.adapters import realtime_ws, systemd
-from kioskd.adapters.audio import AudioIO
+from kioskd.adapters.audio import AudioIO, Mic
 from kioskd.adapters.button import ButtonAdapter, mock_pin_factory
 from kioskd.adapters.control import ControlServer
 from kioskd.core import events as ev
@@ -79,7 +79,10 @@ class Daemon:
     # ------------------------------------------------------------------------------------------ inputs
 
     def post(self, inp: ev.Input) -> None:
-        """Queue an input (loop thread only)."""
+        """Queue an input (loop thread only). A press opens the microphone gate first, so the pre-roll the audio
+        adapter kept is queued ahead of it and live blocks follow it."""
+        if isinstance(inp, ev.Pressed) and self.audio is not None:
+            self.audio.set_mic(Mic.LIVE)
         self._queue.put_nowait(inp)
 
     def _post_from(self, generation: int, inp: ev.Input) -> None:
@@ -106,7 +109,8 @@ class Daemon:
                 on_started=lambda at_s: self.post(ev.PlaybackStarted(at_s)),
                 block_ms=self.cfg.audio.block_ms, latency_s=self.cfg.audio.latency_s,
                 prebuffer_ms=self.cfg.audio.prebuffer_ms, prebuffer_min_ms=self.cfg.audio.prebuffer_min_ms,
-                prebuffer_max_ms=self.cfg.audio.prebuffer_max_ms, log=log_mod.get_logger("kioskd.audio"),
+                prebuffer_max_ms=self.cfg.audio.prebuffer_max_ms, preroll_ms=self.cfg.audio.preroll_ms,
+                log=log_mod.get_logger("kioskd.audio"),
             )
             await audio.start()
             stack.push_async_callback(audio.close)
@@ -232,6 +236,7 @@ class Daemon:
 
     async def _execute_forever(self) -> None:
         await self._execute(self._machine.begin(asyncio.get_running_loop().time()))
+        self._gate_mic()
         while True:
             inp = await self._queue.get()
             await self._feed(inp)
@@ -252,8 +257,18 @@ class Daemon:
             apology = [ev.PlayEarcon(ev.Earcon.APOLOGY)] if settings.earcons else []
             actions = [ev.Interrupt(), *apology, *self._machine.begin(now)]
         await self._execute(actions)
+        if self._machine.phase is not before or isinstance(inp, ev.Pressed):
+            self._gate_mic()
         if self._machine.phase is not before:
             self._phase_changed()
+
+    def _gate_mic(self) -> None:
+        """The microphone reaches the loop only while the button is held; while idle the adapter keeps the
+        pre-roll; otherwise (a reply, offline) nothing is kept: no reply audio becomes the next pre-roll."""
+        if self.audio is not None:
+            phase = self._machine.phase
+            self.audio.set_mic(Mic.LIVE if phase is Phase.LISTENING else
+                               Mic.PREROLL if phase is Phase.IDLE else Mic.OFF)
 
     def _phase_changed(self) -> None:
         phase = self._machine.phase

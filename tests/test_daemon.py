@@ -109,6 +109,37 @@ def test_visit_question_reply_and_barge_in(tmp_path: Path, sim: RealtimeSimulato
     assert not kiosk.events("turn.bug")
 
 
+def test_words_spoken_as_the_button_goes_down_are_sent_first(tmp_path: Path) -> None:
+    """The pre-roll end to end: a visitor starts talking (500 Hz) just before the press, goes on (300 Hz) while
+    holding; the committed question opens with the 500 Hz part, and the rest is the held question."""
+    early_hz = 500.0
+    thread = SimThread(SimOptions(voice="tone", tone_hz=REPLY_HZ, reply_ms=300, first_delta_delay_ms=50))
+    sim = thread.sim
+    early = write_wav(tmp_path / "early.wav", tone(early_hz, 400, 48000, 0.4), 48000)
+    question = write_wav(tmp_path / "q.wav", tone(QUESTION_HZ, 600, 48000, 0.4), 48000)
+    kiosk = KioskdProcess(tmp_path, f"realtime:\n  url: {sim.url}\n"
+                                    "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
+                                    "  earcons: false\n  preroll_ms: 200\nlog:\n  format: json\n")
+    try:
+        kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
+        speak(early)
+        kiosk.ctl("press")
+        speak(question)
+        kiosk.ctl("release")
+        wait_for(lambda: len(sim.committed_audio) == 1, "the commit", 10 * UNIT_S)
+        committed = sim.committed_audio[0]
+        opening, held = committed[:4800], committed[4800:]  # the 200 ms pre-roll, then the held audio
+        assert band_level(opening, 24000, early_hz) > 1000, "the words before the press were clipped"
+        assert dominant_hz(held, 24000) == pytest.approx(QUESTION_HZ, abs=10)
+        # the question's own edges leak a little into the 500 Hz band; a repeated pre-roll would be ~60 % of it
+        assert band_level(held[2400:], 24000, early_hz) < band_level(opening, 24000, early_hz) / 20, \
+            "the pre-roll was sent more than once"
+    finally:
+        code = kiosk.stop()
+        thread.close()
+    assert code == 0, kiosk.tail()
+
+
 def test_bad_server_frames_and_taps_do_not_stop_the_kiosk(tmp_path: Path) -> None:
     """Malformed JSON, bad base64, an unknown event and a server error each get one log line, and the reply
     still plays; a tap shorter than 100 ms commits nothing. Every event each side sent is schema-valid."""

@@ -3,9 +3,16 @@
 Devices run at a probed native rate; soxr converts to and from the API's 24 kHz mono in the app, one
 ``ResampleStream`` per direction (reference/pi-audio.md §1, §4). The output plays silence when idle.
 
+The microphone has a gate (``set_mic``): LIVE posts every block to the loop, PREROLL keeps only the newest
+``preroll_ms`` in a ring inside the adapter and posts nothing, OFF drops blocks. The daemon keeps the gate LIVE
+only while the button is held, so an idle kiosk wakes its event loop for no microphone block at all; opening the
+gate from PREROLL hands the ring over first, as one block, so the pre-roll still reaches the turn machine before
+the press does.
+
 Threads: PortAudio calls ``_on_input`` and ``_on_output`` on its own threads. The input callback copies the block,
-records a heartbeat and posts the copy to the loop; the output callback only runs ``PlayoutBuffer.fill()`` under
-``_lock`` and posts counter changes. Every other method runs on the asyncio loop thread.
+records a heartbeat and, under ``_mic_lock``, posts the copy to the loop or keeps it in the pre-roll ring; the
+output callback only runs ``PlayoutBuffer.fill()`` under ``_lock`` and posts counter changes. Every other method
+runs on the asyncio loop thread.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
+from enum import Enum
 from typing import Any, Final
 
 import numpy as np
@@ -22,13 +30,21 @@ import soxr  # type: ignore[import-untyped]
 from kioskd.adapters.devices import DeviceChoice, Kind, choose
 from kioskd.config import AudioConfig
 from kioskd.core.jitter import PlayoutBuffer
-from kioskd.core.pcm import API_RATE_HZ, Pcm
+from kioskd.core.pcm import API_RATE_HZ, Pcm, Ring
 from kioskd.errors import DeviceError
 
 DTYPE: Final = "int16"
 MIC_BLOCK_MS: Final = 20
 _NO_AUDIO: Final = np.zeros(0, dtype=np.int16)
 _DEFAULTS: Final = AudioConfig()
+
+
+class Mic(Enum):
+    """Where microphone blocks go (see the module docstring)."""
+
+    LIVE = "live"
+    PREROLL = "preroll"
+    OFF = "off"
 
 
 class PlaybackResampler:
@@ -85,7 +101,8 @@ class AudioIO:
                  on_drained: Callable[[], None], on_started: Callable[[float], None] | None = None,
                  block_ms: int = _DEFAULTS.block_ms, latency_s: float | str = _DEFAULTS.latency_s,
                  prebuffer_ms: float = _DEFAULTS.prebuffer_ms, prebuffer_min_ms: float = _DEFAULTS.prebuffer_min_ms,
-                 prebuffer_max_ms: float = _DEFAULTS.prebuffer_max_ms, log: Any = None,
+                 prebuffer_max_ms: float = _DEFAULTS.prebuffer_max_ms, preroll_ms: int = _DEFAULTS.preroll_ms,
+                 log: Any = None,
                  chooser: Callable[[str | None, Kind], DeviceChoice] = choose) -> None:
         if log is None:
             import structlog
@@ -100,12 +117,16 @@ class AudioIO:
         self._latency_s = latency_s
         self._prebuffer_ms = prebuffer_ms
         self._prebuffer_bounds_ms = (prebuffer_min_ms, prebuffer_max_ms)
+        self._preroll_ms = preroll_ms
         self._chooser = chooser
 
         self._lock = threading.Lock()  # guards _buffer between the loop thread and the output callback
         self._loop: asyncio.AbstractEventLoop | None = None
         self._buffer: PlayoutBuffer | None = None
         self._mic_rs: Any = None
+        self._mic_lock = threading.Lock()  # guards _mic and _mic_ring between the loop thread and the input callback
+        self._mic = Mic.LIVE
+        self._mic_ring = Ring(0)
         self._play_rs: PlaybackResampler | None = None
         self._streams: dict[str, Any] = {}
         self._choices: dict[str, DeviceChoice] = {}
@@ -141,6 +162,7 @@ class AudioIO:
         self._buffer = PlayoutBuffer(out.rate_hz, out.channels, prebuffer_ms=self._prebuffer_ms, min_ms=low_ms,
                                      max_ms=high_ms)
         self._mic_rs = soxr.ResampleStream(inp.rate_hz, API_RATE_HZ, 1, dtype=DTYPE, quality="LQ")
+        self._mic_ring = Ring(inp.rate_hz * self._preroll_ms // 1000)
         self._play_rs = PlaybackResampler(out.rate_hz)
         try:
             await asyncio.to_thread(self._open, "output", out)
@@ -225,6 +247,23 @@ class AudioIO:
             with self._lock:  # held for one memcpy: the output callback waits on it
                 self._buffer.push(pcm, item_id, now_s)
 
+    def set_mic(self, mode: Mic) -> None:
+        """Set the microphone gate. PREROLL starts from an empty ring; LIVE from PREROLL first hands the ring to
+        ``on_mic`` (synchronously, as one block), then every block follows in order."""
+        with self._mic_lock:
+            if mode is self._mic:
+                return
+            held = self._mic_ring.take() if self._mic is Mic.PREROLL else None
+            self._mic = mode
+        if self._mic_rs is not None:
+            self._mic_rs.clear()  # what follows does not continue what the resampler last saw
+        if mode is Mic.LIVE and held is not None and held.size:
+            self._mic_block(held)
+
+    @property
+    def mic(self) -> Mic:
+        return self._mic
+
     def _mic_block(self, block: Pcm) -> None:
         if self._closed or self._mic_rs is None:
             return
@@ -249,7 +288,7 @@ class AudioIO:
             out[f"{direction}_device"] = choice.name
             out[f"{direction}_rate_hz"] = choice.rate_hz
             out[f"{direction}_channels"] = choice.channels
-        out.update(input_callbacks=self._in_callbacks, output_callbacks=self._out_callbacks,
+        out.update(mic=self._mic.value, input_callbacks=self._in_callbacks, output_callbacks=self._out_callbacks,
                    input_overflows=self._input_overflows, output_underflows=self._output_underflows,
                    callback_errors=self._callback_errors, posts_dropped=self._posts_dropped,
                    input_finished=self._finished["input"], output_finished=self._finished["output"],
@@ -297,7 +336,8 @@ class AudioIO:
         self._finished[direction] = True
 
     def _on_input(self, indata: Any, frames: int, time_info: Any, status: Any) -> None:
-        """Input callback: copy (mixing stereo down), heartbeat, post. Never blocks or raises."""
+        """Input callback: copy (mixing stereo down), heartbeat, then post or keep as the gate says. Never blocks
+        (the lock is held for a copy at most) or raises."""
         try:
             self._last_in_s = time.monotonic()
             self._in_callbacks += 1
@@ -307,7 +347,11 @@ class AudioIO:
                 block = indata[:, 0].copy()  # PortAudio reuses indata
             else:
                 block = (indata.sum(axis=1, dtype=np.int32) // indata.shape[1]).astype(np.int16)
-            self._post(self._mic_block, block)
+            with self._mic_lock:
+                if self._mic is Mic.LIVE:
+                    self._post(self._mic_block, block)
+                elif self._mic is Mic.PREROLL:
+                    self._mic_ring.push(block)
         except Exception:
             self._callback_errors += 1
 

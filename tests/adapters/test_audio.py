@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from kioskd.adapters.audio import AudioIO, PlaybackResampler
+from kioskd.adapters.audio import AudioIO, Mic, PlaybackResampler
 from kioskd.adapters.devices import DeviceChoice, Kind, find_device
 from kioskd.config import AudioConfig
 from kioskd.core.pcm import API_RATE_HZ, Pcm, ms_to_samples, tone
@@ -240,6 +240,60 @@ def test_microphone_delivers_24k_audio_of_the_question() -> None:
         freq_hz, prominence = spectrum_peak(heard, API_RATE_HZ)
         assert abs(freq_hz - 700) < 5 and prominence > 1000
         assert audio.stats()["input_rate_hz"] == 48000
+
+    run(main())
+
+
+def test_microphone_gate_keeps_the_preroll_and_hands_it_over_first() -> None:
+    """PREROLL: nothing reaches on_mic, the newest preroll_ms are kept; LIVE: that pre-roll arrives at once as one
+    24 kHz block (the question's 700 Hz), then live blocks follow; OFF keeps nothing, so LIVE then hands over
+    nothing."""
+    question = tone(700, 5000, rate_hz=48000)
+
+    async def main() -> None:
+        audio, mic, _, _ = new_audio(preroll_ms=200)
+        player = None
+        try:
+            await audio.start()
+            await wait_until(lambda: bool(mic), "the microphone to deliver")
+            pos = [0]
+
+            def speak(outdata: Any, frames: int, time_info: Any, status: Any) -> None:
+                chunk = question[pos[0] % question.size:][:frames]
+                outdata[:chunk.size, 0] = chunk
+                outdata[chunk.size:] = 0
+                pos[0] += frames
+
+            player = sd().OutputStream(device="kiosk_question", samplerate=48000, channels=1, dtype="int16",
+                                       blocksize=480, callback=speak)
+            player.start()
+            await wait_until(lambda: loud_ms(np.concatenate(mic[-5:]), API_RATE_HZ) > 20, "the tone at on_mic")
+
+            audio.set_mic(Mic.PREROLL)
+            await asyncio.sleep(0.01)  # a block posted before the gate closed runs on the next loop pass
+            before, calls = len(mic), int(audio.stats()["input_callbacks"])
+            await wait_until(lambda: int(audio.stats()["input_callbacks"]) > calls + 20, "400 ms of callbacks")
+            assert len(mic) == before, "the microphone reached the loop while the gate kept the pre-roll"
+
+            audio.set_mic(Mic.LIVE)
+            assert len(mic) == before + 1, "the pre-roll was not handed over at once"
+            preroll = mic[-1]
+            assert ms_to_samples(150) <= preroll.size <= ms_to_samples(200)
+            freq_hz, prominence = spectrum_peak(preroll, API_RATE_HZ)
+            assert abs(freq_hz - 700) < 10 and prominence > 100
+            await wait_until(lambda: len(mic) > before + 3, "live blocks after the pre-roll")
+
+            audio.set_mic(Mic.OFF)
+            await asyncio.sleep(0.01)
+            before, calls = len(mic), int(audio.stats()["input_callbacks"])
+            await wait_until(lambda: int(audio.stats()["input_callbacks"]) > calls + 10, "200 ms of callbacks")
+            audio.set_mic(Mic.LIVE)
+            assert len(mic) == before and audio.stats()["mic"] == "live"
+        finally:
+            if player is not None:
+                player.abort()
+                player.close()
+            await audio.close()
 
     run(main())
 
