@@ -67,7 +67,8 @@ class AudioConfig:
     latency_s: float = 0.015
     """Suggested PortAudio latency for both streams. The output queue plays after a barge-in press and delays every
     reply's start, so it is short: 15 ms is three 5 ms periods, two of headroom for a late callback (GIL, GC). On a
-    Pi Zero 2 W or under load, raise it to 0.03 (and block_ms to 10) if the log shows output underflows."""
+    Pi Zero 2 W or under load, raise it to 0.03 (and block_ms to 10) if the log shows audio.latency_raised: kioskd
+    doubles it by itself (up to 0.1 s) after repeated gaps, for the rest of the run."""
     prebuffer_ms: float = 30.0
     """The jitter buffer's first target: how long reply audio waits before the speaker starts, until the measured
     delivery jitter and underruns move it (always within prebuffer_min_ms..prebuffer_max_ms)."""

@@ -21,7 +21,7 @@ from websockets.asyncio.client import ClientConnection
 from kioskd import config as config_mod
 from kioskd import log as log_mod
 from kioskd.adapters import realtime_ws, systemd
-from kioskd.adapters.audio import AudioIO, Mic
+from kioskd.adapters.audio import AudioIO, Mic, UnderflowGuard
 from kioskd.adapters.button import ButtonAdapter, mock_pin_factory
 from kioskd.adapters.control import ControlServer
 from kioskd.core import events as ev
@@ -29,7 +29,7 @@ from kioskd.core.pcm import earcon_pcm
 from kioskd.core.realtime import parse_server_event
 from kioskd.core.turn import Phase, TurnMachine, TurnSettings
 from kioskd.config import KioskConfig
-from kioskd.errors import ConfigError, ConnectionLost, KioskError
+from kioskd.errors import ConfigError, ConnectionLost, DeviceError, KioskError
 
 
 def turn_settings(cfg: KioskConfig) -> TurnSettings:
@@ -71,6 +71,7 @@ class Daemon:
         self._url = cfg.realtime.url or ""
         self._simulated = False
         self._ready = False
+        self._underflows_said = False
         self._started_s = time.monotonic()
         self._earcons = {kind: earcon_pcm(kind) for kind in ev.Earcon}
         self.audio: AudioIO | None = None
@@ -148,9 +149,10 @@ class Daemon:
         and exit non-zero: systemd's Restart=on-failure starts a fresh process, which re-enumerates devices."""
         assert self.audio is not None
         loop = asyncio.get_running_loop()
+        guard = UnderflowGuard(self.audio.output_latency_s)
         while True:
             await asyncio.sleep(HEALTH_PERIOD_S)
-            reason = self.audio.fault(time.monotonic(), AUDIO_STALE_S)
+            reason = self.audio.fault(time.monotonic(), AUDIO_STALE_S) or await self._guard_underflows(guard)
             if reason is not None:
                 self._log.error("audio.device_lost", cause=reason, input_device=self.audio.device_name("input"),
                                 output_device=self.audio.device_name("output"))
@@ -159,6 +161,34 @@ class Daemon:
                 self._exit_code = 1
                 loop.call_soon(self._stop.set)
                 return
+
+    async def _guard_underflows(self, guard: UnderflowGuard) -> str | None:
+        """Gaps heard because the output callbacks came too late: between visits, reopen the speaker with a
+        longer device queue (logged once per raise). Returns a reason if the device refused to reopen."""
+        assert self.audio is not None
+        to_s = guard.observe(time.monotonic(), self.audio.heard_underflows)
+        if to_s is None:
+            if guard.at_limit and not self._underflows_said:
+                self._underflows_said = True
+                self._log.warning("audio.underflows", device=self.audio.device_name("output"),
+                                  latency_s=guard.latency_s, underflows=self.audio.heard_underflows,
+                                  cause="the speaker keeps running dry at the longest device queue kioskd uses: "
+                                        "this machine is overloaded or the device is failing")
+            return None
+        if self._machine.phase is not Phase.IDLE:
+            return None  # never under a reply or a question: wait for the visit to end
+        from_s = guard.latency_s
+        try:
+            got_s = await self.audio.reopen_output(to_s)
+        except DeviceError as exc:
+            return f"output stream could not be reopened at {to_s} s: {exc}"
+        count = guard.raised(got_s)
+        self._log.warning("audio.latency_raised", device=self.audio.device_name("output"), from_s=round(from_s, 4),
+                          to_s=round(got_s, 4), underflows=count, window_s=guard.window_s,
+                          cause=f"the speaker ran dry {count} times in {guard.window_s:.0f} s while playing: "
+                                f"callbacks came too late for a {from_s * 1000:.0f} ms device queue",
+                          hint="set audio.latency_s (and audio.block_ms) in the config to start there")
+        return None
 
     async def _watchdog(self) -> None:
         """WATCHDOG=1 every WATCHDOG_USEC/2, only while the loop is on time and the audio callbacks are fresh;

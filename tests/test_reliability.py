@@ -104,3 +104,52 @@ def test_sigterm_mid_reply_stops_cleanly(world: tuple[SimThread, KioskdProcess, 
     kiosk.proc.send_signal(signal.SIGTERM)
     assert kiosk.proc.wait(timeout=10 * UNIT_S) == 0
     wait_for(lambda: bool(kiosk.events("daemon.stopped")), "the stop line", 5 * UNIT_S)
+
+
+def test_late_audio_callbacks_lengthen_the_device_queue_between_visits(tmp_path: Path) -> None:
+    """A process that keeps stalling (SIGSTOP/SIGCONT, 100 ms at a time) while the exhibit speaks makes the
+    speaker run dry; after three such gaps kioskd says so once and, back in IDLE, reopens the speaker with double
+    the device latency; the next visitor's reply plays on it."""
+    import os
+    import time
+
+    thread = SimThread(SimOptions(voice="tone", reply_ms=20000, first_delta_delay_ms=50, speedup=4.0))
+    kiosk = KioskdProcess(tmp_path, f"realtime:\n  url: {thread.sim.url}\n"
+                                    "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
+                                    "  earcons: false\n  latency_s: 0.015\nlog:\n  format: json\n")
+    question = write_wav(tmp_path / "q.wav", tone(300, 400, 48000, 0.4), 48000)
+
+    def heard() -> int:
+        return int(kiosk.ctl("status")["audio"]["heard_underflows"])
+
+    try:
+        kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
+        kiosk.ask(question)
+        for _ in range(150):  # the pulse plugin flags only some of the gaps it makes: stall until three show
+            if heard() >= 3:
+                break
+            if kiosk.phase() == "idle":
+                kiosk.ask(question)
+            os.kill(kiosk.proc.pid, signal.SIGSTOP)
+            time.sleep(0.1)
+            os.kill(kiosk.proc.pid, signal.SIGCONT)
+            time.sleep(0.2)
+        assert heard() >= 3, "no output underflow was reported"
+        assert not kiosk.events("audio.latency_raised"), "the speaker was reopened under a reply"
+        kiosk.ctl("press")  # barge in, then a tap too short to commit: back to IDLE
+        kiosk.ctl("release")
+        kiosk.wait_phase("idle", timeout_s=10 * UNIT_S)
+        wait_for(lambda: bool(kiosk.events("audio.latency_raised")), "the longer device queue", 10 * UNIT_S)
+        (raised,) = kiosk.events("audio.latency_raised")
+        assert raised["level"] == "warning" and raised["from_s"] == 0.015 and raised["to_s"] >= 0.03
+        assert raised["underflows"] >= 3 and "too late" in raised["cause"]
+        assert kiosk.ctl("status")["audio"]["output_latency_s"] == raised["to_s"]
+        started = kiosk.ctl("status")["audio"]["items_started"]
+        kiosk.ask(question)  # the next visitor is answered on the reopened speaker
+        wait_for(lambda: kiosk.ctl("status")["audio"]["items_started"] > started, "the reply to reach the speaker",
+                 10 * UNIT_S)
+        assert kiosk.phase() == "speaking" and not kiosk.events("audio.device_lost")
+    finally:
+        code = kiosk.stop()
+        thread.close()
+    assert code == 0, kiosk.tail()

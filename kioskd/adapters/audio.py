@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from enum import Enum
 from typing import Any, Final
@@ -45,6 +46,44 @@ class Mic(Enum):
     LIVE = "live"
     PREROLL = "preroll"
     OFF = "off"
+
+
+class UnderflowGuard:
+    """When to lengthen the output device queue: ``limit`` underflows heard (while reply audio or an earcon was
+    playing) within ``window_s`` mean the callbacks come too late for this machine at this latency, so the next
+    latency is double the current one, up to ``max_latency_s``. Pure: time comes in as ``now_s``."""
+
+    def __init__(self, latency_s: float, *, limit: int = 3, window_s: float = 60.0,
+                 max_latency_s: float = 0.1) -> None:
+        self.latency_s = latency_s
+        self.limit = limit
+        self.window_s = window_s
+        self.max_latency_s = max(max_latency_s, latency_s)
+        self._seen_total = 0
+        self._times: deque[float] = deque()
+
+    def observe(self, now_s: float, underflows_total: int) -> float | None:
+        """Feed the adapter's running count of heard underflows; returns the latency to reopen at, or None."""
+        new = underflows_total - self._seen_total
+        self._seen_total = underflows_total
+        self._times.extend([now_s] * max(new, 0))
+        while self._times and now_s - self._times[0] > self.window_s:
+            self._times.popleft()
+        if len(self._times) < self.limit or self.latency_s >= self.max_latency_s:
+            return None
+        return min(2 * self.latency_s, self.max_latency_s)
+
+    def raised(self, latency_s: float) -> int:
+        """The device now runs at ``latency_s``; returns the underflows that led to it and starts counting anew."""
+        count = len(self._times)
+        self.latency_s = latency_s
+        self._times.clear()
+        return count
+
+    @property
+    def at_limit(self) -> bool:
+        """The latency cannot be raised further and underflows keep coming."""
+        return self.latency_s >= self.max_latency_s and len(self._times) >= self.limit
 
 
 class PlaybackResampler:
@@ -142,6 +181,9 @@ class AudioIO:
         self._callback_errors = 0
         self._posts_dropped = 0
         self._finished: dict[str, bool] = {"input": False, "output": False}
+        self._generation: dict[str, int] = {"input": 0, "output": 0}  # a closed stream's late finish is not a loss
+        self._heard_underflows = 0  # output underflows while a stream was playing: the visitor heard a gap
+        self._was_playing = False
         self._seen_drained = 0
         self._seen_started = 0
         self._out_latency_s = 0.0
@@ -185,7 +227,7 @@ class AudioIO:
         try:
             stream = cls(device=choice.index, samplerate=choice.rate_hz, channels=choice.channels, dtype=DTYPE,
                          blocksize=blocksize, latency=self._latency_s, callback=callback,
-                         finished_callback=lambda: self._stream_finished(direction))
+                         finished_callback=lambda gen=self._generation[direction]: self._stream_finished(direction, gen))
             self._streams[direction] = stream
             if direction == "output":
                 self._out_latency_s = self._out_ahead_s = float(stream.latency)
@@ -202,6 +244,24 @@ class AudioIO:
         streams, self._streams = self._streams, {}
         if streams:
             await asyncio.to_thread(self._close_streams, streams)
+
+    async def reopen_output(self, latency_s: float) -> float:
+        """Close the speaker stream and open it again on the same device at ``latency_s`` (the queue was too short
+        for this machine); the playout buffer and everything queued in it stay. Returns the latency obtained.
+        Raises DeviceError if the device refuses; the caller treats that as a lost device."""
+        old = self._streams.pop("output", None)
+        self._generation["output"] += 1
+        if old is not None:
+            await asyncio.to_thread(self._close_streams, {"output": old})
+        self._latency_s = latency_s
+        await asyncio.to_thread(self._open, "output", self._choices["output"])
+        self._last_out_s = time.monotonic()
+        return self._out_latency_s
+
+    @property
+    def heard_underflows(self) -> int:
+        """Output underflows while reply audio or an earcon was playing (each is a gap the visitor heard)."""
+        return self._heard_underflows
 
     @staticmethod
     def _close_streams(streams: dict[str, Any]) -> None:
@@ -290,6 +350,7 @@ class AudioIO:
             out[f"{direction}_channels"] = choice.channels
         out.update(mic=self._mic.value, input_callbacks=self._in_callbacks, output_callbacks=self._out_callbacks,
                    input_overflows=self._input_overflows, output_underflows=self._output_underflows,
+                   heard_underflows=self._heard_underflows,
                    callback_errors=self._callback_errors, posts_dropped=self._posts_dropped,
                    input_finished=self._finished["input"], output_finished=self._finished["output"],
                    output_latency_s=round(self.output_latency_s, 4))
@@ -331,9 +392,11 @@ class AudioIO:
         except RuntimeError:  # the loop is closed: the daemon is going away
             self._posts_dropped += 1
 
-    def _stream_finished(self, direction: str) -> None:
-        """finished_callback (PortAudio thread): the stream went inactive, by close() or by device loss."""
-        self._finished[direction] = True
+    def _stream_finished(self, direction: str, generation: int) -> None:
+        """finished_callback (PortAudio thread): the stream went inactive, by close() or by device loss (a stream
+        replaced by ``reopen_output`` finishes too, and is no loss)."""
+        if generation == self._generation[direction]:
+            self._finished[direction] = True
 
     def _on_input(self, indata: Any, frames: int, time_info: Any, status: Any) -> None:
         """Input callback: copy (mixing stereo down), heartbeat, then post or keep as the gate says. Never blocks
@@ -362,13 +425,15 @@ class AudioIO:
             self._out_callbacks += 1
             if status.output_underflow:
                 self._output_underflows += 1
+                if self._was_playing:
+                    self._heard_underflows += 1
             buffer = self._buffer
             if buffer is None:
                 outdata.fill(0)
                 return
             with self._lock:
                 buffer.fill(outdata, now)
-                drained, started = buffer.drained, buffer.items_started
+                drained, started, self._was_playing = buffer.drained, buffer.items_started, buffer.playing
             ahead_s = time_info.outputBufferDacTime - time_info.currentTime
             if 0.0 <= ahead_s < 1.0:  # some host APIs report no timing: keep the stream's reported latency
                 self._out_ahead_s = ahead_s

@@ -228,6 +228,11 @@ class PlayoutBuffer:
         return self._segment_at(self._read_pos) if self._write_pos > self._read_pos else self._last_item
 
     @property
+    def playing(self) -> bool:
+        """True while a stream is being handed to the device (not while prebuffering, idle or fading out)."""
+        return self._state is _State.PLAYING
+
+    @property
     def drained(self) -> int:
         """Counter: increments each time the buffer empties after ``end_of_stream()``."""
         return self._drained

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from kioskd.adapters.audio import AudioIO, Mic, PlaybackResampler
+from kioskd.adapters.audio import AudioIO, Mic, PlaybackResampler, UnderflowGuard
 from kioskd.adapters.devices import DeviceChoice, Kind, find_device
 from kioskd.config import AudioConfig
 from kioskd.core.pcm import API_RATE_HZ, Pcm, ms_to_samples, tone
@@ -168,6 +168,33 @@ def test_interrupt_silences_the_speaker_and_reports_what_was_handed() -> None:
         # while playing, status shows the handed count minus what the device still queues: never ahead of it
         assert playing["playing_item"] == "item_1" and 0 <= playing["heard_ms"] <= played_ms
         assert {"jitter_ms", "late_ms", "target_ms", "underruns"} <= set(playing)
+
+    run(main())
+
+
+def test_reopening_the_speaker_at_a_longer_latency_keeps_playing_and_is_no_device_loss() -> None:
+    """reopen_output (what the underflow guard does between visits): a new stream at the longer latency, one more
+    device_opened line, audio queued before it still comes out, and the old stream's finish is not a lost device."""
+    async def main() -> None:
+        rec = await started_recorder("kiosk_speaker_monitor", 48000)
+        audio, _, _, lines = new_audio(latency_s=0.015)
+        try:
+            await audio.start()
+            before_s = audio.output_latency_s
+            audio.play(tone(1000, 1500), "item_1")  # queued across the reopen
+            got_s = await audio.reopen_output(0.06)
+            audio.end_of_reply()
+            await wait_until(lambda: loud_ms(rec.data(), 48000) > 1000, "the tone after the reopen")
+            await asyncio.sleep(0.1)  # the old stream's finished_callback has long run
+            fault = audio.fault(asyncio.get_running_loop().time())
+        finally:
+            await audio.close()
+            rec.close()
+        assert before_s < 0.03 and got_s >= 0.05
+        assert audio.stats()["output_latency_s"] == round(got_s, 4)
+        assert fault is None
+        opened = [f for event, f in lines.lines if event == "audio.device_opened" and f["direction"] == "output"]
+        assert [f["latency_s"] for f in opened] == [round(before_s, 4), round(got_s, 4)]
 
     run(main())
 
@@ -353,3 +380,44 @@ def test_playback_resampler_credits_each_item_its_own_samples() -> None:
     rs.push(tone(500, 100), "c")
     rs.clear()  # barge-in: what soxr held is dropped, never attributed
     assert rs.flush() == []
+
+
+def test_underflow_guard_doubles_the_latency_after_repeated_heard_underflows() -> None:
+    """Three heard underflows within a minute ask for double the latency; sparse ones, or a latency at the cap,
+    do not; after a raise the count starts anew."""
+    guard = UnderflowGuard(0.015, limit=3, window_s=60.0, max_latency_s=0.1)
+    assert guard.observe(0.0, 0) is None
+    assert guard.observe(10.0, 2) is None
+    assert guard.observe(80.0, 3) is None  # the first two fell out of the window
+    assert guard.observe(90.0, 5) == 0.03  # three within 60 s
+    assert guard.observe(91.0, 5) == 0.03  # still due until it is done (the daemon waits for IDLE)
+    assert guard.raised(0.03) == 3
+    assert guard.observe(92.0, 6) is None and guard.latency_s == 0.03
+    assert guard.observe(93.0, 8) == 0.06
+    guard.raised(0.06)
+    assert guard.observe(94.0, 11) == 0.1  # capped
+    guard.raised(0.1)
+    assert guard.observe(95.0, 20) is None and guard.at_limit
+
+
+def test_only_underflows_while_playing_count_as_heard() -> None:
+    """The output callback, driven directly as PortAudio would: an underflow flagged while the speaker was idle is
+    counted but not heard; one flagged right after a block of reply audio is heard."""
+    from types import SimpleNamespace
+
+    from kioskd.core.jitter import PlayoutBuffer
+
+    audio, _, _, _ = new_audio()
+    audio._buffer = PlayoutBuffer(48000, prebuffer_ms=10, min_ms=10)
+    out = np.zeros((240, 1), dtype=np.int16)
+    timing = SimpleNamespace(outputBufferDacTime=0.015, currentTime=0.0)
+    calm, late = SimpleNamespace(output_underflow=False), SimpleNamespace(output_underflow=True)
+    audio._on_output(out, 240, timing, late)  # idle: nothing was playing
+    audio._buffer.push(tone(1000, 500, 48000), "item_1", now_s=0.0)
+    for _ in range(5):
+        audio._on_output(out, 240, timing, calm)
+    assert out.any()
+    audio._on_output(out, 240, timing, late)
+    stats = audio.stats()
+    assert (stats["output_underflows"], stats["heard_underflows"]) == (2, 1)
+    assert audio.heard_underflows == 1
