@@ -11,7 +11,7 @@ phase, as a PortAudio callback would. Per profile it prints, over all replies:
   - underruns per reply, and the jitter estimate and target at the end.
 
     .venv/bin/python benchmarks/playout.py
-    .venv/bin/python benchmarks/playout.py --block-ms 10 --replies 200
+    .venv/bin/python benchmarks/playout.py --block-ms 10 --replies 200   # other settings: see --help
 
 "Fixed 120 ms, depth" is the previous design for comparison: a 120 ms target counted in queued audio, no clock.
 Figures, never assertions.
@@ -26,10 +26,12 @@ from typing import Final
 
 import numpy as np
 
+from kioskd.config import AudioConfig
 from kioskd.core.jitter import PlayoutBuffer
 from kioskd.core.pcm import ms_to_samples
 
 RATE_HZ: Final = 48000
+DEFAULTS: Final = AudioConfig()
 
 
 @dataclass(frozen=True)
@@ -104,12 +106,12 @@ def run(p: Profile, *, replies: int, block_ms: float, delta_ms: float, reply_ms:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--replies", type=int, default=100)
-    parser.add_argument("--block-ms", type=float, default=10.0, help="callback period (audio.block_ms)")
+    parser.add_argument("--block-ms", type=float, default=float(DEFAULTS.block_ms), help="callback period (audio.block_ms)")
     parser.add_argument("--delta-ms", type=float, default=100.0)
     parser.add_argument("--reply-ms", type=float, default=1500.0)
-    parser.add_argument("--prebuffer-ms", type=float, default=40.0)
-    parser.add_argument("--min-ms", type=float, default=20.0)
-    parser.add_argument("--max-ms", type=float, default=400.0)
+    parser.add_argument("--prebuffer-ms", type=float, default=DEFAULTS.prebuffer_ms, help="audio.prebuffer_ms")
+    parser.add_argument("--min-ms", type=float, default=DEFAULTS.prebuffer_min_ms, help="audio.prebuffer_min_ms")
+    parser.add_argument("--max-ms", type=float, default=DEFAULTS.prebuffer_max_ms, help="audio.prebuffer_max_ms")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     print(f"playout buffer on a fake clock: {args.replies} replies of {args.reply_ms:g} ms in {args.delta_ms:g} ms "
