@@ -155,8 +155,18 @@ class Daemon:
         assert self.audio is not None
         loop = asyncio.get_running_loop()
         guard = UnderflowGuard(self.audio.output_latency_s)
+        grace_until_s = 0.0
+        last_s = loop.time()
         while True:
             await asyncio.sleep(HEALTH_PERIOD_S)
+            now_s = loop.time()
+            stalled, last_s = now_s - last_s > HEALTH_PERIOD_S + LOOP_LAG_LIMIT_S, now_s
+            if stalled:
+                # the whole process stood still (overload, SIGSTOP): stale callbacks prove nothing about the
+                # devices; give them the same grace as at start
+                grace_until_s = loop.time() + AUDIO_STALE_S
+            if loop.time() < grace_until_s:
+                continue
             reason = self.audio.fault(time.monotonic(), AUDIO_STALE_S) or await self._guard_underflows(guard)
             if reason is not None:
                 self._log.error("audio.device_lost", cause=reason, input_device=self.audio.device_name("input"),
@@ -203,16 +213,20 @@ class Daemon:
             return
         loop = asyncio.get_running_loop()
         withheld: str | None = None
+        last_s = loop.time()
         while True:
-            started_s = loop.time()
             await asyncio.sleep(interval_s)
-            lag_s = loop.time() - started_s - interval_s
-            reason = self.audio.fault(time.monotonic(), AUDIO_STALE_S)
-            if reason is None and lag_s > LOOP_LAG_LIMIT_S:
-                reason = f"event loop {lag_s:.1f} s late"
+            now_s = loop.time()
+            lag_s, last_s = now_s - last_s - interval_s, now_s  # tick to tick: a stall anywhere in the loop counts
+            if lag_s > LOOP_LAG_LIMIT_S:
+                reason: str | None = f"event loop {lag_s:.1f} s late"
+            else:
+                reason = self.audio.fault(time.monotonic(), AUDIO_STALE_S)
             if reason is None:
+                if withheld is not None:
+                    self._log.info("systemd.watchdog_resumed", after=withheld)
                 systemd.notify("WATCHDOG=1")
-            elif reason != withheld:
+            elif withheld is None:
                 self._log.warning("systemd.watchdog_withheld", cause=reason)
             withheld = reason
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from kioskd.core.pcm import tone
+from kioskd.daemon import AUDIO_STALE_S
 from kioskd.sim.harness import KioskdProcess, Room, SimThread, speak, wait_for, write_wav
 from kioskd.sim.realtime_server import RealtimeSimulator, SimOptions
 from tests.conftest import UNIT_S
@@ -331,3 +332,44 @@ def test_watchdog_pings_while_healthy(tmp_path: Path) -> None:
         notify.close()
     assert code == 0
     assert not kiosk.events("systemd.watchdog_withheld")
+
+
+def test_a_stalled_process_is_reported_to_the_watchdog_not_taken_for_a_lost_device(tmp_path: Path) -> None:
+    """The whole process stands still for 3 s (SIGSTOP, as an overloaded Pi or a debugger would): the watchdog
+    ping is withheld once with the loop's lateness as the cause and resumes after; the audio callbacks, stale
+    because nothing ran, are not mistaken for a lost device, and kioskd keeps serving."""
+    import os
+    import signal
+    import socket
+    import time
+
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(10 * UNIT_S)
+    kiosk = KioskdProcess(tmp_path, "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
+                                    "log:\n  format: json\n",
+                          env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "400000"})
+
+    def pings(n: int) -> None:
+        seen = 0
+        while seen < n:
+            if "WATCHDOG=1" in notify.recv(4096).decode():
+                seen += 1
+
+    try:
+        kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
+        pings(2)
+        os.kill(kiosk.proc.pid, signal.SIGSTOP)
+        time.sleep(3.0)
+        os.kill(kiosk.proc.pid, signal.SIGCONT)
+        wait_for(lambda: bool(kiosk.events("systemd.watchdog_resumed")), "the watchdog pings to resume", 10 * UNIT_S)
+        pings(3)
+        time.sleep(AUDIO_STALE_S + 1.0)  # past the grace the health check gives the callbacks after a stall
+        assert kiosk.phase() == "idle"
+    finally:
+        code = kiosk.stop()
+        notify.close()
+    assert code == 0, kiosk.tail()
+    (withheld,) = kiosk.events("systemd.watchdog_withheld")
+    assert withheld["level"] == "warning" and "event loop" in withheld["cause"] and "late" in withheld["cause"]
+    assert not kiosk.events("audio.device_lost")

@@ -18,7 +18,8 @@ def notify(*fields: str, environ: Mapping[str, str] = os.environ) -> bool:
     """Send ``fields`` (``"KEY=VALUE"`` each) as one datagram to ``$NOTIFY_SOCKET``.
 
     Returns True when the datagram was sent; False without ``NOTIFY_SOCKET``, with an address form this helper
-    does not speak (such as ``vsock:``), or on any OSError: a notification is never worth a crash. A field
+    does not speak (such as ``vsock:``), or on any OSError, a full socket included (the send never blocks): a
+    notification is never worth a crash or a stalled loop. A field
     without ``=`` is a kioskd bug and raises ValueError; newlines inside a value become spaces, because a
     newline would start a new field.
     """
@@ -32,9 +33,9 @@ def notify(*fields: str, environ: Mapping[str, str] = os.environ) -> bool:
         return False
     payload = "\n".join(f.replace("\r", " ").replace("\n", " ") for f in fields).encode()
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
             sock.sendto(payload, address)
-    except OSError:
+    except OSError:  # including a full socket (BlockingIOError): the loop must never wait on systemd
         return False
     return True
 

@@ -68,6 +68,23 @@ def test_dead_socket_reports_false(tmp_path: Path) -> None:
     assert notify("READY=1", environ={"NOTIFY_SOCKET": str(tmp_path / "nobody")}) is False
 
 
+def test_a_receiver_that_stops_reading_never_blocks_the_sender(receiver: tuple[socket.socket, str]) -> None:
+    """A notify socket nobody reads fills after a few datagrams (net.unix.max_dgram_qlen); notify() then returns
+    False at once instead of blocking the event loop, and works again once the receiver reads."""
+    import threading
+
+    sock, path = receiver
+    results: list[bool] = []
+    sender = threading.Thread(target=lambda: results.extend(notify("WATCHDOG=1", environ={"NOTIFY_SOCKET": path})
+                                                            for _ in range(2000)), daemon=True)
+    sender.start()
+    sender.join(10 * UNIT_S)
+    assert not sender.is_alive(), "notify() blocked on a full socket"
+    assert results[0] is True and results.count(False) > 0
+    sock.recv(4096)
+    assert notify("WATCHDOG=1", environ={"NOTIFY_SOCKET": path}) is True
+
+
 def test_watchdog_interval_is_half_the_timeout() -> None:
     assert watchdog_interval_s({"WATCHDOG_USEC": "20000000"}) == 10.0
     assert watchdog_interval_s({"WATCHDOG_USEC": "3000000", "WATCHDOG_PID": str(os.getpid())}) == 1.5
