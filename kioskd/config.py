@@ -55,6 +55,9 @@ class RealtimeConfig:
     )
     connect_timeout_s: float = 10.0
     """From opening the socket to ``session.updated``."""
+    keepalive_s: float = 20.0
+    """A ping this often; a link that answers none within the same time is lost (a silent dead peer: Wi-Fi gone
+    without a TCP reset), so the worst case to notice is twice this."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +234,7 @@ CHECKS: Final[Mapping[str, Callable[[Any], str | None]]] = {
     "realtime.api_key_file": _key_file_problem,
     "realtime.voice": _non_empty,
     "realtime.connect_timeout_s": _positive,
+    "realtime.keepalive_s": _positive,
     "audio.block_ms": _between(5, 100),
     "audio.latency_s": _positive,
     "audio.prebuffer_ms": _non_negative,

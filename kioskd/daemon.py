@@ -419,7 +419,7 @@ class Daemon:
         try:
             conn = await realtime_ws.open_session(
                 self._url, auth=self.cfg.realtime.auth, api_key=self._api_key,
-                open_timeout_s=self.cfg.realtime.connect_timeout_s,
+                open_timeout_s=self.cfg.realtime.connect_timeout_s, keepalive_s=self.cfg.realtime.keepalive_s,
             )
         except asyncio.CancelledError:
             raise

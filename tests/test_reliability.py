@@ -153,3 +153,29 @@ def test_late_audio_callbacks_lengthen_the_device_queue_between_visits(tmp_path:
         code = kiosk.stop()
         thread.close()
     assert code == 0, kiosk.tail()
+
+
+def test_a_silent_dead_peer_is_noticed_by_keepalive_and_recovered(tmp_path: Path) -> None:
+    """The server goes quiet mid-reply without closing anything (a dead Wi-Fi link: no close frame, no reset).
+    Only the keepalive can notice: with realtime.keepalive_s 1, one warning names the keepalive timeout, the
+    visitor hears the apology, kioskd reconnects and the next visitor is answered in full."""
+    thread = SimThread(SimOptions(voice="tone", reply_ms=3000, first_delta_delay_ms=50, speedup=2.0))
+    kiosk = KioskdProcess(tmp_path, f"realtime:\n  url: {thread.sim.url}\n  keepalive_s: 1\n"
+                                    "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
+                                    "log:\n  format: json\n")
+    question = write_wav(tmp_path / "q.wav", tone(300, 400, 48000, 0.4), 48000)
+    try:
+        kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
+        thread.sim.arm_fault("silent_mid_reply")
+        kiosk.ask(question)
+        wait_for(lambda: bool(kiosk.events("ws.disconnected")), "the silence to be noticed", 15 * UNIT_S)
+        kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
+        (lost,) = kiosk.events("ws.disconnected")
+        assert lost["level"] == "warning" and "keepalive" in lost["error"] and lost["phase"] == "speaking"
+        assert thread.sim.faults_fired == ["silent_mid_reply"]
+        served(kiosk, question)
+        assert thread.sim.connections == 2
+    finally:
+        code = kiosk.stop()
+        thread.close()
+    assert code == 0, kiosk.tail()

@@ -18,8 +18,6 @@ from kioskd.errors import AuthError, ConnectionLost, HandshakeError
 
 #: conversation.item.retrieved can exceed websockets' 1 MiB default (reference §2)
 MAX_FRAME_BYTES: Final = 16 * 2**20
-PING_INTERVAL_S: Final = 20.0
-PING_TIMEOUT_S: Final = 20.0
 
 Auth = Literal["auto", "bearer", "api-key"]
 
@@ -39,16 +37,18 @@ def auth_headers(url: str, auth: Auth, api_key: str | None) -> dict[str, str]:
     return {"api-key": api_key} if auth == "api-key" else {"Authorization": f"Bearer {api_key}"}
 
 
-async def open_session(url: str, *, auth: Auth, api_key: str | None, open_timeout_s: float) -> ClientConnection:
-    """Open the WebSocket. Raises AuthError, HandshakeError, TimeoutError or OSError, each naming the endpoint."""
+async def open_session(url: str, *, auth: Auth, api_key: str | None, open_timeout_s: float,
+                       keepalive_s: float = 20.0) -> ClientConnection:
+    """Open the WebSocket, pinging every ``keepalive_s`` and giving up on a link that answers no ping within as
+    long. Raises AuthError, HandshakeError, TimeoutError or OSError, each naming the endpoint."""
     endpoint = endpoint_of(url)
     try:
         return await connect(
             url,
             additional_headers=auth_headers(url, auth, api_key),
             max_size=MAX_FRAME_BYTES,
-            ping_interval=PING_INTERVAL_S,
-            ping_timeout=PING_TIMEOUT_S,
+            ping_interval=keepalive_s,
+            ping_timeout=keepalive_s,
             open_timeout=open_timeout_s,
             user_agent_header="kioskd",
         )
@@ -74,8 +74,10 @@ async def frames(conn: ClientConnection) -> AsyncIterator[str | bytes]:
             yield message
     except ConnectionClosed:
         pass
-    rcvd = conn.close_code, conn.close_reason or ""
-    raise ConnectionLost(rcvd[0], rcvd[1])
+    sent, rcvd = conn.protocol.close_sent, conn.protocol.close_rcvd
+    if rcvd is None and sent is not None and sent.reason:  # kioskd gave up on a silent link (keepalive)
+        raise ConnectionLost(conn.close_code, f"no close frame from the server; kioskd closed it: {sent.reason}")
+    raise ConnectionLost(conn.close_code, conn.close_reason or "")
 
 
 async def send(conn: ClientConnection, frame: str) -> None:

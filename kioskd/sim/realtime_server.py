@@ -53,8 +53,11 @@ DEFAULT_REPLY_TEXT: Final = ("The great hall was built in 1889 for the world fai
 KNOWN_FAULTS: Final[frozenset[str]] = frozenset({"bad_frames"})
 #: one-shot faults armed at run time with ``arm_fault``: "drop_mid_reply" cuts the TCP connection (no close
 #: frame: the client sees 1006) after two audio deltas of the next reply; "refuse_429" answers the next
-#: handshake with HTTP 429; "error_mid_reply" sends a server_error `error` event inside the next reply
-ONE_SHOT_FAULTS: Final[frozenset[str]] = frozenset({"drop_mid_reply", "refuse_429", "error_mid_reply"})
+#: handshake with HTTP 429; "error_mid_reply" sends a server_error `error` event inside the next reply;
+#: "silent_mid_reply" goes quiet after two audio deltas of the next reply without closing anything: it stops
+#: reading the socket (so pings get no pong) and sending, as a peer behind a dead Wi-Fi link would
+ONE_SHOT_FAULTS: Final[frozenset[str]] = frozenset({"drop_mid_reply", "refuse_429", "error_mid_reply",
+                                                    "silent_mid_reply"})
 
 Json = dict[str, Any]
 
@@ -117,6 +120,7 @@ class RealtimeSimulator:
         self._counter = itertools.count(1)
         self._armed_faults: list[str] = []
         self.faults_fired: list[str] = []  # one-shot faults in the order they happened
+        self._silenced: list[asyncio.BaseTransport] = []  # connections gone quiet by "silent_mid_reply"
 
     def arm_fault(self, name: str) -> None:
         """Arm a one-shot fault (see ONE_SHOT_FAULTS); arming twice makes it happen twice. Thread-safe enough
@@ -156,6 +160,8 @@ class RealtimeSimulator:
 
     async def close(self) -> None:
         """Stop listening and close every session (close code 1001, as a server going away)."""
+        for transport in self._silenced:  # they read nothing, so they would wait out every closing handshake
+            transport.abort()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -453,6 +459,10 @@ class _Session:
                     break
                 if k == 2 and self.sim.take_fault("drop_mid_reply"):
                     self.ws.transport.abort()  # a dead link: no close frame, the client sees 1006
+                    return
+                if k == 2 and self.sim.take_fault("silent_mid_reply"):
+                    self.ws.transport.pause_reading()  # no pong, no close, no reset: only keepalive notices
+                    self.sim._silenced.append(self.ws.transport)
                     return
                 if k == 2 and self.sim.take_fault("error_mid_reply"):
                     await self.send("error", error=_error_body(
