@@ -22,13 +22,14 @@ from websockets.asyncio.client import ClientConnection
 from kioskd import config as config_mod
 from kioskd import log as log_mod
 from kioskd.adapters import realtime_ws, systemd
-from kioskd.adapters.audio import AudioIO, Mic, UnderflowGuard
+from kioskd.adapters.audio import AudioIO, Mic
 from kioskd.adapters.button import ButtonAdapter, mock_pin_factory
 from kioskd.adapters.control import ControlServer
 from kioskd.core import events as ev
 from kioskd.core.pcm import earcon_pcm
 from kioskd.core.realtime import parse_server_event
 from kioskd.core.turn import Phase, TurnMachine, TurnSettings
+from kioskd.core.underflow import UnderflowGuard
 from kioskd.config import KioskConfig
 from kioskd.errors import ConfigError, ConnectionLost, DeviceError, KioskError
 

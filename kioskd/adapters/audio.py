@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from enum import Enum
 from typing import Any, Final
@@ -29,14 +28,13 @@ import numpy as np
 import soxr  # type: ignore[import-untyped]
 
 from kioskd.adapters.devices import DeviceChoice, Kind, choose
+from kioskd.adapters.resample import DTYPE, PlaybackResampler
 from kioskd.config import AudioConfig
 from kioskd.core.jitter import PlayoutBuffer
 from kioskd.core.pcm import API_RATE_HZ, Pcm, Ring
 from kioskd.errors import DeviceError
 
-DTYPE: Final = "int16"
 MIC_BLOCK_MS: Final = 20
-_NO_AUDIO: Final = np.zeros(0, dtype=np.int16)
 _DEFAULTS: Final = AudioConfig()
 
 
@@ -46,86 +44,6 @@ class Mic(Enum):
     LIVE = "live"
     PREROLL = "preroll"
     OFF = "off"
-
-
-class UnderflowGuard:
-    """When to lengthen the output device queue: ``limit`` underflows heard (while reply audio or an earcon was
-    playing) within ``window_s`` mean the callbacks come too late for this machine at this latency, so the next
-    latency is double the current one, up to ``max_latency_s``. Pure: time comes in as ``now_s``."""
-
-    def __init__(self, latency_s: float, *, limit: int = 3, window_s: float = 60.0,
-                 max_latency_s: float = 0.1) -> None:
-        self.latency_s = latency_s
-        self.limit = limit
-        self.window_s = window_s
-        self.max_latency_s = max(max_latency_s, latency_s)
-        self._seen_total = 0
-        self._times: deque[float] = deque()
-
-    def observe(self, now_s: float, underflows_total: int) -> float | None:
-        """Feed the adapter's running count of heard underflows; returns the latency to reopen at, or None."""
-        new = underflows_total - self._seen_total
-        self._seen_total = underflows_total
-        self._times.extend([now_s] * max(new, 0))
-        while self._times and now_s - self._times[0] > self.window_s:
-            self._times.popleft()
-        if len(self._times) < self.limit or self.latency_s >= self.max_latency_s:
-            return None
-        return min(2 * self.latency_s, self.max_latency_s)
-
-    def raised(self, latency_s: float) -> int:
-        """The device now runs at ``latency_s``; returns the underflows that led to it and starts counting anew."""
-        count = len(self._times)
-        self.latency_s = latency_s
-        self._times.clear()
-        return count
-
-    @property
-    def at_limit(self) -> bool:
-        """The latency cannot be raised further and underflows keep coming."""
-        return self.latency_s >= self.max_latency_s and len(self._times) >= self.limit
-
-
-class PlaybackResampler:
-    """24 kHz mono int16 → the device rate, streaming, keeping track of which item each output sample belongs to.
-
-    soxr holds back some input (≈ 11 ms mean, 20 ms max at LQ; 21 / 38 ms at MQ, §4.2); when the item changes, the
-    previous item's tail is flushed first so no sample is credited to the wrong item.
-
-    LQ by default: its 16-bit filter already puts aliases at −153 dB (§4.2), the same as MQ, and what it holds back
-    is audio the jitter buffer cannot play yet, so half the lag is slack won at every delta. Loop thread only.
-    """
-
-    def __init__(self, out_rate_hz: int, quality: str = "LQ") -> None:
-        self._rs = soxr.ResampleStream(API_RATE_HZ, out_rate_hz, 1, dtype=DTYPE, quality=quality)
-        self._item: str | None = None
-        self._pending = False  # input went in since the last flush or clear
-
-    def push(self, pcm24: Pcm, item_id: str | None) -> list[tuple[Pcm, str | None]]:
-        """Resample one chunk; returns the (device-rate PCM, item) pieces ready to queue, possibly none."""
-        out: list[tuple[Pcm, str | None]] = [] if item_id == self._item else self.flush()
-        x = np.ascontiguousarray(pcm24, dtype=np.int16).reshape(-1)
-        if x.size == 0:
-            return out
-        self._item, self._pending = item_id, True
-        y = self._rs.resample_chunk(x)
-        if y.size:
-            out.append((y, item_id))
-        return out
-
-    def flush(self) -> list[tuple[Pcm, str | None]]:
-        """Release the tail held inside soxr (end of a reply or of an item) and reset for a fresh signal."""
-        if not self._pending:
-            return []
-        tail = self._rs.resample_chunk(_NO_AUDIO, last=True)
-        self._rs.clear()
-        self._pending = False
-        return [(tail, self._item)] if tail.size else []
-
-    def clear(self) -> None:
-        """Drop what soxr holds (barge-in: it was never heard)."""
-        self._rs.clear()
-        self._pending = False
 
 
 class AudioIO:

@@ -1,0 +1,23 @@
+"""The underflow guard: when repeated gaps ask for a longer device queue (pure, no clock)."""
+
+from __future__ import annotations
+
+from kioskd.core.underflow import UnderflowGuard
+
+
+def test_underflow_guard_doubles_the_latency_after_repeated_heard_underflows() -> None:
+    """Three heard underflows within a minute ask for double the latency; sparse ones, or a latency at the cap,
+    do not; after a raise the count starts anew."""
+    guard = UnderflowGuard(0.015, limit=3, window_s=60.0, max_latency_s=0.1)
+    assert guard.observe(0.0, 0) is None
+    assert guard.observe(10.0, 2) is None
+    assert guard.observe(80.0, 3) is None  # the first two fell out of the window
+    assert guard.observe(90.0, 5) == 0.03  # three within 60 s
+    assert guard.observe(91.0, 5) == 0.03  # still due until it is done (the daemon waits for IDLE)
+    assert guard.raised(0.03) == 3
+    assert guard.observe(92.0, 6) is None and guard.latency_s == 0.03
+    assert guard.observe(93.0, 8) == 0.06
+    guard.raised(0.06)
+    assert guard.observe(94.0, 11) == 0.1  # capped
+    guard.raised(0.1)
+    assert guard.observe(95.0, 20) is None and guard.at_limit
