@@ -34,13 +34,18 @@ RATE_HZ: Final = 48000
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 
 
+def stat_ticks(path: str) -> int:
+    """utime + stime, in clock ticks, from a /proc/<pid>/stat or /proc/<pid>/task/<tid>/stat file."""
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def thread_ticks() -> dict[str, int]:
     """utime + stime in clock ticks of each of this process's threads, keyed "tid name"."""
     out: dict[str, int] = {}
     for tid in os.listdir("/proc/self/task"):
-        stat = Path(f"/proc/self/task/{tid}/stat").read_text()
-        fields = stat.rsplit(")", 1)[1].split()
-        out[f"{tid} {stat[stat.index('(') + 1:stat.rindex(')')]}"] = int(fields[11]) + int(fields[12])
+        name = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+        out[f"{tid} {name}"] = stat_ticks(f"/proc/self/task/{tid}/stat")
     return out
 
 

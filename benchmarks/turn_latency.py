@@ -44,10 +44,10 @@ from kioskd.config import AudioConfig
 from kioskd.core.pcm import tone
 from kioskd.sim.harness import KioskdProcess, Room, SimThread, speak, wait_for, write_wav
 from kioskd.sim.realtime_server import SimOptions
+from rig_floor import CLK_TCK, stat_ticks  # the sibling script: run as a script, its folder is on sys.path
 
 LOUD: Final = 1000  # int16: the reply tone peaks near 10000; the idle sink is exact zeros
 GAP_MS: Final = 10
-CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 BASELINE: Final = Path(__file__).with_name("baseline.py")
 #: simulator delivery profiles: SimOptions overrides. The first three deliver at the simulator's default pace
 #: (4× real time, as the real API does: reference pi-audio.md §7.1); the last paces deltas at real time, the
@@ -224,10 +224,7 @@ def wait_phase(client: Client, *phases: str, timeout_s: float = 30.0) -> None:
 def cpu_s(pid: int) -> tuple[float, float]:
     """utime + stime in seconds of the whole process (all threads) and of its main thread alone (the event loop:
     protocol, resampling, turn logic; the rest is PortAudio's and the ALSA pulse plugin's threads)."""
-    def ticks(path: str) -> int:
-        fields = Path(path).read_text().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
-    return ticks(f"/proc/{pid}/stat") / CLK_TCK, ticks(f"/proc/{pid}/task/{pid}/stat") / CLK_TCK
+    return stat_ticks(f"/proc/{pid}/stat") / CLK_TCK, stat_ticks(f"/proc/{pid}/task/{pid}/stat") / CLK_TCK
 
 
 def memory_kib(pid: int) -> dict[str, int]:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import random
 import signal
 import sys
@@ -75,6 +76,7 @@ class Daemon:
         self._simulated = False
         self._ready = False
         self._underflows_said = False
+        self._audio_grace_until_s = 0.0  # loop time: stale callbacks are not a fault until then (after a stall)
         self._started_s = time.monotonic()
         self._earcons = {kind: earcon_pcm(kind) for kind in ev.Earcon}
         self.audio: AudioIO | None = None
@@ -156,19 +158,18 @@ class Daemon:
         assert self.audio is not None
         loop = asyncio.get_running_loop()
         guard = UnderflowGuard(self.audio.output_latency_s)
-        grace_until_s = 0.0
         last_s = loop.time()
         while True:
             await asyncio.sleep(HEALTH_PERIOD_S)
             now_s = loop.time()
-            stalled, last_s = now_s - last_s > HEALTH_PERIOD_S + LOOP_LAG_LIMIT_S, now_s
-            if stalled:
-                # the whole process stood still (overload, SIGSTOP): stale callbacks prove nothing about the
-                # devices; give them the same grace as at start
-                grace_until_s = loop.time() + AUDIO_STALE_S
-            if loop.time() < grace_until_s:
-                continue
-            reason = self.audio.fault(time.monotonic(), AUDIO_STALE_S) or await self._guard_underflows(guard)
+            lag_s, last_s = now_s - last_s - HEALTH_PERIOD_S, now_s
+            if lag_s > LOOP_LAG_LIMIT_S:
+                # the whole process stood still (overload, swapping, SIGSTOP) and runs again: say so, and give the
+                # callbacks the start-up grace again, since stale callbacks now prove nothing about the devices
+                self._log.warning("daemon.loop_stalled", stalled_s=round(lag_s + HEALTH_PERIOD_S, 1),
+                                  phase=self._machine.phase.value)
+                self._audio_grace_until_s = now_s + AUDIO_STALE_S
+            reason = self._audio_fault() or await self._guard_underflows(guard)
             if reason is not None:
                 self._log.error("audio.device_lost", cause=reason, input_device=self.audio.device_name("input"),
                                 output_device=self.audio.device_name("output"))
@@ -177,6 +178,13 @@ class Daemon:
                 self._exit_code = 1
                 loop.call_soon(self._stop.set)
                 return
+
+    def _audio_fault(self) -> str | None:
+        """What is wrong with the audio path now, or None (also during the grace after a stall)."""
+        assert self.audio is not None
+        if asyncio.get_running_loop().time() < self._audio_grace_until_s:
+            return None
+        return self.audio.fault(time.monotonic(), AUDIO_STALE_S)
 
     async def _guard_underflows(self, guard: UnderflowGuard) -> str | None:
         """Gaps heard because the output callbacks came too late: between visits, reopen the speaker with a
@@ -191,14 +199,19 @@ class Daemon:
                                   cause="the speaker keeps running dry at the longest device queue kioskd uses: "
                                         "this machine is overloaded or the device is failing")
             return None
-        if self._machine.phase is not Phase.IDLE:
-            return None  # never under a reply or a question: wait for the visit to end
+        if self._machine.phase is not Phase.IDLE or not self.audio.silent or not self._queue.empty():
+            return None  # never under a reply, an earcon or a press on its way: wait until nothing plays
         from_s = guard.latency_s
         try:
             got_s = await self.audio.reopen_output(to_s)
         except DeviceError as exc:
-            return f"output stream could not be reopened at {to_s} s: {exc}"
+            try:  # the longer queue was refused: go back to the one that worked
+                got_s = await self.audio.reopen_output(from_s)
+            except DeviceError:
+                return f"output stream could not be reopened: {exc}"
         count = guard.raised(got_s)
+        if got_s <= from_s:
+            return None  # the device grants no longer queue: the guard now counts towards audio.underflows
         self._log.warning("audio.latency_raised", device=self.audio.device_name("output"), from_s=round(from_s, 4),
                           to_s=round(got_s, 4), underflows=count, window_s=guard.window_s,
                           cause=f"the speaker ran dry {count} times in {guard.window_s:.0f} s while playing: "
@@ -207,22 +220,17 @@ class Daemon:
         return None
 
     async def _watchdog(self) -> None:
-        """WATCHDOG=1 every WATCHDOG_USEC/2, only while the loop is on time and the audio callbacks are fresh;
-        a withheld ping is said once per episode, so a stuck kiosk is restarted by systemd, not kept alive."""
+        """WATCHDOG=1 every WATCHDOG_USEC/2 while the audio callbacks are fresh. A hung event loop cannot ping at
+        all, which is what the watchdog catches; a loop that stalled and runs again pings on time (withholding then
+        would only get a recovered kiosk killed). A withheld ping is said once per episode, so a kiosk whose audio
+        is stuck is restarted by systemd, not kept alive."""
         interval_s = systemd.watchdog_interval_s()
         if interval_s is None or self.audio is None:
             return
-        loop = asyncio.get_running_loop()
         withheld: str | None = None
-        last_s = loop.time()
         while True:
             await asyncio.sleep(interval_s)
-            now_s = loop.time()
-            lag_s, last_s = now_s - last_s - interval_s, now_s  # tick to tick: a stall anywhere in the loop counts
-            if lag_s > LOOP_LAG_LIMIT_S:
-                reason: str | None = f"event loop {lag_s:.1f} s late"
-            else:
-                reason = self.audio.fault(time.monotonic(), AUDIO_STALE_S)
+            reason = self._audio_fault()
             if reason is None:
                 if withheld is not None:
                     self._log.info("systemd.watchdog_resumed", after=withheld)
@@ -313,8 +321,8 @@ class Daemon:
             self._phase_changed()
 
     def _gate_mic(self) -> None:
-        """The microphone reaches the loop only while the button is held; while idle the adapter keeps the
-        pre-roll; otherwise (a reply, offline) nothing is kept: no reply audio becomes the next pre-roll."""
+        """The microphone reaches the loop only while LISTENING (the button held, before the hold cap); in IDLE the
+        adapter keeps the pre-roll (never what the speaker played); otherwise (a reply, offline) nothing is kept."""
         if self.audio is not None:
             phase = self._machine.phase
             self.audio.set_mic(Mic.LIVE if phase is Phase.LISTENING else
@@ -323,11 +331,13 @@ class Daemon:
     def _phase_changed(self) -> None:
         phase = self._machine.phase
         fields = [f"STATUS={phase.value}"]
-        if not self._ready and phase in (Phase.IDLE, Phase.OFFLINE, Phase.FAULT):
-            self._ready = True  # a kiosk that answers with the offline prompt is serving
+        ready = not self._ready and phase in (Phase.IDLE, Phase.OFFLINE, Phase.FAULT)
+        if ready:  # a kiosk that answers with the offline prompt is serving
             fields.insert(0, "READY=1")
+        sent = systemd.notify(*fields)
+        if ready and (sent or not os.environ.get("NOTIFY_SOCKET")):  # a READY=1 that was dropped goes again
+            self._ready = True
             self._log.info("daemon.ready", phase=phase.value)
-        systemd.notify(*fields)
 
     # ------------------------------------------------------------------------------------------ actions
 

@@ -1,4 +1,5 @@
-"""The audio adapter: one input and one output PortAudio stream, open for the life of the daemon.
+"""The audio adapter: one input and one output PortAudio stream, open for the life of the daemon (the speaker's
+is reopened only when repeated gaps ask for a longer device queue, between visits: ``reopen_output``).
 
 Devices run at a probed native rate; soxr converts to and from the API's 24 kHz mono in the app, one
 ``ResampleStream`` per direction (reference/pi-audio.md §1, §4). The output plays silence when idle.
@@ -7,7 +8,8 @@ The microphone has a gate (``set_mic``): LIVE posts every block to the loop, PRE
 ``preroll_ms`` in a ring inside the adapter and posts nothing, OFF drops blocks. The daemon keeps the gate LIVE
 only while the button is held, so an idle kiosk wakes its event loop for no microphone block at all; opening the
 gate from PREROLL hands the ring over first, as one block, so the pre-roll still reaches the turn machine before
-the press does.
+the press does. The ring never holds what the speaker played: while the speaker sounds, and for as long as its
+sound may still be reaching the microphone (the two device latencies and a microphone block), it is emptied.
 
 Threads: PortAudio calls ``_on_input`` and ``_on_output`` on its own threads. The input callback copies the block,
 records a heartbeat and, under ``_mic_lock``, posts the copy to the loop or keeps it in the pre-roll ring; the
@@ -102,9 +104,11 @@ class AudioIO:
         self._generation: dict[str, int] = {"input": 0, "output": 0}  # a closed stream's late finish is not a loss
         self._heard_underflows = 0  # output underflows while a stream was playing: the visitor heard a gap
         self._was_playing = False
+        self._echo_until_s = 0.0  # monotonic: until then the microphone may still pick up what the speaker played
         self._seen_drained = 0
         self._seen_started = 0
         self._out_latency_s = 0.0
+        self._in_latency_s = 0.0
         self._out_ahead_s = 0.0  # the last callback's outputBufferDacTime - currentTime (the reported latency if none)
 
     # ------------------------------------------------------------------------------------------ lifecycle
@@ -146,9 +150,14 @@ class AudioIO:
             stream = cls(device=choice.index, samplerate=choice.rate_hz, channels=choice.channels, dtype=DTYPE,
                          blocksize=blocksize, latency=self._latency_s, callback=callback,
                          finished_callback=lambda gen=self._generation[direction]: self._stream_finished(direction, gen))
+            if self._closed:  # close() ran while this opened (a reopen at shutdown): do not leak a running stream
+                stream.close(ignore_errors=True)
+                raise DeviceError(choice.name, direction, "the audio adapter is closed")
             self._streams[direction] = stream
             if direction == "output":
                 self._out_latency_s = self._out_ahead_s = float(stream.latency)
+            else:
+                self._in_latency_s = float(stream.latency)
             stream.start()
         except (sd.PortAudioError, ValueError) as exc:
             raise DeviceError(choice.name, direction, f"cannot open at {choice.rate_hz} Hz, "
@@ -172,9 +181,18 @@ class AudioIO:
         if old is not None:
             await asyncio.to_thread(self._close_streams, {"output": old})
         self._latency_s = latency_s
+        self._was_playing = False  # the new stream's start-up underflow, if any, is no gap in a reply
         await asyncio.to_thread(self._open, "output", self._choices["output"])
         self._last_out_s = time.monotonic()
         return self._out_latency_s
+
+    @property
+    def silent(self) -> bool:
+        """Nothing queued or sounding on the speaker (so reopening it now cuts nothing)."""
+        if self._buffer is None:
+            return True
+        with self._lock:
+            return self._buffer.idle and time.monotonic() >= self._echo_until_s
 
     @property
     def heard_underflows(self) -> int:
@@ -332,7 +350,10 @@ class AudioIO:
                 if self._mic is Mic.LIVE:
                     self._post(self._mic_block, block)
                 elif self._mic is Mic.PREROLL:
-                    self._mic_ring.push(block)
+                    if self._last_in_s < self._echo_until_s:
+                        self._mic_ring.clear()  # the speaker's sound may be in it: it is not the visitor's
+                    else:
+                        self._mic_ring.push(block)
         except Exception:
             self._callback_errors += 1
 
@@ -352,6 +373,8 @@ class AudioIO:
             with self._lock:
                 buffer.fill(outdata, now)
                 drained, started, self._was_playing = buffer.drained, buffer.items_started, buffer.playing
+            if outdata.any():  # heard for the device queue, then picked up for the input's queue and one block
+                self._echo_until_s = now + self._out_latency_s + self._in_latency_s + MIC_BLOCK_MS / 1000
             ahead_s = time_info.outputBufferDacTime - time_info.currentTime
             if 0.0 <= ahead_s < 1.0:  # some host APIs report no timing: keep the stream's reported latency
                 self._out_ahead_s = ahead_s

@@ -228,6 +228,11 @@ class PlayoutBuffer:
         return self._segment_at(self._read_pos) if self._write_pos > self._read_pos else self._last_item
 
     @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing left to hand out (no stream, no fade tail)."""
+        return self._state is _State.IDLE and self._tail_pos >= self._tail_len and self._write_pos == self._read_pos
+
+    @property
     def playing(self) -> bool:
         """True while a stream is being handed to the device (not while prebuffering, idle or fading out)."""
         return self._state is _State.PLAYING

@@ -32,9 +32,10 @@ class UnderflowGuard:
         return min(2 * self.latency_s, self.max_latency_s)
 
     def raised(self, latency_s: float) -> int:
-        """The device now runs at ``latency_s``; returns the underflows that led to it and starts counting anew."""
+        """The device now runs at ``latency_s``; returns the underflows that led to it and starts counting anew.
+        A device that granted no longer queue than before can give no more: the guard is then at its limit."""
         count = len(self._times)
-        self.latency_s = latency_s
+        self.latency_s = latency_s if latency_s > self.latency_s else self.max_latency_s
         self._times.clear()
         return count
 

@@ -326,6 +326,57 @@ def test_microphone_gate_keeps_the_preroll_and_hands_it_over_first() -> None:
     run(main())
 
 
+def test_the_preroll_never_holds_what_the_speaker_played() -> None:
+    """No echo path into the next question: while the speaker sounds (an apology earcon in IDLE, say) the pre-roll
+    ring is emptied, so opening the gate then hands over nothing even though the visitor was talking; once the
+    speaker has been quiet for its echo window the ring fills again and is handed over."""
+    question = tone(700, 5000, rate_hz=48000)
+
+    async def main() -> None:
+        audio, mic, _, _ = new_audio(preroll_ms=200)
+        player = None
+        try:
+            await audio.start()
+            pos = [0]
+
+            def speak(outdata: Any, frames: int, time_info: Any, status: Any) -> None:
+                chunk = question[pos[0] % question.size:][:frames]
+                outdata[:chunk.size, 0] = chunk
+                outdata[chunk.size:] = 0
+                pos[0] += frames
+
+            player = sd().OutputStream(device="kiosk_question", samplerate=48000, channels=1, dtype="int16",
+                                       blocksize=480, callback=speak)
+            player.start()
+            await wait_until(lambda: bool(mic) and loud_ms(np.concatenate(mic[-5:]), API_RATE_HZ) > 20,
+                             "the visitor's voice at on_mic")
+            audio.set_mic(Mic.PREROLL)
+            audio.play(tone(1000, 2000), None)  # the speaker sounds while the visitor talks
+            audio.end_of_reply()
+            await wait_until(lambda: not audio.silent, "the speaker to sound")
+            calls = int(audio.stats()["input_callbacks"])
+            await wait_until(lambda: int(audio.stats()["input_callbacks"]) > calls + 15, "300 ms of callbacks")
+            assert not audio.silent, "the 2 s tone ended too soon for this test"
+            before = len(mic)
+            audio.set_mic(Mic.LIVE)
+            assert len(mic) == before, "the pre-roll held audio taken while the speaker sounded"
+
+            audio.set_mic(Mic.PREROLL)
+            await wait_until(lambda: audio.silent, "the speaker and its echo window to end", 20)
+            calls = int(audio.stats()["input_callbacks"])
+            await wait_until(lambda: int(audio.stats()["input_callbacks"]) > calls + 15, "300 ms of quiet")
+            before = len(mic)
+            audio.set_mic(Mic.LIVE)
+            assert len(mic) == before + 1 and mic[-1].size >= ms_to_samples(150)
+        finally:
+            if player is not None:
+                player.abort()
+                player.close()
+            await audio.close()
+
+    run(main())
+
+
 def test_unknown_device_fails_start_with_a_device_error() -> None:
     from kioskd.errors import DeviceError
 

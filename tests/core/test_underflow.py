@@ -21,3 +21,12 @@ def test_underflow_guard_doubles_the_latency_after_repeated_heard_underflows() -
     assert guard.observe(94.0, 11) == 0.1  # capped
     guard.raised(0.1)
     assert guard.observe(95.0, 20) is None and guard.at_limit
+
+
+def test_a_device_that_grants_no_longer_queue_puts_the_guard_at_its_limit() -> None:
+    """If the reopened speaker reports no longer latency than before, asking again would reopen it on every
+    visit: the guard stops asking, and further gaps count towards at_limit (the one audio.underflows line)."""
+    guard = UnderflowGuard(0.015, limit=3, window_s=60.0, max_latency_s=0.1)
+    assert guard.observe(1.0, 3) == 0.03
+    guard.raised(0.015)  # the host clamped it
+    assert guard.observe(2.0, 6) is None and guard.at_limit
