@@ -70,8 +70,8 @@ class PlayoutBuffer:
     ``margin_ms`` is added to the jitter estimate.
     """
 
-    def __init__(self, rate_hz: int, channels: int = 1, *, capacity_s: float = 30.0, prebuffer_ms: float = 40.0,
-                 min_ms: float = 20.0, max_ms: float = 400.0, fade_ms: float = 5.0, margin_ms: float = 10.0) -> None:
+    def __init__(self, rate_hz: int, channels: int = 1, *, capacity_s: float = 30.0, prebuffer_ms: float = 30.0,
+                 min_ms: float = 10.0, max_ms: float = 400.0, fade_ms: float = 5.0, margin_ms: float = 10.0) -> None:
         if rate_hz <= 0 or channels <= 0:
             raise ValueError(f"rate_hz and channels must be positive, got {rate_hz} and {channels}")
         if not 0 < min_ms <= max_ms:

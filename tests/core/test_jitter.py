@@ -407,10 +407,10 @@ def deliver(buf: PlayoutBuffer, late_ms: list[float], item: str, *, delta_ms: in
 
 
 def test_start_is_small_and_timed_from_the_first_arrival() -> None:
-    """With a clock, a 100 ms first delta does not start at once: playback begins 40 ms (the first target) after
+    """With a clock, a 100 ms first delta does not start at once: playback begins 30 ms (the first target) after
     it arrived, so the second delta has slack; without a clock the same push would start on depth."""
     buf = PlayoutBuffer(RATE_HZ)
-    assert buf.stats()["target_ms"] == 40
+    assert buf.stats()["target_ms"] == 30
     buf.push(sine(300, 100), "a", 10.0)
     silent = 0
     for tick in range(10):
@@ -419,7 +419,7 @@ def test_start_is_small_and_timed_from_the_first_arrival() -> None:
         if out.any():
             break
         silent += 1
-    assert silent == 8  # callbacks at 0, 5, ..., 35 ms stay silent; the one at 40 ms plays
+    assert silent == 6  # callbacks at 0, 5, ..., 25 ms stay silent; the one at 30 ms plays
 
     untimed = PlayoutBuffer(RATE_HZ)
     untimed.push(sine(300, 100), "a")
@@ -439,7 +439,7 @@ def test_jitter_estimate_rises_fast_on_late_deltas_and_falls_slowly() -> None:
     for n in range(20):
         deliver(buf, [0] * 15, f"c{n}", start_s=20.0 + 5 * n)
     assert buf.stats()["jitter_ms"] < 1
-    assert buf.stats()["target_ms"] == 20  # min_ms once the underrun-free floor has shrunk too
+    assert buf.stats()["target_ms"] == 10  # the 10 ms margin over a calm estimate, = min_ms once the floor shrank
 
 
 def test_target_follows_jitter_within_bounds() -> None:
