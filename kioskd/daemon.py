@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import os
 import random
 import signal
 import sys
@@ -75,6 +74,7 @@ class Daemon:
         self._url = cfg.realtime.url or ""
         self._simulated = False
         self._ready = False
+        self._ready_sent = False
         self._underflows_said = False
         self._audio_grace_until_s = 0.0  # loop time: stale callbacks are not a fault until then (after a stall)
         self._started_s = time.monotonic()
@@ -331,13 +331,13 @@ class Daemon:
     def _phase_changed(self) -> None:
         phase = self._machine.phase
         fields = [f"STATUS={phase.value}"]
-        ready = not self._ready and phase in (Phase.IDLE, Phase.OFFLINE, Phase.FAULT)
-        if ready:  # a kiosk that answers with the offline prompt is serving
-            fields.insert(0, "READY=1")
-        sent = systemd.notify(*fields)
-        if ready and (sent or not os.environ.get("NOTIFY_SOCKET")):  # a READY=1 that was dropped goes again
-            self._ready = True
+        if not self._ready and phase in (Phase.IDLE, Phase.OFFLINE, Phase.FAULT):
+            self._ready = True  # a kiosk that answers with the offline prompt is serving
             self._log.info("daemon.ready", phase=phase.value)
+        if self._ready and not self._ready_sent:
+            fields.insert(0, "READY=1")  # again with every status until a datagram carrying it was sent
+        if systemd.notify(*fields) and self._ready:
+            self._ready_sent = True
 
     # ------------------------------------------------------------------------------------------ actions
 
