@@ -100,6 +100,9 @@ def test_visit_question_reply_and_barge_in(tmp_path: Path, sim: RealtimeSimulato
         wait_for(lambda: bool(kiosk.events("turn.done")), "the turn summary", 5 * UNIT_S)
         done = kiosk.events("turn.done")
         assert len(done) == 1 and done[0]["reply_ms"] >= 5900
+        playout = done[0]["playout"]  # what a technician reads about the buffer and the speaker per turn
+        assert {"target_ms", "depth_ms", "jitter_ms", "late_pushes", "late_ms", "heard_underflows"} <= set(playout)
+        assert 0 < playout["output_latency_s"] < 0.2 and playout["depth_ms"] == 0
 
         status = kiosk.ctl("status")
         assert status["counters"]["barge_ins"] == 1
