@@ -161,15 +161,11 @@ class Daemon:
         last_s = loop.time()
         while True:
             await asyncio.sleep(HEALTH_PERIOD_S)
-            now_s = loop.time()
-            lag_s, last_s = now_s - last_s - HEALTH_PERIOD_S, now_s
-            if lag_s > LOOP_LAG_LIMIT_S:
-                # the whole process stood still (overload, swapping, SIGSTOP) and runs again: say so, and give the
-                # callbacks the start-up grace again, since stale callbacks now prove nothing about the devices
-                self._log.warning("daemon.loop_stalled", stalled_s=round(lag_s + HEALTH_PERIOD_S, 1),
-                                  phase=self._machine.phase.value)
-                self._audio_grace_until_s = now_s + AUDIO_STALE_S
+            self._check_stall(last_s, HEALTH_PERIOD_S)
+            if self._ready and not self._ready_sent:  # a READY=1 that was dropped goes again, visitor or not
+                self._ready_sent = systemd.notify("READY=1", f"STATUS={self._machine.phase.value}")
             reason = self._audio_fault() or await self._guard_underflows(guard)
+            last_s = loop.time()  # after the work: a slow reopen is not a stall
             if reason is not None:
                 self._log.error("audio.device_lost", cause=reason, input_device=self.audio.device_name("input"),
                                 output_device=self.audio.device_name("output"))
@@ -178,6 +174,20 @@ class Daemon:
                 self._exit_code = 1
                 loop.call_soon(self._stop.set)
                 return
+
+    def _check_stall(self, last_s: float, period_s: float) -> None:
+        """Called by each periodic task as it wakes (``last_s``: when it last finished, ``period_s``: its sleep). A
+        wake-up more than LOOP_LAG_LIMIT_S late means the whole process stood still (overload, swapping, SIGSTOP)
+        and runs again: stale callbacks then prove nothing about the devices, so they get the start-up grace
+        again, whichever task notices first. Said once per episode."""
+        now_s = asyncio.get_running_loop().time()
+        lag_s = now_s - last_s - period_s
+        if lag_s <= LOOP_LAG_LIMIT_S:
+            return
+        if now_s >= self._audio_grace_until_s:  # not within the grace of a stall already said
+            self._log.warning("daemon.loop_stalled", stalled_s=round(lag_s + period_s, 1),
+                              phase=self._machine.phase.value)
+        self._audio_grace_until_s = now_s + AUDIO_STALE_S
 
     def _audio_fault(self) -> str | None:
         """What is wrong with the audio path now, or None (also during the grace after a stall)."""
@@ -188,48 +198,58 @@ class Daemon:
 
     async def _guard_underflows(self, guard: UnderflowGuard) -> str | None:
         """Gaps heard because the output callbacks came too late: between visits, reopen the speaker with a
-        longer device queue (logged once per raise). Returns a reason if the device refused to reopen."""
+        longer device queue (logged once per raise). Returns a reason if the device could not be reopened at all."""
         assert self.audio is not None
         to_s = guard.observe(time.monotonic(), self.audio.heard_underflows)
         if to_s is None:
             if guard.at_limit and not self._underflows_said:
                 self._underflows_said = True
                 self._log.warning("audio.underflows", device=self.audio.device_name("output"),
-                                  latency_s=guard.latency_s, underflows=self.audio.heard_underflows,
-                                  cause="the speaker keeps running dry at the longest device queue kioskd uses: "
+                                  latency_s=round(self.audio.output_latency_s, 4),
+                                  underflows=self.audio.heard_underflows,
+                                  cause="the speaker keeps running dry at the longest device queue kioskd can get: "
                                         "this machine is overloaded or the device is failing")
             return None
         if self._machine.phase is not Phase.IDLE or not self.audio.silent or not self._queue.empty():
             return None  # never under a reply, an earcon or a press on its way: wait until nothing plays
         from_s = guard.latency_s
+        refused: str | None = None
         try:
             got_s = await self.audio.reopen_output(to_s)
         except DeviceError as exc:
-            try:  # the longer queue was refused: go back to the one that worked
-                got_s = await self.audio.reopen_output(from_s)
+            refused = str(exc)
+            try:  # go back to the queue that worked
+                await self.audio.reopen_output(from_s)
             except DeviceError:
                 return f"output stream could not be reopened: {exc}"
-        count = guard.raised(got_s)
-        if got_s <= from_s:
-            return None  # the device grants no longer queue: the guard now counts towards audio.underflows
-        self._log.warning("audio.latency_raised", device=self.audio.device_name("output"), from_s=round(from_s, 4),
-                          to_s=round(got_s, 4), underflows=count, window_s=guard.window_s,
-                          cause=f"the speaker ran dry {count} times in {guard.window_s:.0f} s while playing: "
-                                f"callbacks came too late for a {from_s * 1000:.0f} ms device queue",
-                          hint="set audio.latency_s (and audio.block_ms) in the config to start there")
+        if refused is None and got_s > from_s:
+            count = guard.raised(got_s)
+            self._log.warning("audio.latency_raised", device=self.audio.device_name("output"),
+                              from_s=round(from_s, 4), to_s=round(got_s, 4), underflows=count, window_s=guard.window_s,
+                              cause=f"the speaker ran dry {count} times in {guard.window_s:.0f} s while playing: "
+                                    f"callbacks came too late for a {from_s * 1000:.0f} ms device queue",
+                              hint="set audio.latency_s (and audio.block_ms) in the config to start there")
+            return None
+        guard.give_up()
+        self._log.warning("audio.latency_refused", device=self.audio.device_name("output"), from_s=round(from_s, 4),
+                          asked_s=to_s, latency_s=round(self.audio.output_latency_s, 4),
+                          cause=refused or f"the device granted no longer queue than {from_s * 1000:.0f} ms")
         return None
 
     async def _watchdog(self) -> None:
         """WATCHDOG=1 every WATCHDOG_USEC/2 while the audio callbacks are fresh. A hung event loop cannot ping at
         all, which is what the watchdog catches; a loop that stalled and runs again pings on time (withholding then
-        would only get a recovered kiosk killed). A withheld ping is said once per episode, so a kiosk whose audio
-        is stuck is restarted by systemd, not kept alive."""
+        would only get a recovered kiosk killed), so each tick first checks for a stall itself. A withheld ping is
+        said once per episode, so a kiosk whose audio is stuck is restarted by systemd, not kept alive."""
         interval_s = systemd.watchdog_interval_s()
         if interval_s is None or self.audio is None:
             return
+        loop = asyncio.get_running_loop()
         withheld: str | None = None
+        last_s = loop.time()
         while True:
             await asyncio.sleep(interval_s)
+            self._check_stall(last_s, interval_s)
             reason = self._audio_fault()
             if reason is None:
                 if withheld is not None:
@@ -238,6 +258,7 @@ class Daemon:
             elif withheld is None:
                 self._log.warning("systemd.watchdog_withheld", cause=reason)
             withheld = reason
+            last_s = loop.time()
 
     def _reload(self) -> None:
         """SIGHUP (systemctl reload): validate the file first; on any error keep the running config."""

@@ -340,8 +340,9 @@ def test_watchdog_pings_while_healthy(tmp_path: Path) -> None:
 def test_a_stalled_process_is_said_once_and_neither_killed_nor_taken_for_a_lost_device(tmp_path: Path) -> None:
     """The whole process stands still for 2 s (SIGSTOP, as an overloaded Pi or a debugger would) and runs again:
     one daemon.loop_stalled warning; the watchdog goes on pinging within systemd's deadline (WATCHDOG_USEC 6 s:
-    a ping every 3 s, so even a stall just before a ping leaves it 1 s to spare), so a kiosk that recovered is
-    not killed; the audio callbacks, stale only because nothing ran, are not taken for a lost device."""
+    a ping every 3 s; the stall spans a ping's tick, so that ping comes ~2 s late, still 1 s inside the deadline),
+    so a kiosk that recovered is not killed; the audio callbacks, stale only because nothing ran, are not taken
+    for a lost device, whichever of the two periodic tasks wakes first."""
     import os
     import signal
     import socket
@@ -373,6 +374,9 @@ def test_a_stalled_process_is_said_once_and_neither_killed_nor_taken_for_a_lost_
     try:
         kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
         wait_for(lambda: len(pings) >= 1, "the first watchdog ping", 10 * UNIT_S)
+        seen = len(pings)
+        wait_for(lambda: len(pings) > seen, "a fresh ping", 10 * UNIT_S)
+        time.sleep(deadline_s / 2 - 0.3)  # stall across the watchdog's next tick: the hard case
         os.kill(kiosk.proc.pid, signal.SIGSTOP)
         time.sleep(2.0)
         os.kill(kiosk.proc.pid, signal.SIGCONT)
@@ -391,3 +395,39 @@ def test_a_stalled_process_is_said_once_and_neither_killed_nor_taken_for_a_lost_
     gaps = [b - a for a, b in zip(pings, pings[1:])]
     assert max(gaps) < deadline_s, f"a ping came {max(gaps):.1f} s after the one before: systemd would have killed it"
     assert not kiosk.events("systemd.watchdog_withheld") and not kiosk.events("audio.device_lost")
+
+
+def test_a_dropped_ready_is_sent_again(tmp_path: Path) -> None:
+    """systemd's notify socket is full when kioskd becomes ready (its READY=1 datagram is dropped: the send never
+    blocks); once the socket drains, READY=1 arrives anyway, without waiting for a visitor."""
+    import socket
+
+    path = str(tmp_path / "notify.sock")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK) as filler:
+        while True:  # fill the queue (net.unix.max_dgram_qlen) before kioskd starts
+            try:
+                filler.sendto(b"X=1", path)
+            except BlockingIOError:
+                break
+    kiosk = KioskdProcess(tmp_path, "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
+                                    "log:\n  format: json\n", env={"NOTIFY_SOCKET": path})
+    try:
+        kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
+        wait_for(lambda: bool(kiosk.events("daemon.ready")), "kioskd to be serving", 10 * UNIT_S)
+        notify.settimeout(0)
+        received: list[str] = []
+        try:
+            while True:
+                received.append(notify.recv(4096).decode())
+        except BlockingIOError:
+            pass
+        assert not any("READY=1" in d for d in received), "the socket was not full: this test proves nothing"
+        notify.settimeout(10 * UNIT_S)
+        while "READY=1" not in notify.recv(4096).decode():
+            pass
+    finally:
+        code = kiosk.stop()
+        notify.close()
+    assert code == 0, kiosk.tail()

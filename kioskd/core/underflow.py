@@ -19,6 +19,7 @@ class UnderflowGuard:
         self.max_latency_s = max(max_latency_s, latency_s)
         self._seen_total = 0
         self._times: deque[float] = deque()
+        self._given_up = False
 
     def observe(self, now_s: float, underflows_total: int) -> float | None:
         """Feed the adapter's running count of heard underflows; returns the latency to reopen at, or None."""
@@ -27,19 +28,22 @@ class UnderflowGuard:
         self._times.extend([now_s] * max(new, 0))
         while self._times and now_s - self._times[0] > self.window_s:
             self._times.popleft()
-        if len(self._times) < self.limit or self.latency_s >= self.max_latency_s:
+        if len(self._times) < self.limit or self._given_up or self.latency_s >= self.max_latency_s:
             return None
         return min(2 * self.latency_s, self.max_latency_s)
 
     def raised(self, latency_s: float) -> int:
-        """The device now runs at ``latency_s``; returns the underflows that led to it and starts counting anew.
-        A device that granted no longer queue than before can give no more: the guard is then at its limit."""
+        """The device now runs at ``latency_s``; returns the underflows that led to it and starts counting anew."""
         count = len(self._times)
-        self.latency_s = latency_s if latency_s > self.latency_s else self.max_latency_s
+        self.latency_s = latency_s
         self._times.clear()
         return count
+
+    def give_up(self) -> None:
+        """The device refused a longer queue or granted none: ask no more; gaps now only count towards at_limit."""
+        self._given_up = True
 
     @property
     def at_limit(self) -> bool:
         """The latency cannot be raised further and underflows keep coming."""
-        return self.latency_s >= self.max_latency_s and len(self._times) >= self.limit
+        return (self._given_up or self.latency_s >= self.max_latency_s) and len(self._times) >= self.limit

@@ -23,10 +23,13 @@ def test_underflow_guard_doubles_the_latency_after_repeated_heard_underflows() -
     assert guard.observe(95.0, 20) is None and guard.at_limit
 
 
-def test_a_device_that_grants_no_longer_queue_puts_the_guard_at_its_limit() -> None:
-    """If the reopened speaker reports no longer latency than before, asking again would reopen it on every
-    visit: the guard stops asking, and further gaps count towards at_limit (the one audio.underflows line)."""
+def test_a_guard_that_gave_up_asks_no_more_and_counts_towards_its_limit() -> None:
+    """A device that refused a longer queue (or granted none): the guard keeps the latency it had, asks no more
+    (so the speaker is not reopened on every visit), and further gaps count towards at_limit (audio.underflows)."""
     guard = UnderflowGuard(0.015, limit=3, window_s=60.0, max_latency_s=0.1)
     assert guard.observe(1.0, 3) == 0.03
-    guard.raised(0.015)  # the host clamped it
-    assert guard.observe(2.0, 6) is None and guard.at_limit
+    guard.give_up()
+    assert guard.observe(2.0, 3) is None and guard.latency_s == 0.015 and guard.at_limit
+    guard.raised(0.015)  # (what a caller does not do after giving up; the count starts anew either way)
+    assert guard.observe(3.0, 4) is None and not guard.at_limit
+    assert guard.observe(4.0, 6) is None and guard.at_limit
