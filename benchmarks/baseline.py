@@ -29,7 +29,7 @@ import threading
 from typing import Any
 
 import numpy as np
-import sounddevice as sd
+import sounddevice as sd  # type: ignore[import-untyped]
 from websockets.asyncio.client import ClientConnection, connect
 
 API_RATE_HZ = 24000

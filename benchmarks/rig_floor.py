@@ -50,7 +50,7 @@ def thread_ticks() -> dict[str, int]:
 
 
 def cpu_floor(block_ms: int, latency_s: float, seconds: float) -> int:
-    import sounddevice as sd
+    import sounddevice as sd  # type: ignore[import-untyped]
 
     def silent(out: np.ndarray, frames: int, t: Any, status: Any) -> None:
         out.fill(0)

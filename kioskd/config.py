@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Union, get_args, get_origin, get_type_hints
 from urllib.parse import parse_qsl, urlsplit
 
-import yaml
+import yaml  # type: ignore[import-untyped]
 
 from kioskd.errors import ConfigError
 

@@ -388,8 +388,8 @@ class Daemon:
             case ev.EndOfReply():
                 audio.end_of_reply()
             case ev.Interrupt():
-                item_id, played_ms = audio.interrupt()
-                return ev.Played(item_id, played_ms)
+                playing, played_ms = audio.interrupt()
+                return ev.Played(playing, played_ms)
             case ev.PlayEarcon(kind):
                 audio.play(self._earcons[kind], None)
                 audio.end_of_reply()
@@ -482,7 +482,7 @@ class Daemon:
     def _on_drained(self) -> None:
         assert self.audio is not None
         stats = self.audio.stats()
-        playout = {k: stats[k] for k in ("target_ms", "depth_ms", "jitter_ms", "late_pushes", "late_ms", "overflows",
+        playout: dict[str, Any] = {k: stats[k] for k in ("target_ms", "depth_ms", "jitter_ms", "late_pushes", "late_ms", "overflows",
                                          "heard_underflows", "output_latency_s") if k in stats}
         self.post(ev.PlaybackDrained(underruns_total=int(stats.get("underruns", 0)), playout=playout))
 

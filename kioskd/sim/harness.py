@@ -68,7 +68,7 @@ class Room:
     RATE_HZ = 48000
 
     def __init__(self, device: str = "kiosk_speaker_monitor", timeout_s: float = 10.0) -> None:
-        import sounddevice as sd
+        import sounddevice as sd  # type: ignore[import-untyped]
 
         self._blocks: list[tuple[float, Pcm]] = []
         self._lock = threading.Lock()

@@ -120,7 +120,7 @@ class RealtimeSimulator:
         self._counter = itertools.count(1)
         self._armed_faults: list[str] = []
         self.faults_fired: list[str] = []  # one-shot faults in the order they happened
-        self._silenced: list[asyncio.BaseTransport] = []  # connections gone quiet by "silent_mid_reply"
+        self._silenced: list[asyncio.Transport] = []  # connections gone quiet by "silent_mid_reply"
 
     def arm_fault(self, name: str) -> None:
         """Arm a one-shot fault (see ONE_SHOT_FAULTS); arming twice makes it happen twice. Thread-safe enough
