@@ -225,3 +225,18 @@ def test_error_fields() -> None:
     exc = AuthError("wss://api.openai.com/v1/realtime", 401)
     assert log.error_fields(exc) == {"error": str(exc), "error_type": "AuthError"}
     assert log.error_fields(TimeoutError()) == {"error": "TimeoutError", "error_type": "TimeoutError"}
+
+
+def test_every_event_name_is_documented_and_every_documented_one_exists() -> None:
+    """docs/logging.md's event table and the code agree: each name kioskd logs (a core Note or an adapter's log
+    call) has a row, and each row names an event some code still logs."""
+    import re
+
+    from tests.conftest import REPO
+
+    pattern = re.compile(r'(?:Note\(|\.(?:debug|info|warning|error|critical|exception)\()\s*"([a-z_]+\.[a-z_]+)"')
+    logged = {m.group(1) for path in (REPO / "kioskd").rglob("*.py") for m in pattern.finditer(path.read_text())}
+    documented = set(re.findall(r"^\| `([a-z_]+\.[a-z_]+)`", (REPO / "docs" / "logging.md").read_text(), re.M))
+    assert logged, "the pattern found no log call: it no longer matches how kioskd logs"
+    assert not logged - documented, f"logged but not in docs/logging.md: {sorted(logged - documented)}"
+    assert not documented - logged, f"in docs/logging.md but never logged: {sorted(documented - logged)}"
