@@ -465,6 +465,8 @@ def main() -> int:
         room.close()
     for note in baseline_notes:
         print(f"\nbaseline: {note}")
+    print(f"rig CPU floor again after the run: {rig_cpu_floor_pct(block_ms, latency_s):.1f} % of a core "
+          f"(at the start: {floor_pct:.1f} %; the spread is the noise of every CPU figure above)")
     return 0
 
 
