@@ -482,8 +482,9 @@ class Daemon:
     def _on_drained(self) -> None:
         assert self.audio is not None
         stats = self.audio.stats()
-        playout: dict[str, Any] = {k: stats[k] for k in ("target_ms", "depth_ms", "jitter_ms", "late_pushes", "late_ms", "overflows",
-                                         "heard_underflows", "output_latency_s") if k in stats}
+        keys = ("target_ms", "depth_ms", "jitter_ms", "late_pushes", "late_ms", "overflows", "heard_underflows",
+                "output_latency_s")
+        playout: dict[str, Any] = {k: stats[k] for k in keys if k in stats}
         self.post(ev.PlaybackDrained(underruns_total=int(stats.get("underruns", 0)), playout=playout))
 
     # ------------------------------------------------------------------------------------------ control

@@ -149,7 +149,8 @@ class AudioIO:
         try:
             stream = cls(device=choice.index, samplerate=choice.rate_hz, channels=choice.channels, dtype=DTYPE,
                          blocksize=blocksize, latency=self._latency_s, callback=callback,
-                         finished_callback=lambda gen=self._generation[direction]: self._stream_finished(direction, gen))
+                         finished_callback=lambda gen=self._generation[direction]: self._stream_finished(
+                             direction, gen))
             if self._closed:  # close() ran while this opened (a reopen at shutdown): do not leak a running stream
                 stream.close(ignore_errors=True)
                 raise DeviceError(choice.name, direction, "the audio adapter is closed")

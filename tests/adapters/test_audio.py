@@ -8,7 +8,8 @@ Delivery through the pulse plugin is bursty: these tests wait for content, never
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -100,6 +101,29 @@ def sounding_span_ms(x: npt.NDArray[Any], rate_hz: int) -> float:
     """First to last non-zero sample, in ms (an idle null sink's monitor is exact zeros)."""
     idx = np.flatnonzero(x)
     return 0.0 if idx.size == 0 else (int(idx[-1]) - int(idx[0]) + 1) * 1000 / rate_hz
+
+
+@contextlib.contextmanager
+def speaking(pcm: Pcm, *, repeat: bool = False) -> Iterator[None]:
+    """A visitor talking: ``pcm`` (48 kHz mono) played into the microphone's sink (kiosk_question), once or over
+    and over, for the duration of the block."""
+    pos = [0]
+
+    def play(outdata: Any, frames: int, time_info: Any, status: Any) -> None:
+        start = pos[0] % pcm.size if repeat else pos[0]
+        chunk = pcm[start:start + frames]
+        outdata[:chunk.size, 0] = chunk
+        outdata[chunk.size:] = 0
+        pos[0] += frames
+
+    player = sd().OutputStream(device="kiosk_question", samplerate=48000, channels=1, dtype="int16", blocksize=480,
+                               callback=play)
+    player.start()
+    try:
+        yield
+    finally:
+        player.abort()
+        player.close()
 
 
 def new_audio(**kwargs: Any) -> tuple[AudioIO, list[Pcm], list[int], Lines]:
@@ -242,26 +266,12 @@ def test_microphone_delivers_24k_audio_of_the_question() -> None:
 
     async def main() -> None:
         audio, mic, _, _ = new_audio()
-        player = None
         try:
             await audio.start()
             await wait_until(lambda: sum(p.size for p in mic) > API_RATE_HZ // 10, "the microphone to deliver")
-            pos = [0]
-
-            def speak(outdata: Any, frames: int, time_info: Any, status: Any) -> None:
-                chunk = question[pos[0]:pos[0] + frames]
-                outdata[:chunk.size, 0] = chunk
-                outdata[chunk.size:] = 0
-                pos[0] += frames
-
-            player = sd().OutputStream(device="kiosk_question", samplerate=48000, channels=1, dtype="int16",
-                                       blocksize=480, callback=speak)
-            player.start()
-            await wait_until(lambda: loud_ms(np.concatenate(mic), API_RATE_HZ) > 700, "the question at on_mic")
+            with speaking(question):
+                await wait_until(lambda: loud_ms(np.concatenate(mic), API_RATE_HZ) > 700, "the question at on_mic")
         finally:
-            if player is not None:
-                player.abort()
-                player.close()
             await audio.close()
         assert all(p.dtype == np.int16 and p.ndim == 1 for p in mic)
         heard = np.concatenate(mic)
@@ -280,47 +290,33 @@ def test_microphone_gate_keeps_the_preroll_and_hands_it_over_first() -> None:
 
     async def main() -> None:
         audio, mic, _, _ = new_audio(preroll_ms=200)
-        player = None
         try:
             await audio.start()
             await wait_until(lambda: bool(mic), "the microphone to deliver")
-            pos = [0]
+            with speaking(question, repeat=True):
+                await wait_until(lambda: loud_ms(np.concatenate(mic[-5:]), API_RATE_HZ) > 20, "the tone at on_mic")
 
-            def speak(outdata: Any, frames: int, time_info: Any, status: Any) -> None:
-                chunk = question[pos[0] % question.size:][:frames]
-                outdata[:chunk.size, 0] = chunk
-                outdata[chunk.size:] = 0
-                pos[0] += frames
+                audio.set_mic(Mic.PREROLL)
+                await asyncio.sleep(0.01)  # a block posted before the gate closed runs on the next loop pass
+                before, calls = len(mic), int(audio.stats()["input_callbacks"])
+                await wait_until(lambda: int(audio.stats()["input_callbacks"]) > calls + 20, "400 ms of callbacks")
+                assert len(mic) == before, "the microphone reached the loop while the gate kept the pre-roll"
 
-            player = sd().OutputStream(device="kiosk_question", samplerate=48000, channels=1, dtype="int16",
-                                       blocksize=480, callback=speak)
-            player.start()
-            await wait_until(lambda: loud_ms(np.concatenate(mic[-5:]), API_RATE_HZ) > 20, "the tone at on_mic")
+                audio.set_mic(Mic.LIVE)
+                assert len(mic) == before + 1, "the pre-roll was not handed over at once"
+                preroll = mic[-1]
+                assert ms_to_samples(150) <= preroll.size <= ms_to_samples(200)
+                freq_hz, prominence = spectrum_peak(preroll, API_RATE_HZ)
+                assert abs(freq_hz - 700) < 10 and prominence > 100
+                await wait_until(lambda: len(mic) > before + 3, "live blocks after the pre-roll")
 
-            audio.set_mic(Mic.PREROLL)
-            await asyncio.sleep(0.01)  # a block posted before the gate closed runs on the next loop pass
-            before, calls = len(mic), int(audio.stats()["input_callbacks"])
-            await wait_until(lambda: int(audio.stats()["input_callbacks"]) > calls + 20, "400 ms of callbacks")
-            assert len(mic) == before, "the microphone reached the loop while the gate kept the pre-roll"
-
-            audio.set_mic(Mic.LIVE)
-            assert len(mic) == before + 1, "the pre-roll was not handed over at once"
-            preroll = mic[-1]
-            assert ms_to_samples(150) <= preroll.size <= ms_to_samples(200)
-            freq_hz, prominence = spectrum_peak(preroll, API_RATE_HZ)
-            assert abs(freq_hz - 700) < 10 and prominence > 100
-            await wait_until(lambda: len(mic) > before + 3, "live blocks after the pre-roll")
-
-            audio.set_mic(Mic.OFF)
-            await asyncio.sleep(0.01)
-            before, calls = len(mic), int(audio.stats()["input_callbacks"])
-            await wait_until(lambda: int(audio.stats()["input_callbacks"]) > calls + 10, "200 ms of callbacks")
-            audio.set_mic(Mic.LIVE)
-            assert len(mic) == before and audio.stats()["mic"] == "live"
+                audio.set_mic(Mic.OFF)
+                await asyncio.sleep(0.01)
+                before, calls = len(mic), int(audio.stats()["input_callbacks"])
+                await wait_until(lambda: int(audio.stats()["input_callbacks"]) > calls + 10, "200 ms of callbacks")
+                audio.set_mic(Mic.LIVE)
+                assert len(mic) == before and audio.stats()["mic"] == "live"
         finally:
-            if player is not None:
-                player.abort()
-                player.close()
             await audio.close()
 
     run(main())
@@ -334,44 +330,30 @@ def test_the_preroll_never_holds_what_the_speaker_played() -> None:
 
     async def main() -> None:
         audio, mic, _, _ = new_audio(preroll_ms=200)
-        player = None
         try:
             await audio.start()
-            pos = [0]
+            with speaking(question, repeat=True):
+                await wait_until(lambda: bool(mic) and loud_ms(np.concatenate(mic[-5:]), API_RATE_HZ) > 20,
+                                 "the visitor's voice at on_mic")
+                audio.set_mic(Mic.PREROLL)
+                audio.play(tone(1000, 2000), None)  # the speaker sounds while the visitor talks
+                audio.end_of_reply()
+                await wait_until(lambda: not audio.silent, "the speaker to sound")
+                calls = int(audio.stats()["input_callbacks"])
+                await wait_until(lambda: int(audio.stats()["input_callbacks"]) > calls + 15, "300 ms of callbacks")
+                assert not audio.silent, "the 2 s tone ended too soon for this test"
+                before = len(mic)
+                audio.set_mic(Mic.LIVE)
+                assert len(mic) == before, "the pre-roll held audio taken while the speaker sounded"
 
-            def speak(outdata: Any, frames: int, time_info: Any, status: Any) -> None:
-                chunk = question[pos[0] % question.size:][:frames]
-                outdata[:chunk.size, 0] = chunk
-                outdata[chunk.size:] = 0
-                pos[0] += frames
-
-            player = sd().OutputStream(device="kiosk_question", samplerate=48000, channels=1, dtype="int16",
-                                       blocksize=480, callback=speak)
-            player.start()
-            await wait_until(lambda: bool(mic) and loud_ms(np.concatenate(mic[-5:]), API_RATE_HZ) > 20,
-                             "the visitor's voice at on_mic")
-            audio.set_mic(Mic.PREROLL)
-            audio.play(tone(1000, 2000), None)  # the speaker sounds while the visitor talks
-            audio.end_of_reply()
-            await wait_until(lambda: not audio.silent, "the speaker to sound")
-            calls = int(audio.stats()["input_callbacks"])
-            await wait_until(lambda: int(audio.stats()["input_callbacks"]) > calls + 15, "300 ms of callbacks")
-            assert not audio.silent, "the 2 s tone ended too soon for this test"
-            before = len(mic)
-            audio.set_mic(Mic.LIVE)
-            assert len(mic) == before, "the pre-roll held audio taken while the speaker sounded"
-
-            audio.set_mic(Mic.PREROLL)
-            await wait_until(lambda: audio.silent, "the speaker and its echo window to end", 20)
-            calls = int(audio.stats()["input_callbacks"])
-            await wait_until(lambda: int(audio.stats()["input_callbacks"]) > calls + 15, "300 ms of quiet")
-            before = len(mic)
-            audio.set_mic(Mic.LIVE)
-            assert len(mic) == before + 1 and mic[-1].size >= ms_to_samples(150)
+                audio.set_mic(Mic.PREROLL)
+                await wait_until(lambda: audio.silent, "the speaker and its echo window to end", 20)
+                calls = int(audio.stats()["input_callbacks"])
+                await wait_until(lambda: int(audio.stats()["input_callbacks"]) > calls + 15, "300 ms of quiet")
+                before = len(mic)
+                audio.set_mic(Mic.LIVE)
+                assert len(mic) == before + 1 and mic[-1].size >= ms_to_samples(150)
         finally:
-            if player is not None:
-                player.abort()
-                player.close()
             await audio.close()
 
     run(main())
