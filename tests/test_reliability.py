@@ -3,6 +3,7 @@ null sinks. Each fault is logged once with its cause and the next visitor is ser
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +16,19 @@ from kioskd.sim.realtime_server import SimOptions
 from tests.conftest import UNIT_S
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[tuple[SimThread, KioskdProcess, Path]]:
-    thread = SimThread(SimOptions(voice="tone", reply_ms=3000, first_delta_delay_ms=50, speedup=2.0))
-    kiosk = KioskdProcess(tmp_path, f"realtime:\n  url: {thread.sim.url}\n"
+World = tuple[SimThread, KioskdProcess, Path]
+SHORT_REPLIES = SimOptions(voice="tone", reply_ms=3000, first_delta_delay_ms=50, speedup=2.0)
+
+
+@contextlib.contextmanager
+def running(tmp_path: Path, options: SimOptions, *, realtime: str = "", audio: str = "") -> Iterator[World]:
+    """The simulator with ``options`` and a `kioskd run` on it (extra YAML lines for the realtime and audio
+    sections), idle and ready for a visitor; a question to ask. Both are stopped afterwards (``kiosk.stop()``
+    again returns the exit code)."""
+    thread = SimThread(options)
+    kiosk = KioskdProcess(tmp_path, f"realtime:\n  url: {thread.sim.url}\n{realtime}"
                                     "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
-                                    "log:\n  format: json\n")
+                                    f"{audio}log:\n  format: json\n")
     question = write_wav(tmp_path / "q.wav", tone(300, 400, 48000, 0.4), 48000)
     try:
         kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
@@ -28,6 +36,12 @@ def world(tmp_path: Path) -> Iterator[tuple[SimThread, KioskdProcess, Path]]:
     finally:
         kiosk.stop()
         thread.close()
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    with running(tmp_path, SHORT_REPLIES) as w:
+        yield w
 
 
 def served(kiosk: KioskdProcess, question: Path) -> None:
@@ -38,7 +52,7 @@ def served(kiosk: KioskdProcess, question: Path) -> None:
     wait_for(lambda: len(kiosk.events("turn.done")) == before + 1, "the turn summary", 5 * UNIT_S)
 
 
-def test_a_dropped_connection_mid_reply_apologises_and_recovers(world: tuple[SimThread, KioskdProcess, Path]) -> None:
+def test_a_dropped_connection_mid_reply_apologises_and_recovers(world: World) -> None:
     """The link dies mid-reply (no close frame): one warning with the close code, the apology prompt, offline
     until reconnected, then the next visitor gets a whole answer."""
     thread, kiosk, question = world
@@ -54,7 +68,7 @@ def test_a_dropped_connection_mid_reply_apologises_and_recovers(world: tuple[Sim
     assert thread.sim.connections == 2
 
 
-def test_rate_limited_reconnects_back_off_and_recover(world: tuple[SimThread, KioskdProcess, Path]) -> None:
+def test_rate_limited_reconnects_back_off_and_recover(world: World) -> None:
     """After a drop, two handshakes answered with HTTP 429 are retried with backoff until one succeeds."""
     thread, kiosk, question = world
     thread.sim.arm_fault("refuse_429")
@@ -68,7 +82,7 @@ def test_rate_limited_reconnects_back_off_and_recover(world: tuple[SimThread, Ki
     served(kiosk, question)
 
 
-def test_a_server_error_mid_reply_is_logged_and_the_reply_goes_on(world: tuple[SimThread, KioskdProcess, Path]) -> None:
+def test_a_server_error_mid_reply_is_logged_and_the_reply_goes_on(world: World) -> None:
     """An `error` event (server_error) inside a reply: one line with its code; the reply still completes."""
     thread, kiosk, question = world
     thread.sim.arm_fault("error_mid_reply")
@@ -81,22 +95,15 @@ def test_a_server_error_mid_reply_is_logged_and_the_reply_goes_on(world: tuple[S
 def test_the_session_cap_is_survived(tmp_path: Path) -> None:
     """The server ends the session at its lifetime (error session_expired, close 1001): kioskd opens a new one
     by itself and serves the next visitor."""
-    thread = SimThread(SimOptions(voice="tone", reply_ms=300, first_delta_delay_ms=50, session_lifetime_s=2.0))
-    kiosk = KioskdProcess(tmp_path, f"realtime:\n  url: {thread.sim.url}\n"
-                                    "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
-                                    "log:\n  format: json\n")
-    try:
-        kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
+    options = SimOptions(voice="tone", reply_ms=300, first_delta_delay_ms=50, session_lifetime_s=2.0)
+    with running(tmp_path, options) as (thread, kiosk, question):
         wait_for(lambda: thread.sim.connections >= 2, "a new session after the cap", 20 * UNIT_S)
         kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
         assert any("1001" in e["error"] for e in kiosk.events("ws.disconnected"))
-        served(kiosk, write_wav(tmp_path / "q.wav", tone(300, 400, 48000, 0.4), 48000))
-    finally:
-        kiosk.stop()
-        thread.close()
+        served(kiosk, question)
 
 
-def test_sigterm_mid_reply_stops_cleanly(world: tuple[SimThread, KioskdProcess, Path]) -> None:
+def test_sigterm_mid_reply_stops_cleanly(world: World) -> None:
     """systemctl stop while the exhibit speaks: exit 0 with a daemon.stopped line."""
     _, kiosk, question = world
     kiosk.ask(question)
@@ -113,17 +120,12 @@ def test_late_audio_callbacks_lengthen_the_device_queue_between_visits(tmp_path:
     import os
     import time
 
-    thread = SimThread(SimOptions(voice="tone", reply_ms=20000, first_delta_delay_ms=50, speedup=4.0))
-    kiosk = KioskdProcess(tmp_path, f"realtime:\n  url: {thread.sim.url}\n"
-                                    "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
-                                    "  earcons: false\n  latency_s: 0.015\nlog:\n  format: json\n")
-    question = write_wav(tmp_path / "q.wav", tone(300, 400, 48000, 0.4), 48000)
+    options = SimOptions(voice="tone", reply_ms=20000, first_delta_delay_ms=50, speedup=4.0)
+    with running(tmp_path, options, audio="  earcons: false\n  latency_s: 0.015\n") as (_, kiosk, question):
 
-    def heard() -> int:
-        return int(kiosk.ctl("status")["audio"]["heard_underflows"])
+        def heard() -> int:
+            return int(kiosk.ctl("status")["audio"]["heard_underflows"])
 
-    try:
-        kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
         kiosk.ask(question)
         for _ in range(150):  # the pulse plugin flags only some of the gaps it makes: stall until three show
             if heard() >= 3:
@@ -152,23 +154,14 @@ def test_late_audio_callbacks_lengthen_the_device_queue_between_visits(tmp_path:
         wait_for(lambda: kiosk.ctl("status")["audio"]["items_started"] > started, "the reply to reach the speaker",
                  10 * UNIT_S)
         assert kiosk.phase() == "speaking" and not kiosk.events("audio.device_lost")
-    finally:
-        code = kiosk.stop()
-        thread.close()
-    assert code == 0, kiosk.tail()
+    assert kiosk.stop() == 0, kiosk.tail()
 
 
 def test_a_silent_dead_peer_is_noticed_by_keepalive_and_recovered(tmp_path: Path) -> None:
     """The server goes quiet mid-reply without closing anything (a dead Wi-Fi link: no close frame, no reset).
     Only the keepalive can notice: with realtime.keepalive_s 1, one warning names the keepalive timeout, the
     visitor hears the apology, kioskd reconnects and the next visitor is answered in full."""
-    thread = SimThread(SimOptions(voice="tone", reply_ms=3000, first_delta_delay_ms=50, speedup=2.0))
-    kiosk = KioskdProcess(tmp_path, f"realtime:\n  url: {thread.sim.url}\n  keepalive_s: 1\n"
-                                    "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
-                                    "log:\n  format: json\n")
-    question = write_wav(tmp_path / "q.wav", tone(300, 400, 48000, 0.4), 48000)
-    try:
-        kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
+    with running(tmp_path, SHORT_REPLIES, realtime="  keepalive_s: 1\n") as (thread, kiosk, question):
         thread.sim.arm_fault("silent_mid_reply")
         kiosk.ask(question)
         wait_for(lambda: bool(kiosk.events("ws.disconnected")), "the silence to be noticed", 15 * UNIT_S)
@@ -178,7 +171,4 @@ def test_a_silent_dead_peer_is_noticed_by_keepalive_and_recovered(tmp_path: Path
         assert thread.sim.faults_fired == ["silent_mid_reply"]
         served(kiosk, question)
         assert thread.sim.connections == 2
-    finally:
-        code = kiosk.stop()
-        thread.close()
-    assert code == 0, kiosk.tail()
+    assert kiosk.stop() == 0, kiosk.tail()
