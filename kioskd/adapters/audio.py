@@ -257,10 +257,6 @@ class AudioIO:
         if mode is Mic.LIVE and held is not None and held.size:
             self._mic_block(held)
 
-    @property
-    def mic(self) -> Mic:
-        return self._mic
-
     def _mic_block(self, block: Pcm) -> None:
         if self._closed or self._mic_rs is None:
             return
