@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from kioskd.core.pcm import tone
-from kioskd.sim.harness import KioskdProcess, SimThread, write_wav
+from kioskd.sim.harness import NULL_SINK_AUDIO, KioskdProcess, SimThread, write_wav
 from kioskd.sim.realtime_server import SimOptions
 
 FAULTS = [[], [], ["drop_mid_reply"], ["error_mid_reply"], ["refuse_429", "refuse_429", "drop_mid_reply"]]
@@ -45,7 +45,7 @@ def main() -> int:
     question = write_wav(work / "q.wav", tone(300, 300, 48000, 0.4), 48000)
     sim = SimThread(SimOptions(voice="tone", reply_ms=800, first_delta_delay_ms=50, speedup=4.0))
     kiosk = KioskdProcess(work, f"realtime:\n  url: {sim.sim.url}\n"
-                                "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
+                                f"{NULL_SINK_AUDIO}"
                                 "log:\n  format: json\n")
     served = lost = 0
     armed: list[str] = []

@@ -42,7 +42,7 @@ import numpy as np
 
 from kioskd.config import AudioConfig
 from kioskd.core.pcm import tone
-from kioskd.sim.harness import KioskdProcess, Room, SimThread, speak, wait_for, write_wav
+from kioskd.sim.harness import NULL_SINK_AUDIO, KioskdProcess, Room, SimThread, speak, wait_for, write_wav
 from kioskd.sim.realtime_server import SimOptions
 from rig_floor import CLK_TCK, stat_ticks  # the sibling script: run as a script, its folder is on sys.path
 
@@ -130,7 +130,7 @@ class Kioskd:
     def __init__(self, work: Path, url: str, audio: dict[str, str]) -> None:
         extra = "".join(f"  {key}: {value}\n" for key, value in audio.items())
         self.proc = KioskdProcess(work, f"realtime:\n  url: {url}\n"
-                                        "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
+                                        f"{NULL_SINK_AUDIO}"
                                         f"  earcons: false\n{extra}log:\n  format: json\n")
         self.proc.wait_phase("idle")
         self.pid = self.proc.proc.pid

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from kioskd.sim.harness import KioskdProcess, Room, say
+from kioskd.sim.harness import NULL_SINK_AUDIO, KioskdProcess, Room, say
 
 QUESTIONS = ["What is this painting about?", "Who made this sculpture?", "Sorry, how old is it?"]
 
@@ -76,7 +76,7 @@ def main() -> int:
     wavs = [say(text, work / f"q{i}.wav") for i, text in enumerate(QUESTIONS)]
     room = Room()
     print("kioskd demo: starting `kioskd run` on the embedded default (simulator on loopback, simulated button)")
-    kiosk = KioskdProcess(work, "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
+    kiosk = KioskdProcess(work, f"{NULL_SINK_AUDIO}"
                                 f"log:\n  format: json\nsimulator:\n  voice: {args.voice}\n")
     try:
         kiosk.wait_phase("idle", timeout_s=30)

@@ -16,7 +16,7 @@ import pytest
 
 from kioskd.core.pcm import tone
 from kioskd.daemon import AUDIO_STALE_S
-from kioskd.sim.harness import KioskdProcess, Room, SimThread, speak, wait_for, write_wav
+from kioskd.sim.harness import NULL_SINK_AUDIO, KioskdProcess, Room, SimThread, speak, wait_for, write_wav
 from kioskd.sim.realtime_server import RealtimeSimulator, SimOptions
 from tests.conftest import UNIT_S
 
@@ -71,7 +71,7 @@ def test_visit_question_reply_and_barge_in(tmp_path: Path, sim: RealtimeSimulato
     the truncate reports no more than was delivered, and the next question is answered in full."""
     question = write_wav(tmp_path / "q.wav", tone(QUESTION_HZ, 1000, 48000, 0.4), 48000)
     kiosk = KioskdProcess(tmp_path, f"realtime:\n  url: {sim.url}\n"
-                                    "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
+                                    f"{NULL_SINK_AUDIO}"
                                     "  earcons: false\nlog:\n  format: json\n  level: debug\n")
     try:
         kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
@@ -122,7 +122,7 @@ def test_words_spoken_as_the_button_goes_down_are_sent_first(tmp_path: Path) -> 
     early = write_wav(tmp_path / "early.wav", tone(early_hz, 400, 48000, 0.4), 48000)
     question = write_wav(tmp_path / "q.wav", tone(QUESTION_HZ, 600, 48000, 0.4), 48000)
     kiosk = KioskdProcess(tmp_path, f"realtime:\n  url: {sim.url}\n"
-                                    "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
+                                    f"{NULL_SINK_AUDIO}"
                                     "  earcons: false\n  preroll_ms: 200\nlog:\n  format: json\n")
     try:
         kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
@@ -154,7 +154,7 @@ def test_bad_server_frames_and_taps_do_not_stop_the_kiosk(tmp_path: Path) -> Non
     sim = thread.sim
     question = write_wav(tmp_path / "q.wav", tone(QUESTION_HZ, 500, 48000, 0.4), 48000)
     kiosk = KioskdProcess(tmp_path, f"realtime:\n  url: {sim.url}\n"
-                                    "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
+                                    f"{NULL_SINK_AUDIO}"
                                     "log:\n  format: json\n")
     try:
         kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
@@ -203,7 +203,7 @@ def test_systemd_readiness_and_the_key_stays_secret(tmp_path: Path) -> None:
     notify.settimeout(20 * UNIT_S)
     thread = SimThread(SimOptions(api_key=key, voice="tone", reply_ms=500, first_delta_delay_ms=50))
     kiosk = KioskdProcess(tmp_path, f"realtime:\n  url: {thread.sim.url}\n  api_key_file: {key_file}\n"
-                                    "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
+                                    f"{NULL_SINK_AUDIO}"
                                     "log:\n  format: json\n  level: debug\n",
                           env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
     try:
@@ -241,7 +241,7 @@ def test_a_wrong_key_is_a_fault_said_once(tmp_path: Path) -> None:
     key_file.chmod(0o600)
     thread = SimThread(SimOptions(api_key="the-right-key"))
     kiosk = KioskdProcess(tmp_path, f"realtime:\n  url: {thread.sim.url}\n  api_key_file: {key_file}\n"
-                                    "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
+                                    f"{NULL_SINK_AUDIO}"
                                     "log:\n  format: json\n")
     try:
         kiosk.wait_phase("fault", timeout_s=20 * UNIT_S)
@@ -272,7 +272,7 @@ def test_losing_the_sound_server_is_said_once_and_exits_for_a_restart(tmp_path: 
     env = dict(line.removeprefix("export ").replace("'", "").split("=", 1) for line in out.splitlines())
     server_pid = int(subprocess.run(["pgrep", "-f", f"log-target=file:{audio_dir}/"], capture_output=True,
                                     text=True, check=True).stdout.split()[0])
-    kiosk = KioskdProcess(tmp_path, "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
+    kiosk = KioskdProcess(tmp_path, f"{NULL_SINK_AUDIO}"
                                     "log:\n  format: json\n", env=env)
     try:
         kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
@@ -293,7 +293,7 @@ def test_reload_keeps_the_old_config_on_error_and_applies_a_good_one(tmp_path: P
 
     thread = SimThread(SimOptions(voice="tone", reply_ms=500))
     base = (f"realtime:\n  url: {thread.sim.url}\n"
-            "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\nlog:\n  format: json\n")
+            f"{NULL_SINK_AUDIO}log:\n  format: json\n")
     kiosk = KioskdProcess(tmp_path, base)
     config = tmp_path / "kioskd.yaml"
     try:
@@ -322,7 +322,7 @@ def test_watchdog_pings_while_healthy(tmp_path: Path) -> None:
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify.sock"))
     notify.settimeout(10 * UNIT_S)
-    kiosk = KioskdProcess(tmp_path, "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
+    kiosk = KioskdProcess(tmp_path, f"{NULL_SINK_AUDIO}"
                                     "log:\n  format: json\n",
                           env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "400000"})
     try:
@@ -352,7 +352,7 @@ def test_a_stalled_process_is_said_once_and_neither_killed_nor_taken_for_a_lost_
     notify.bind(str(tmp_path / "notify.sock"))
     notify.settimeout(10 * UNIT_S)
     deadline_s = 6.0
-    kiosk = KioskdProcess(tmp_path, "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
+    kiosk = KioskdProcess(tmp_path, f"{NULL_SINK_AUDIO}"
                                     "log:\n  format: json\n",
                           env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
                                "WATCHDOG_USEC": str(int(deadline_s * 1e6))})
@@ -411,7 +411,7 @@ def test_a_dropped_ready_is_sent_again(tmp_path: Path) -> None:
                 filler.sendto(b"X=1", path)
             except BlockingIOError:
                 break
-    kiosk = KioskdProcess(tmp_path, "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
+    kiosk = KioskdProcess(tmp_path, f"{NULL_SINK_AUDIO}"
                                     "log:\n  format: json\n", env={"NOTIFY_SOCKET": path})
     try:
         kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)

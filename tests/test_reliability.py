@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kioskd.core.pcm import tone
-from kioskd.sim.harness import KioskdProcess, SimThread, wait_for, write_wav
+from kioskd.sim.harness import NULL_SINK_AUDIO, KioskdProcess, SimThread, wait_for, write_wav
 from kioskd.sim.realtime_server import SimOptions
 from tests.conftest import UNIT_S
 
@@ -27,7 +27,7 @@ def running(tmp_path: Path, options: SimOptions, *, realtime: str = "", audio: s
     again returns the exit code)."""
     thread = SimThread(options)
     kiosk = KioskdProcess(tmp_path, f"realtime:\n  url: {thread.sim.url}\n{realtime}"
-                                    "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
+                                    f"{NULL_SINK_AUDIO}"
                                     f"{audio}log:\n  format: json\n")
     question = write_wav(tmp_path / "q.wav", tone(300, 400, 48000, 0.4), 48000)
     try:

@@ -123,6 +123,10 @@ def speak(path: Path) -> None:
     subprocess.run(["paplay", "--device=kiosk_mic", str(path)], check=True)
 
 
+#: the head of a kioskd config's audio section for the null sinks of scripts/audio-env (more audio keys may follow)
+NULL_SINK_AUDIO = "audio:\n  input_device: kiosk_microphone\n  output_device: kiosk_speaker\n"
+
+
 class KioskdProcess:
     """``kioskd run --config FILE`` as a child process, its JSON log lines collected with arrival times."""
 
