@@ -66,7 +66,8 @@ def main() -> int:
                 time.sleep(0.2)
             except TimeoutError:
                 pass
-            outcome = "served" if len(kiosk.events("turn.done")) > before else "lost"
+            done = kiosk.events("turn.done")[before:]
+            outcome = "served" if any(d["outcome"] == "answered" for d in done) else "lost"
             if outcome == "served":
                 served += 1
             else:

@@ -134,7 +134,7 @@ class Kioskd:
                                         f"  earcons: false\n{extra}log:\n  format: json\n")
         self.proc.wait_phase("idle")
         self.pid = self.proc.proc.pid
-        self._done_seen = len(self.proc.events("turn.done"))
+        self._done_seen = len([d for d in self.proc.events("turn.done") if d["outcome"] == "answered"])
 
     def press(self) -> None:
         self.proc.ctl("press")
@@ -150,7 +150,7 @@ class Kioskd:
 
     def buffer_underruns(self) -> int | None:
         """The playout buffer's own underrun count for the last reply heard in full, if a new one was logged."""
-        done = self.proc.events("turn.done")
+        done = [d for d in self.proc.events("turn.done") if d["outcome"] == "answered"]
         if len(done) == self._done_seen:
             return None
         self._done_seen = len(done)

@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl, urlsplit
 import yaml  # type: ignore[import-untyped]
 
 from kioskd.errors import ConfigError
+from kioskd.core.settings import LinkSettings, Settings, TurnSettings
 
 Auth = Literal["auto", "bearer", "api-key"]
 ButtonKind = Literal["gpio", "simulated"]
@@ -41,6 +42,10 @@ AZURE_HOST_SUFFIX: Final = ".openai.azure.com"
 MAX_SOCKET_PATH_BYTES: Final = 107
 
 
+_LINK: Final = LinkSettings()
+_TURN: Final = TurnSettings()
+
+
 @dataclass(frozen=True, slots=True)
 class RealtimeConfig:
     url: str | None = None
@@ -53,8 +58,22 @@ class RealtimeConfig:
     instructions: str = (
         "You are the voice of a museum exhibit. Answer visitors' questions in one or two short sentences."
     )
-    connect_timeout_s: float = 10.0
+    connect_timeout_s: float = _LINK.connect_timeout_s
     """From opening the socket to ``session.updated``."""
+    recycle_margin_s: float = _LINK.recycle_margin_s
+    """Renew the session this long before the server's ``expires_at`` (only between visitors)."""
+    backoff_first_max_s: float = _LINK.backoff_first_max_s
+    """The first reconnect waits a random time below this (a fleet does not come back in lock-step)."""
+    backoff_cap_s: float = _LINK.backoff_cap_s
+    """Reconnect delays double up to this."""
+    healthy_after_s: float = _LINK.healthy_after_s
+    """A session up this long resets the reconnect delays."""
+    fault_retry_s: float = _LINK.fault_retry_s
+    """In FAULT (bad key, no quota, unknown model) try again after this long, or at once on reload."""
+    quick_failure_s: float = _LINK.quick_failure_s
+    """A session that dies this soon after it was ready, before serving any response, is a quick failure ..."""
+    quick_failures_fatal: int = _LINK.quick_failures_fatal
+    """... and this many in a row mean the endpoint or config is broken, not the network (FAULT)."""
     keepalive_s: float = 20.0
     """A ping this often; a link that answers none within the same time is lost (a silent dead peer: Wi-Fi gone
     without a TCP reset), so the worst case to notice is twice this."""
@@ -108,14 +127,20 @@ class ControlConfig:
 
 @dataclass(frozen=True, slots=True)
 class TurnConfig:
-    min_hold_ms: int = 100
+    min_hold_ms: int = _TURN.min_hold_ms
     """Held audio below this is dropped, never committed."""
-    hold_cap_s: float = 30.0
-    reply_wait_s: float = 10.0
+    hold_cap_s: float = _TURN.hold_cap_s
+    reply_wait_s: float = _TURN.reply_wait_s
     """From commit to the first reply audio."""
-    reply_cap_s: float = 90.0
-    rearm_ms: int = 50
+    reply_cap_s: float = _TURN.reply_cap_s
+    rearm_ms: int = _TURN.rearm_ms
     """A press this soon after a release is a bounce."""
+    append_ms: int = _TURN.append_ms
+    """Microphone audio is sent in chunks of at least this much."""
+    thinking_cue_s: float = _TURN.thinking_cue_s
+    """No reply audio this long after release: a soft "still thinking" sound (with audio.earcons)."""
+    usage_wait_s: float = _TURN.usage_wait_s
+    """How long an ended turn waits for the usage of a reply it cancelled before turn.done says it is missing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +260,13 @@ CHECKS: Final[Mapping[str, Callable[[Any], str | None]]] = {
     "realtime.voice": _non_empty,
     "realtime.connect_timeout_s": _positive,
     "realtime.keepalive_s": _positive,
+    "realtime.recycle_margin_s": _non_negative,
+    "realtime.backoff_first_max_s": _positive,
+    "realtime.backoff_cap_s": _positive,
+    "realtime.healthy_after_s": _positive,
+    "realtime.fault_retry_s": _positive,
+    "realtime.quick_failure_s": _non_negative,
+    "realtime.quick_failures_fatal": _between(1, 100),
     "audio.block_ms": _between(5, 100),
     "audio.latency_s": _positive,
     "audio.prebuffer_ms": _non_negative,
@@ -249,6 +281,9 @@ CHECKS: Final[Mapping[str, Callable[[Any], str | None]]] = {
     "turn.reply_wait_s": _positive,
     "turn.reply_cap_s": _positive,
     "turn.rearm_ms": _non_negative,
+    "turn.append_ms": _between(5, 200),
+    "turn.thinking_cue_s": _positive,
+    "turn.usage_wait_s": _non_negative,
     "simulator.first_delta_delay_ms": _non_negative,
     "simulator.jitter_ms": _non_negative,
 }
@@ -462,6 +497,24 @@ def _suggest(name: str, valid: list[str], prefix: str = "") -> str:
 
 #: systemd's RuntimeDirectory=kioskd
 SERVICE_RUNTIME_DIR: Final = "/run/kioskd"
+
+
+def core_settings(cfg: KioskConfig, *, endpoint: str) -> Settings:
+    """The core's settings from the config; ``endpoint``: where the link connects (no query string)."""
+    r, t = cfg.realtime, cfg.turn
+    return Settings(
+        link=LinkSettings(
+            endpoint=endpoint, voice=r.voice, instructions=r.instructions, connect_timeout_s=r.connect_timeout_s,
+            recycle_margin_s=r.recycle_margin_s, healthy_after_s=r.healthy_after_s,
+            backoff_first_max_s=r.backoff_first_max_s, backoff_cap_s=r.backoff_cap_s, fault_retry_s=r.fault_retry_s,
+            quick_failure_s=r.quick_failure_s, quick_failures_fatal=r.quick_failures_fatal,
+        ),
+        turn=TurnSettings(
+            min_hold_ms=t.min_hold_ms, append_ms=t.append_ms, preroll_ms=cfg.audio.preroll_ms,
+            hold_cap_s=t.hold_cap_s, reply_wait_s=t.reply_wait_s, reply_cap_s=t.reply_cap_s, rearm_ms=t.rearm_ms,
+            earcons=cfg.audio.earcons, thinking_cue_s=t.thinking_cue_s, usage_wait_s=t.usage_wait_s,
+        ),
+    )
 
 
 def control_socket_path(cfg: ControlConfig, environ: Mapping[str, str] = os.environ) -> str:

@@ -86,7 +86,7 @@ def main() -> int:
         print(f"\nTurn 2: the visitor asks {QUESTIONS[1]!r}, then interrupts the answer with {QUESTIONS[2]!r}")
         turn(kiosk, room, wavs[1], barge_in_with=wavs[2])
         status = kiosk.ctl("status")
-        print("\nkioskctl status:", json.dumps({k: status.get(k) for k in ("phase", "connection", "counters")}))
+        print("\nkioskctl status:", json.dumps({k: status.get(k) for k in ("phase", "link", "turns", "rejected", "usage")}))
     finally:
         code = kiosk.stop()
         room.close()

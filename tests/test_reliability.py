@@ -62,7 +62,9 @@ def test_a_dropped_connection_mid_reply_apologises_and_recovers(world: World) ->
     kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
     lost = kiosk.events("ws.disconnected")
     assert len(lost) == 1 and lost[0]["level"] == "warning" and "1006" in lost[0]["error"]
-    assert lost[0]["phase"] == "speaking"
+    assert lost[0]["phase"] == "ready"  # the link's phase; the turn it cost says so in its own line
+    (cut,) = [d for d in kiosk.events("turn.done") if d["outcome"] == "disconnected"]
+    assert cut["level"] == "error" and "1006" in cut["cause"] and cut["reply_ms"] > 0
     assert thread.sim.faults_fired == ["drop_mid_reply"]
     served(kiosk, question)
     assert thread.sim.connections == 2
@@ -89,7 +91,7 @@ def test_a_server_error_mid_reply_is_logged_and_the_reply_goes_on(world: World) 
     served(kiosk, question)
     errors = kiosk.events("ws.server_error")
     assert [e["code"] for e in errors] == ["server_error"]
-    assert kiosk.events("turn.done")[-1]["status"] == "completed"
+    assert kiosk.events("turn.done")[-1]["outcome"] == "answered"
 
 
 def test_the_session_cap_is_survived(tmp_path: Path) -> None:
@@ -167,7 +169,8 @@ def test_a_silent_dead_peer_is_noticed_by_keepalive_and_recovered(tmp_path: Path
         wait_for(lambda: bool(kiosk.events("ws.disconnected")), "the silence to be noticed", 15 * UNIT_S)
         kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
         (lost,) = kiosk.events("ws.disconnected")
-        assert lost["level"] == "warning" and "keepalive" in lost["error"] and lost["phase"] == "speaking"
+        assert lost["level"] == "warning" and "keepalive" in lost["error"] and lost["phase"] == "ready"
+        assert [d["outcome"] for d in kiosk.events("turn.done")][:1] == ["disconnected"]
         assert thread.sim.faults_fired == ["silent_mid_reply"]
         served(kiosk, question)
         assert thread.sim.connections == 2

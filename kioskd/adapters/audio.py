@@ -23,7 +23,6 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
-from enum import Enum
 from typing import Any, Final
 
 import numpy as np
@@ -33,19 +32,12 @@ from kioskd.adapters.devices import DeviceChoice, Kind, choose
 from kioskd.adapters.resample import DTYPE, PlaybackResampler
 from kioskd.config import AudioConfig
 from kioskd.core.jitter import PlayoutBuffer
+from kioskd.core.events import Mic
 from kioskd.core.pcm import API_RATE_HZ, Pcm, Ring
 from kioskd.errors import DeviceError
 
 MIC_BLOCK_MS: Final = 20
 _DEFAULTS: Final = AudioConfig()
-
-
-class Mic(Enum):
-    """Where microphone blocks go (see the module docstring)."""
-
-    LIVE = "live"
-    PREROLL = "preroll"
-    OFF = "off"
 
 
 class AudioIO:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 
 def notify(*fields: str, environ: Mapping[str, str] = os.environ) -> bool:
@@ -59,3 +59,35 @@ def monotonic_usec() -> int:
     """CLOCK_MONOTONIC in µs, for ``RELOADING=1`` + ``MONOTONIC_USEC=…`` (systemd ≥ 253 requires it on reload;
     older versions ignore it)."""
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+class ServiceStatus:
+    """What systemd is told about the service: ``STATUS=`` with each public phase, and ``READY=1`` once the core
+    says the kiosk serves, sent again with every status (and every ``tick()``) until a datagram carrying it was
+    sent — a READY=1 dropped on a full notify socket is not lost."""
+
+    def __init__(self, on_ready: Callable[[str], None] = lambda phase: None,
+                 environ: Mapping[str, str] = os.environ) -> None:
+        self._on_ready = on_ready
+        self._environ = environ
+        self.phase = ""
+        self._serving = False
+        self._ready_sent = False
+
+    def publish(self, phase: str, serving: bool) -> None:
+        self.phase = phase
+        if serving and not self._serving:
+            self._serving = True
+            self._on_ready(phase)
+        self._send()
+
+    def tick(self) -> None:
+        if self._serving and not self._ready_sent:
+            self._send()
+
+    def _send(self) -> None:
+        fields = [f"STATUS={self.phase}"]
+        if self._serving and not self._ready_sent:
+            fields.insert(0, "READY=1")
+        if notify(*fields, environ=self._environ) and self._serving:
+            self._ready_sent = True

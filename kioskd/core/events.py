@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from kioskd.core.pcm import Pcm
+from kioskd.core.settings import Settings
 
 # ---------------------------------------------------------------------------------------------------- names
 
@@ -35,6 +36,18 @@ class Timer(str, Enum):
     REPLY_WAIT = "reply_wait"
     REPLY_CAP = "reply_cap"
     THINKING_CUE = "thinking_cue"
+    USAGE_WAIT = "usage_wait"
+
+
+class Mic(str, Enum):
+    """The microphone gate: what the audio adapter does with captured blocks."""
+
+    OFF = "off"  # nothing kept, nothing posted (a reply is playing, or no turn can start)
+    PREROLL = "preroll"  # the newest pre-roll kept in the adapter, nothing posted (between visitors)
+    LIVE = "live"  # every block posted as MicBlock (the button is held)
+
+
+Backend = Literal["realtime"]
 
 
 class Earcon(str, Enum):
@@ -102,10 +115,34 @@ class PlaybackDrained:
 
 @dataclass(frozen=True, slots=True)
 class Reloaded:
-    """A new config was applied (systemctl reload). ``session_changed``: voice, instructions or endpoint differ,
-    so the Realtime session must be renewed (at IDLE, never mid-turn)."""
+    """A new config was applied (systemctl reload): caps apply at once; a changed session (voice, instructions,
+    endpoint) is renewed between visitors, never mid-turn."""
 
-    session_changed: bool
+    settings: Settings
+
+
+@dataclass(frozen=True, slots=True)
+class SpeakerReopenDue:
+    """The speaker keeps running dry: reopen it with a ``latency_s`` device queue, between visitors."""
+
+    latency_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Availability:
+    """Whether ``backend`` can answer a question now; ``reason`` says why not (the link's phase)."""
+
+    backend: Backend
+    up: bool
+    reason: str = ""  # the link's phase: offline, fault, connecting
+    cause: str = ""  # what took it down, for the turn it cost
+
+
+@dataclass(frozen=True, slots=True)
+class TurnEnded:
+    """The visitor's turn returned to idle; ``answered``: the reply was heard in full (the link is healthy)."""
+
+    answered: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,31 +245,99 @@ class BadEvent:
 
 Input = (
     Pressed | Released | MicBlock | Timeout | Connected | Disconnected | Played | PlaybackDrained | PlaybackStarted
-    | Reloaded
+    | Reloaded | SpeakerReopenDue | Availability | TurnEnded
     | SessionCreated | SessionUpdated | InputCommitted | ResponseCreated | AudioDelta | AudioDone
     | TranscriptDone | ResponseDone | ItemTruncated | ServerError | ServerEvent | Unknown | BadEvent
 )
 
 # ---------------------------------------------------------------------------------------------------- actions
+# Intentions: what to say to the model. One encoder per backend says how (core/realtime.py: GA Realtime events).
 
 
 @dataclass(frozen=True, slots=True)
-class Send:
-    """Send one client event (a JSON-ready dict built by core/realtime.py)."""
+class ConfigureSession:
+    """Configure the new session for push-to-talk audio; ``ref`` names it, so a refusal can be recognised."""
 
-    event: dict[str, Any]
+    ref: str
+    voice: str
+    instructions: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartQuestion:
+    """A new question begins: forget any audio buffered server-side for the last one."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class AppendAudio:
+    """Microphone audio (24 kHz) for the question being asked."""
+
+    pcm: Pcm
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """The question is complete (the button was released)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReply:
+    """Ask for a reply to the conversation so far; ``ref`` names the request, so an error can be traced to it."""
+
+    ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelReply:
+    """Stop generating the reply ``response_id`` (None: the one in progress)."""
+
+    response_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Truncate:
+    """The visitor heard ``audio_end_ms`` of ``item_id``: drop the rest from the conversation."""
+
+    item_id: str
+    audio_end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClearOutput:
+    """Drop reply audio the service still holds for us (a transport that buffers output server-side)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnToolOutput:
+    """A tool's result for the model's call ``call_id`` (JSON text)."""
+
+    call_id: str
+    output: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteItem:
+    """Remove ``item_id`` from the conversation."""
+
+    item_id: str
+
+
+Intent = (
+    ConfigureSession | StartQuestion | AppendAudio | Commit | RequestReply | CancelReply | Truncate | ClearOutput
+    | ReturnToolOutput | DeleteItem
+)
+INTENTS: Final = (ConfigureSession, StartQuestion, AppendAudio, Commit, RequestReply, CancelReply, Truncate,
+                  ClearOutput, ReturnToolOutput, DeleteItem)
 
 
 @dataclass(frozen=True, slots=True)
 class Connect:
-    """Open a new WebSocket session."""
+    """Open a new session (the link adapter replaces any open one)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Close:
-    """Close the WebSocket with this code."""
-
-    code: int = 1000
+    """Close the session normally."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -264,6 +369,36 @@ class SetLed:
 
 
 @dataclass(frozen=True, slots=True)
+class SetMic:
+    """Set the microphone gate."""
+
+    mode: Mic
+
+
+@dataclass(frozen=True, slots=True)
+class ReopenSpeaker:
+    """Reopen the speaker with a ``latency_s`` device queue now: nothing of a visit is playing."""
+
+    latency_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """The public phase changed; ``serving``: the kiosk answers presses (READY=1 for systemd from now on)."""
+
+    phase: str
+    serving: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """Stop the process with ``code`` (systemd restarts it): in-process recovery has failed."""
+
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Arm:
     """Arm ``timer`` to fire ``Timeout(timer)`` at ``at_s`` (same clock as ``now``); re-arming replaces."""
 
@@ -281,11 +416,15 @@ Level = Literal["debug", "info", "warning", "error"]
 
 @dataclass(frozen=True, slots=True)
 class Note:
-    """One log line: a stable dotted event name, a level and fields."""
+    """One observation for the sinks (the log line, the status counters, metrics): a stable dotted event name,
+    a level and fields."""
 
     name: str
     level: Level = "info"
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-Action = Send | Connect | Close | Play | EndOfReply | Interrupt | PlayEarcon | SetLed | Arm | Disarm | Note
+Action = (
+    Intent | Connect | Close | Play | EndOfReply | Interrupt | PlayEarcon | SetLed | SetMic | ReopenSpeaker
+    | Publish | Exit | Arm | Disarm | Note
+)

@@ -1,6 +1,6 @@
-"""The Realtime API GA codec: server JSON → typed inputs, and builders for every client event kioskd sends.
+"""The Realtime API GA codec: server JSON → typed inputs, and intentions → the client events kioskd sends.
 
-This is the only module that turns wire JSON into kioskd values. It is written from
+This is the only module that turns wire JSON into kioskd values, and kioskd's intentions into wire JSON. It is written from
 ``shared/reference/realtime.md`` (GA shape): ``session.type: "realtime"``, ``audio.input.format`` objects,
 ``response.output_audio.delta`` and so on. It never sends the beta header and never builds a beta field.
 
@@ -147,48 +147,61 @@ def parse_server_event(frame: str | bytes) -> ev.Input:
         return ev.BadEvent(kind, f"bad field: {exc}")
 
 
-class ClientEvents:
-    """Builders for the client events kioskd sends, each with a unique ``event_id`` (so errors can name it)."""
+class RealtimeEncoder:
+    """Intentions → GA Realtime client events (JSON-ready dicts), for the WebSocket transport.
 
-    def __init__(self, prefix: str = "kioskd") -> None:
+    Each event gets a unique ``event_id`` so a server ``error`` can name it; an intention that carries a ``ref``
+    (``ConfigureSession``, ``RequestReply``) uses it as the event id, so the core can tell which of its requests
+    the error answers. ``ClearOutput`` is a WebRTC/SIP event: over a WebSocket the client owns its output buffer,
+    so it encodes to nothing."""
+
+    def __init__(self, prefix: str = "evt") -> None:
         self._prefix = prefix
         self._count = 0
 
-    def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
-        self._count += 1
-        return {"type": kind, "event_id": f"{self._prefix}_{self._count}", **fields}
+    def _event(self, kind: str, ref: str | None = None, **fields: Any) -> dict[str, Any]:
+        if ref is None:
+            self._count += 1
+            ref = f"{self._prefix}_{self._count}"
+        return {"type": kind, "event_id": ref, **fields}
 
-    def session_update(self, *, voice: str, instructions: str) -> dict[str, Any]:
-        """Push-to-talk GA session: PCM 24 kHz both ways, no turn detection (the button is the turn)."""
-        return self._event(
-            "session.update",
-            session={
-                "type": "realtime",
-                "output_modalities": ["audio"],
-                "instructions": instructions,
-                "audio": {
-                    "input": {"format": dict(AUDIO_FORMAT), "turn_detection": None},
-                    "output": {"format": dict(AUDIO_FORMAT), "voice": voice},
-                },
-            },
-        )
+    def encode(self, intent: ev.Intent) -> list[dict[str, Any]]:
+        match intent:
+            case ev.ConfigureSession(ref, voice, instructions):
+                return [self._event("session.update", ref, session=session_config(voice, instructions))]
+            case ev.StartQuestion():
+                return [self._event("input_audio_buffer.clear")]
+            case ev.AppendAudio(pcm):
+                return [self._event("input_audio_buffer.append", audio=pcm_to_b64(pcm))]
+            case ev.Commit():
+                return [self._event("input_audio_buffer.commit")]
+            case ev.RequestReply(ref):
+                return [self._event("response.create", ref)]
+            case ev.CancelReply(None):
+                return [self._event("response.cancel")]
+            case ev.CancelReply(response_id):
+                return [self._event("response.cancel", response_id=response_id)]
+            case ev.Truncate(item_id, audio_end_ms):
+                return [self._event("conversation.item.truncate", item_id=item_id, content_index=0,
+                                    audio_end_ms=audio_end_ms)]
+            case ev.ClearOutput():
+                return []
+            case ev.ReturnToolOutput(call_id, output):
+                return [self._event("conversation.item.create",
+                                    item={"type": "function_call_output", "call_id": call_id, "output": output})]
+            case ev.DeleteItem(item_id):
+                return [self._event("conversation.item.delete", item_id=item_id)]
+        raise TypeError(f"not an intention: {intent!r}")
 
-    def append(self, pcm: Pcm) -> dict[str, Any]:
-        return self._event("input_audio_buffer.append", audio=pcm_to_b64(pcm))
 
-    def commit(self) -> dict[str, Any]:
-        return self._event("input_audio_buffer.commit")
-
-    def clear(self) -> dict[str, Any]:
-        return self._event("input_audio_buffer.clear")
-
-    def response_create(self) -> dict[str, Any]:
-        return self._event("response.create")
-
-    def response_cancel(self, response_id: str | None) -> dict[str, Any]:
-        if response_id is None:
-            return self._event("response.cancel")
-        return self._event("response.cancel", response_id=response_id)
-
-    def truncate(self, item_id: str, audio_end_ms: int) -> dict[str, Any]:
-        return self._event("conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=audio_end_ms)
+def session_config(voice: str, instructions: str) -> dict[str, Any]:
+    """Push-to-talk GA session: PCM 24 kHz both ways, no turn detection (the button is the turn)."""
+    return {
+        "type": "realtime",
+        "output_modalities": ["audio"],
+        "instructions": instructions,
+        "audio": {
+            "input": {"format": dict(AUDIO_FORMAT), "turn_detection": None},
+            "output": {"format": dict(AUDIO_FORMAT), "voice": voice},
+        },
+    }

@@ -11,7 +11,7 @@ import pytest
 
 from kioskd.core import events as ev
 from kioskd.core.pcm import b64_to_pcm, tone
-from kioskd.core.realtime import ACKNOWLEDGED, ClientEvents, parse_server_event
+from kioskd.core.realtime import ACKNOWLEDGED, RealtimeEncoder, parse_server_event
 from tests.realtime_schema import validate_client, validate_server
 
 # ------------------------------------------------------------------------------------------------ reference frames
@@ -331,46 +331,67 @@ def test_deeply_nested_json_is_a_bad_event() -> None:
 # ------------------------------------------------------------------------------------------------ client events
 
 
-def all_builders(events: ClientEvents) -> dict[str, dict[str, Any]]:
+def all_intents() -> dict[str, ev.Intent]:
     return {
-        "session_update": events.session_update(voice="marin", instructions="You are the voice of exhibit 12."),
-        "append": events.append(tone(440, 20)),
-        "append_empty": events.append(np.zeros(0, np.int16)),
-        "commit": events.commit(),
-        "clear": events.clear(),
-        "response_create": events.response_create(),
-        "response_cancel": events.response_cancel("resp_001"),
-        "response_cancel_no_id": events.response_cancel(None),
-        "truncate": events.truncate("item_002", 1500),
+        "configure": ev.ConfigureSession("cfg_1", "marin", "You are the voice of exhibit 12."),
+        "append": ev.AppendAudio(tone(440, 20)),
+        "append_empty": ev.AppendAudio(np.zeros(0, np.int16)),
+        "commit": ev.Commit(),
+        "start_question": ev.StartQuestion(),
+        "request_reply": ev.RequestReply("req_1"),
+        "cancel": ev.CancelReply("resp_001"),
+        "cancel_no_id": ev.CancelReply(None),
+        "truncate": ev.Truncate("item_002", 1500),
+        "tool_output": ev.ReturnToolOutput("call_7", '{"opening_hours": "10-18"}'),
+        "delete_item": ev.DeleteItem("item_003"),
     }
 
 
-@pytest.mark.parametrize("name", list(all_builders(ClientEvents()).keys()))
-def test_every_builder_validates_as_a_ga_client_event(name: str) -> None:
-    """Each builder's output is a valid GA client event with no extra fields, and survives JSON."""
-    event = all_builders(ClientEvents())[name]
-    validate_client(json.loads(json.dumps(event)))
+def encode_one(intent: ev.Intent, encoder: RealtimeEncoder | None = None) -> dict[str, Any]:
+    (event,) = (encoder or RealtimeEncoder()).encode(intent)
+    return event
 
 
-def test_builder_payloads() -> None:
-    """Builders carry exactly the fields the reference shows: types, ids, base64 audio, truncate fields."""
-    e = all_builders(ClientEvents())
+def test_every_intention_is_encoded() -> None:
+    """The encoder knows every intention the core can emit (a new one without an encoding fails here)."""
+    assert set(type(i) for i in all_intents().values()) | {ev.ClearOutput} == set(ev.INTENTS)
+
+
+@pytest.mark.parametrize("name", list(all_intents().keys()))
+def test_every_encoding_validates_as_a_ga_client_event(name: str) -> None:
+    """Each intention encodes to one valid GA client event with no extra fields, and survives JSON."""
+    validate_client(json.loads(json.dumps(encode_one(all_intents()[name]))))
+
+
+def test_encoded_payloads() -> None:
+    """Encodings carry exactly the fields the reference shows: types, ids, base64 audio, truncate fields."""
+    e = {name: encode_one(intent) for name, intent in all_intents().items()}
     assert e["commit"].keys() == {"type", "event_id"} and e["commit"]["type"] == "input_audio_buffer.commit"
-    assert e["clear"]["type"] == "input_audio_buffer.clear"
-    assert e["response_create"]["type"] == "response.create"
-    assert e["response_cancel"] == {"type": "response.cancel", "event_id": e["response_cancel"]["event_id"],
-                                    "response_id": "resp_001"}
-    assert "response_id" not in e["response_cancel_no_id"]
+    assert e["start_question"]["type"] == "input_audio_buffer.clear"
+    assert e["request_reply"] == {"type": "response.create", "event_id": "req_1"}
+    assert e["cancel"] == {"type": "response.cancel", "event_id": e["cancel"]["event_id"], "response_id": "resp_001"}
+    assert "response_id" not in e["cancel_no_id"]
     t = e["truncate"]
     assert (t["type"], t["item_id"], t["content_index"], t["audio_end_ms"]) == (
         "conversation.item.truncate", "item_002", 0, 1500)
     assert np.array_equal(b64_to_pcm(e["append"]["audio"]), tone(440, 20))
     assert e["append"]["type"] == "input_audio_buffer.append"
+    assert e["tool_output"]["item"] == {"type": "function_call_output", "call_id": "call_7",
+                                        "output": '{"opening_hours": "10-18"}'}
+    assert (e["delete_item"]["type"], e["delete_item"]["item_id"]) == ("conversation.item.delete", "item_003")
+
+
+def test_clear_output_is_nothing_over_a_websocket() -> None:
+    """ClearOutput (output_audio_buffer.clear is WebRTC/SIP only) encodes to no event on the WebSocket."""
+    assert RealtimeEncoder().encode(ev.ClearOutput()) == []
 
 
 def test_session_update_is_ga_push_to_talk() -> None:
-    """session.update: type realtime, audio only, PCM 24 kHz in and out, turn_detection null, voice, instructions."""
-    s = ClientEvents().session_update(voice="cedar", instructions="Be brief.")["session"]
+    """session.update: type realtime, audio only, PCM 24 kHz in and out, turn_detection null, voice, instructions;
+    its event_id is the intention's ref, so a refusal names it."""
+    event = encode_one(ev.ConfigureSession("cfg_9", "cedar", "Be brief."))
+    assert event["event_id"] == "cfg_9"
+    s = event["session"]
     assert s["type"] == "realtime"
     assert s["output_modalities"] == ["audio"]
     assert s["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
@@ -385,26 +406,28 @@ def test_session_update_is_ga_push_to_talk() -> None:
 
 def test_session_updates_do_not_share_format_dicts() -> None:
     """Two session.updates do not alias one mutable format dict (a caller editing one cannot change the next)."""
-    events = ClientEvents()
-    a = events.session_update(voice="marin", instructions="")
+    encoder = RealtimeEncoder()
+    a = encode_one(ev.ConfigureSession("cfg_1", "marin", ""), encoder)
     a["session"]["audio"]["input"]["format"]["rate"] = 16000
-    b = events.session_update(voice="marin", instructions="")
+    b = encode_one(ev.ConfigureSession("cfg_2", "marin", ""), encoder)
     assert b["session"]["audio"]["input"]["format"]["rate"] == 24000
     assert b["session"]["audio"]["output"]["format"]["rate"] == 24000
 
 
 def test_event_ids_are_unique_and_short() -> None:
     """Every client event gets its own event_id (≤ 512 chars), so a server error can name it."""
-    events = ClientEvents()
-    ids = [e["event_id"] for _ in range(50) for e in all_builders(events).values()]
+    encoder = RealtimeEncoder()
+    unref = [i for i in all_intents().values() if not isinstance(i, (ev.ConfigureSession, ev.RequestReply))]
+    ids = [encode_one(i, encoder)["event_id"] for _ in range(50) for i in unref]
     assert len(set(ids)) == len(ids)
     assert all(isinstance(i, str) and 0 < len(i) <= 512 for i in ids)
+    assert not {"cfg_1", "req_1"} & set(ids)  # never collides with the core's refs
 
 
-def test_parsed_error_names_the_client_event() -> None:
-    """An error echoing a builder's event_id parses back to that id."""
-    commit = ClientEvents().commit()
+def test_parsed_error_names_the_request() -> None:
+    """An error echoing a request's event_id parses back to the core's ref."""
+    create = encode_one(ev.RequestReply("req_4"))
     d = json.loads(ERROR_COMMIT_EMPTY)
-    d["error"]["event_id"] = commit["event_id"]
+    d["error"]["event_id"] = create["event_id"]
     inp = parse_server_event(frame(d))
-    assert isinstance(inp, ev.ServerError) and inp.event_id == commit["event_id"]
+    assert isinstance(inp, ev.ServerError) and inp.event_id == "req_4"

@@ -1,1275 +1,972 @@
-"""The turn state machine, driven synchronously on a fake clock.
+"""The visitor's turn, driven through the coupled core (``Kiosk``) on a fake clock.
 
-Each test scripts inputs against ``TurnMachine.handle(input, now)`` and asserts the actions that come out (their
-types and order, the ``type`` of each ``Send`` payload, ``audio_end_ms``, LED patterns, ``Arm`` times) and
-``status()``; never private fields.
+Each test scripts inputs against ``Kiosk.handle(input, now)`` and asserts the actions that come out: the
+intentions (``StartQuestion``, ``AppendAudio``, ``Commit``, ``RequestReply``, ``CancelReply``, ``Truncate``,
+``ClearOutput``) and their fields, ``Note`` lines, LED patterns, the microphone gate, ``Arm`` times, and
+``status()``; never private fields and never a Realtime wire event. The link itself is in test_link.py, the
+response ledger in test_ledger.py.
 """
 
 from __future__ import annotations
 
-import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 
 from kioskd.core import events as ev
-from kioskd.core.pcm import Pcm, b64_to_pcm, ms_to_samples, samples_to_ms
-from kioskd.core.turn import Phase, TurnMachine, TurnSettings
-from kioskd.errors import AuthError, ConnectionLost, LocalProtocolError
-from tests.realtime_schema import validate_client
+from kioskd.core.pcm import ms_to_samples, samples_to_ms
+from kioskd.core.settings import Settings, TurnSettings
+from kioskd.errors import AuthError, ConnectionLost
+from tests.core.drive import (
+    LINK, SETTINGS, Driver, appended, arms, ask, delta, done, earcons, kinds, leds, mics, note, note_names, notes,
+    online, plays, reconnect, said, said_kinds, speaking, usage_of,
+)
 
-SETTINGS = TurnSettings(voice="cedar", instructions="You are the voice of exhibit 12.", preroll_ms=200)
+TURN = SETTINGS.turn
 
 
-# ------------------------------------------------------------------------------------------------ driver
+def with_turn(**changes: Any) -> Settings:
+    return Settings(link=LINK, turn=TurnSettings(**{"preroll_ms": 200, **changes}))
 
 
-class Kiosk:
-    """A TurnMachine on a fake clock: ``now`` only moves when a test moves it."""
+# ------------------------------------------------------------------------------------------------ reaching phases
 
-    def __init__(self, settings: TurnSettings = SETTINGS) -> None:
-        self.settings = settings
-        self.m = TurnMachine(settings, rand=lambda: 0.5)
-        self.now = 100.0
-        self._block = 0
 
-    def feed(self, inp: ev.Input, after_s: float = 0.0) -> list[ev.Action]:
-        self.now += after_s
-        out = self.m.handle(inp, self.now)
-        assert isinstance(out, list)
-        return out
+def reach_connecting() -> Driver:
+    d = Driver()
+    d.begin()
+    return d
 
-    def begin(self) -> list[ev.Action]:
-        return self.m.begin(self.now)
 
-    @property
-    def phase(self) -> str:
-        return str(self.m.status()["phase"])
+def reach_offline() -> Driver:
+    d = reach_connecting()
+    d.feed(ev.Timeout(ev.Timer.CONNECT), after_s=10.0)
+    assert d.phase == "offline"
+    return d
 
-    def counters(self) -> dict[str, int]:
-        return dict(self.m.status()["counters"])
 
-    # --- inputs with realistic payloads
+def reach_fault() -> Driver:
+    d = online()
+    d.feed(ev.Disconnected(AuthError("wss://api.openai.com/v1/realtime", 401)))
+    assert d.phase == "fault"
+    return d
 
-    def block(self, ms: float) -> ev.MicBlock:
-        """A mic block whose samples are a running counter, so appends can be checked sample by sample."""
-        n = ms_to_samples(ms)
-        pcm = (np.arange(self._block, self._block + n) % 30000).astype(np.int16)
-        self._block += n
-        return ev.MicBlock(pcm)
 
-    def mic(self, ms: float, block_ms: float = 20) -> tuple[list[ev.Action], Pcm]:
-        """Feed ``ms`` of mic audio in blocks (the clock advances with the audio); return actions and the audio."""
-        out: list[ev.Action] = []
-        audio: list[Pcm] = []
-        left = ms
-        while left > 1e-9:
-            step = min(block_ms, left)
-            blk = self.block(step)
-            audio.append(blk.pcm)
-            out += self.feed(blk, after_s=step / 1000)
-            left -= step
-        return out, np.concatenate(audio) if audio else np.zeros(0, np.int16)
+def reach_listening(d: Driver) -> None:
+    d.press(after_s=1.0)
+    d.mic(100)
 
-    def press(self, after_s: float = 0.0) -> list[ev.Action]:
-        self.now += after_s
-        return self.feed(ev.Pressed(self.now))
 
-    def release(self, after_s: float = 0.0) -> list[ev.Action]:
-        self.now += after_s
-        return self.feed(ev.Released(self.now))
+def reach_waiting(d: Driver) -> None:
+    ask(d)
 
 
-def delta(response_id: str, item_id: str, ms: float) -> ev.AudioDelta:
-    return ev.AudioDelta(response_id, item_id, np.full(ms_to_samples(ms), 7, np.int16))
+def reach_speaking(d: Driver) -> None:
+    ask(d)
+    speaking(d)
 
 
-def done(response_id: str, status: str = "completed", usage: dict[str, Any] | None = None) -> ev.ResponseDone:
-    return ev.ResponseDone(response_id, status, "client_cancelled" if status == "cancelled" else None, usage)
+def stay_idle(d: Driver) -> None:
+    pass
 
 
-# ------------------------------------------------------------------------------------------------ action views
-
-
-def sends(actions: Iterable[ev.Action]) -> list[dict[str, Any]]:
-    return [a.event for a in actions if isinstance(a, ev.Send)]
-
-
-def send_types(actions: Iterable[ev.Action]) -> list[str]:
-    return [e["type"] for e in sends(actions)]
-
-
-def kinds(actions: Iterable[ev.Action]) -> list[str]:
-    """Action class names, with the log lines and disarms left out (they are not the behaviour under test)."""
-    return [type(a).__name__ for a in actions if not isinstance(a, (ev.Note, ev.Disarm))]
-
-
-def notes(actions: Iterable[ev.Action]) -> dict[str, ev.Note]:
-    return {a.name: a for a in actions if isinstance(a, ev.Note)}
-
-
-def leds(actions: Iterable[ev.Action]) -> list[ev.Led]:
-    return [a.pattern for a in actions if isinstance(a, ev.SetLed)]
-
-
-def arms(actions: Iterable[ev.Action]) -> dict[ev.Timer, float]:
-    return {a.timer: a.at_s for a in actions if isinstance(a, ev.Arm)}
-
-
-def plays(actions: Iterable[ev.Action]) -> list[ev.Play]:
-    return [a for a in actions if isinstance(a, ev.Play)]
-
-
-def earcons(actions: Iterable[ev.Action]) -> list[ev.Earcon]:
-    return [a.earcon for a in actions if isinstance(a, ev.PlayEarcon)]
-
-
-def appended_audio(events: Iterable[dict[str, Any]]) -> list[Pcm]:
-    return [b64_to_pcm(e["audio"]) for e in events if e["type"] == "input_audio_buffer.append"]
-
-
-# ------------------------------------------------------------------------------------------------ scenarios
-
-
-def online(settings: TurnSettings = SETTINGS, expires_in_s: float | None = None) -> Kiosk:
-    """CONNECTING → IDLE: begin, session.created, session.updated with turn_detection null."""
-    k = Kiosk(settings)
-    k.begin()
-    k.feed(ev.SessionCreated("sess_1", 2e9 if expires_in_s else None, expires_in_s), after_s=0.1)
-    k.feed(ev.SessionUpdated(turn_detection=None), after_s=0.1)
-    assert k.phase == "idle"
-    return k
-
-
-def ask(k: Kiosk, held_ms: float = 300) -> list[ev.Action]:
-    """IDLE → WAITING: press, hold with mic audio, release."""
-    out = k.press(after_s=1.0)
-    out += k.mic(held_ms)[0]
-    out += k.release()
-    assert k.phase == "waiting"
-    return out
-
-
-def speaking(k: Kiosk, rid: str = "resp_1", item: str = "item_1", ms: float = 1200) -> list[ev.Action]:
-    """WAITING → SPEAKING: response.created, then ``ms`` of reply audio in 200 ms deltas."""
-    out = k.feed(ev.ResponseCreated(rid), after_s=0.1)
-    left = ms
-    while left > 0:
-        out += k.feed(delta(rid, item, min(200, left)), after_s=0.01)
-        left -= 200
-    assert k.phase == "speaking"
-    return out
-
-
-# ================================================================================================ connection
-
-
-def test_begin_connects_and_arms_connect_timeout() -> None:
-    """begin → LED offline, Connect, Arm(connect) at now + connect timeout; phase CONNECTING."""
-    k = Kiosk()
-    out = k.begin()
-    assert kinds(out) == ["SetLed", "Connect", "Arm"]
-    assert leds(out) == [ev.Led.OFFLINE]
-    assert arms(out) == {ev.Timer.CONNECT: k.now + SETTINGS.connect_timeout_s}
-    assert k.m.status()["phase"] == "connecting"
-    assert k.m.status()["connection"] == "connecting"
-
-
-def test_session_created_sends_ga_session_update() -> None:
-    """session.created → one session.update: GA realtime, PCM 24 kHz both ways, no turn detection, voice, prompt."""
-    k = Kiosk()
-    k.begin()
-    out = k.feed(ev.SessionCreated("sess_1", None), after_s=0.2)
-    assert kinds(out) == ["Send"]
-    (event,) = sends(out)
-    validate_client(event)
-    assert event["type"] == "session.update"
-    session = event["session"]
-    assert session["type"] == "realtime"
-    assert session["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
-    assert session["audio"]["output"]["format"] == {"type": "audio/pcm", "rate": 24000}
-    assert "turn_detection" in session["audio"]["input"] and session["audio"]["input"]["turn_detection"] is None
-    assert session["audio"]["output"]["voice"] == "cedar"
-    assert session["instructions"] == "You are the voice of exhibit 12."
-    assert k.phase == "connecting"
-
-
-def test_session_updated_goes_idle() -> None:
-    """session.updated (turn_detection null) → IDLE, LED idle, connect timer disarmed, no recycle without a deadline."""
-    k = Kiosk()
-    k.begin()
-    k.feed(ev.SessionCreated("sess_1", None))
-    out = k.feed(ev.SessionUpdated(turn_detection=None), after_s=0.1)
-    assert ev.Disarm(ev.Timer.CONNECT) in out
-    assert kinds(out) == ["SetLed"]
-    assert leds(out) == [ev.Led.IDLE]
-    assert k.m.status()["phase"] == "idle"
-    assert k.m.status()["connection"] == "online"
-    assert k.feed(ev.Timeout(ev.Timer.CONNECT), after_s=SETTINGS.connect_timeout_s) == []
-
-
-def test_session_updated_with_server_vad_warns() -> None:
-    """session.updated still showing server_vad → a warning note (the configuration did not take)."""
-    k = Kiosk()
-    k.begin()
-    k.feed(ev.SessionCreated("sess_1", None))
-    out = k.feed(ev.SessionUpdated(turn_detection={"type": "server_vad"}))
-    assert notes(out)["ws.session_mismatch"].level == "warning"
-
-
-def test_connect_timeout_closes_and_arms_reconnect() -> None:
-    """Timeout(connect) → Close, OFFLINE, LED offline, Arm(reconnect) after the first backoff delay (0.5 s)."""
-    k = Kiosk()
-    k.begin()
-    out = k.feed(ev.Timeout(ev.Timer.CONNECT), after_s=SETTINGS.connect_timeout_s)
-    assert kinds(out) == ["Close", "SetLed", "Arm"]
-    assert leds(out) == [ev.Led.OFFLINE]
-    assert arms(out) == {ev.Timer.RECONNECT: pytest.approx(k.now + 0.5)}
-    assert k.phase == "offline"
-    assert k.m.status()["connection"] == "offline"
-
-
-def test_reconnect_timeout_connects_again_with_growing_delays() -> None:
-    """Timeout(reconnect) → CONNECTING (Connect, Arm(connect)); repeated connect timeouts back off 0.5, 1.75, 3.5 s."""
-    k = Kiosk()
-    k.begin()
-    delays = []
-    for _ in range(3):
-        out = k.feed(ev.Timeout(ev.Timer.CONNECT), after_s=SETTINGS.connect_timeout_s)
-        delays.append(arms(out)[ev.Timer.RECONNECT] - k.now)
-        out = k.feed(ev.Timeout(ev.Timer.RECONNECT), after_s=delays[-1])
-        assert kinds(out) == ["Connect", "Arm"]
-        assert arms(out) == {ev.Timer.CONNECT: k.now + SETTINGS.connect_timeout_s}
-        assert k.phase == "connecting"
-    assert delays == pytest.approx([0.5, 1.75, 3.5])
-
-
-def test_recycle_armed_before_expiry_and_reconnects_in_idle() -> None:
-    """A known lifetime arms recycle a margin before it; Timeout(recycle) in IDLE → Close(1000), Connect."""
-    k = Kiosk()
-    k.begin()
-    k.feed(ev.SessionCreated("sess_1", 2e9, expires_in_s=3600.0))
-    out = k.feed(ev.SessionUpdated(None), after_s=0.2)
-    assert arms(out) == {ev.Timer.RECYCLE: pytest.approx(k.now + 3600.0 - SETTINGS.recycle_margin_s)}
-    out = k.feed(ev.Timeout(ev.Timer.RECYCLE), after_s=3600.0 - SETTINGS.recycle_margin_s)
-    assert kinds(out) == ["Close", "Connect", "Arm"]
-    assert [a for a in out if isinstance(a, ev.Close)] == [ev.Close(1000)]
-    assert arms(out) == {ev.Timer.CONNECT: k.now + SETTINGS.connect_timeout_s}
-    assert k.phase == "connecting"
-
-
-def test_short_session_lifetime_is_still_used() -> None:
-    """A session lifetime shorter than the recycle margin still recycles before expiry, but not at once."""
-    k = Kiosk()
-    k.begin()
-    k.feed(ev.SessionCreated("sess_1", 2e9, expires_in_s=60.0))
-    out = k.feed(ev.SessionUpdated(None))
-    assert k.now < arms(out)[ev.Timer.RECYCLE] < k.now + 60.0
-
-
-def test_recycle_during_a_turn_waits_for_idle() -> None:
-    """Timeout(recycle) while LISTENING changes nothing; the recycle happens when the turn returns to IDLE."""
-    k = online(expires_in_s=600.0)
-    k.press(after_s=1.0)
-    k.mic(40)
-    assert k.feed(ev.Timeout(ev.Timer.RECYCLE), after_s=600.0) == []
-    assert k.phase == "listening"
-    out = k.release()  # too short: back to IDLE, where the recycle runs
-    assert send_types(out) == ["input_audio_buffer.clear"]
-    assert "Close" in kinds(out) and "Connect" in kinds(out)
-    assert k.phase == "connecting"
-
-
-def test_recycle_during_a_reply_waits_for_reply_wait_to_end_the_turn() -> None:
-    """Timeout(recycle) while WAITING is held until the turn ends (here by reply_wait), then Close + Connect."""
-    k = online(expires_in_s=600.0)
-    ask(k)
-    assert k.feed(ev.Timeout(ev.Timer.RECYCLE), after_s=1.0) == []
-    assert k.phase == "waiting"
-    out = k.feed(ev.Timeout(ev.Timer.REPLY_WAIT), after_s=SETTINGS.reply_wait_s)
-    assert kinds(out)[-3:] == ["Close", "Connect", "Arm"]
-    assert k.phase == "connecting"
-
-
-def test_recycle_during_speaking_runs_after_turn_done() -> None:
-    """Timeout(recycle) while SPEAKING waits for the reply to be heard, then Close + Connect."""
-    k = online(expires_in_s=600.0)
-    ask(k)
-    speaking(k)
-    assert k.feed(ev.Timeout(ev.Timer.RECYCLE)) == []
-    k.feed(ev.AudioDone("resp_1", "item_1"))
-    k.feed(done("resp_1"))
-    out = k.feed(ev.PlaybackDrained(0), after_s=1.2)
-    assert "turn.done" in notes(out)
-    assert kinds(out)[-3:] == ["Close", "Connect", "Arm"]
-    assert k.phase == "connecting"
-
-
-# ================================================================================================ listening
+# ================================================================================================ the question
 
 
 @pytest.mark.parametrize("block_ms", [10, 20, 30])
-def test_press_hold_300ms_release_sends_clear_appends_commit_create(block_ms: int) -> None:
-    """press, 300 ms of MicBlocks, release → clear, appends of 20–40 ms each, commit, response.create."""
-    k = online(TurnSettings(preroll_ms=0))
-    pressed = k.press(after_s=1.0)
-    pressed_at = k.now
-    assert send_types(pressed) == ["input_audio_buffer.clear"]
-    assert leds(pressed) == [ev.Led.LISTENING]
-    assert arms(pressed) == {ev.Timer.HOLD_CAP: pressed_at + 30.0}
-    held, audio = k.mic(300, block_ms)
-    released = k.release()
-    events = sends(held) + sends(released)
-    types = [e["type"] for e in events]
-    assert types[-2:] == ["input_audio_buffer.commit", "response.create"]
-    assert set(types[:-2]) == {"input_audio_buffer.append"}
-    chunks = appended_audio(events)
+def test_press_hold_300ms_release_starts_appends_commits_and_asks(block_ms: int) -> None:
+    """press, 300 ms of MicBlocks, release → StartQuestion, appends of 20–40 ms each, Commit, RequestReply."""
+    d = online(with_turn(preroll_ms=0))
+    pressed = d.press(after_s=1.0)
+    assert said(pressed) == [ev.StartQuestion()]
+    assert leds(pressed) == [ev.Led.LISTENING] and mics(pressed) == [ev.Mic.LIVE]
+    assert arms(pressed) == {ev.Timer.HOLD_CAP: d.now + TURN.hold_cap_s}
+    held, audio = d.mic(300, block_ms)
+    released = d.release()
+    assert set(said_kinds(held)) == {"AppendAudio"}
+    assert said_kinds(released)[-2:] == ["Commit", "RequestReply"]
+    assert set(said_kinds(released)[:-2]) <= {"AppendAudio"}
+    chunks = appended(held + released)
     assert all(20 <= samples_to_ms(c.size) <= 40 for c in chunks), [samples_to_ms(c.size) for c in chunks]
     assert np.array_equal(np.concatenate(chunks), audio)  # every held sample, in order, once
-    for e in sends(pressed) + events:
-        validate_client(e)
-    assert leds(released) == [ev.Led.THINKING]
-    assert arms(released) == {ev.Timer.REPLY_WAIT: k.now + SETTINGS.reply_wait_s,
-                              ev.Timer.THINKING_CUE: k.now + SETTINGS.thinking_cue_s}
+    assert said(released)[-1] == ev.RequestReply("req_1")
+    assert leds(released) == [ev.Led.THINKING] and mics(released) == [ev.Mic.OFF]
+    assert arms(released) == {ev.Timer.REPLY_WAIT: d.now + TURN.reply_wait_s,
+                              ev.Timer.THINKING_CUE: d.now + TURN.thinking_cue_s}
     assert ev.Disarm(ev.Timer.HOLD_CAP) in released
-    assert k.m.status()["phase"] == "waiting"
+    assert d.status()["phase"] == "waiting" and d.status()["turn"] == "waiting"
 
 
 def test_release_after_50ms_is_too_short() -> None:
-    """release after 50 ms → clear, no commit, back to IDLE with LED idle, turn.too_short note."""
-    k = online()
-    out = k.press(after_s=1.0)
-    held, _ = k.mic(50, 10)
-    released = k.release()
-    assert send_types(released) == ["input_audio_buffer.clear"]
-    all_types = send_types(out + held + released)
-    assert "input_audio_buffer.commit" not in all_types and "response.create" not in all_types
-    assert leds(released) == [ev.Led.IDLE]
-    assert notes(released)["turn.too_short"].fields["held_ms"] == 50
+    """release after 50 ms → StartQuestion (the held audio is dropped), no Commit, IDLE; turn.done too_short."""
+    d = online()
+    out = d.press(after_s=1.0)
+    held, _ = d.mic(50, 10)
+    released = d.release()
+    assert said(released) == [ev.StartQuestion()]
+    assert not {"Commit", "RequestReply"} & set(said_kinds(out + held + released))
+    assert leds(released) == [ev.Led.IDLE] and mics(released) == [ev.Mic.PREROLL]
+    line = note(released, "turn.done")
+    assert (line.fields["outcome"], line.fields["held_ms"], line.level) == ("too_short", 50, "info")
     assert ev.Disarm(ev.Timer.HOLD_CAP) in released
-    assert k.phase == "idle"
-    assert k.counters()["too_short"] == 1
-    assert k.feed(ev.Timeout(ev.Timer.HOLD_CAP), after_s=30.0) == []
+    assert d.phase == "idle"
+    assert d.feed(ev.Timeout(ev.Timer.HOLD_CAP), after_s=30.0) == []
 
 
 def test_min_hold_boundary_counts_samples_not_time() -> None:
     """Exactly 100 ms of held audio commits; one sample less does not, however long the button was down."""
-    k = online()
-    k.press(after_s=1.0)
-    k.feed(ev.MicBlock(np.zeros(ms_to_samples(100) - 1, np.int16)), after_s=2.0)  # 2 s down, 99.96 ms of audio
-    assert "input_audio_buffer.commit" not in send_types(k.release())
-    assert k.phase == "idle"
-    k.press(after_s=1.0)
-    k.feed(ev.MicBlock(np.zeros(ms_to_samples(100), np.int16)), after_s=0.1)
-    assert send_types(k.release())[-2:] == ["input_audio_buffer.commit", "response.create"]
+    d = online()
+    d.press(after_s=1.0)
+    d.feed(ev.MicBlock(np.zeros(ms_to_samples(100) - 1, np.int16)), after_s=2.0)  # 2 s down, 99.96 ms of audio
+    assert "Commit" not in said_kinds(d.release())
+    assert d.phase == "idle"
+    d.press(after_s=1.0)
+    d.feed(ev.MicBlock(np.zeros(ms_to_samples(100), np.int16)), after_s=0.1)
+    assert said_kinds(d.release())[-2:] == ["Commit", "RequestReply"]
 
 
 def test_preroll_is_sent_once_as_the_first_append() -> None:
-    """MicBlocks in IDLE send nothing; the press sends clear then the newest pre-roll (200 ms) as one append."""
-    k = online()
-    idle_out, idle_audio = k.mic(500)
+    """MicBlocks in IDLE say nothing; the press says StartQuestion then the newest 200 ms as one AppendAudio."""
+    d = online()
+    idle_out, idle_audio = d.mic(500)
     assert idle_out == []
-    pressed = k.press()
-    assert send_types(pressed) == ["input_audio_buffer.clear", "input_audio_buffer.append"]
-    (preroll,) = appended_audio(sends(pressed))
-    assert np.array_equal(preroll, idle_audio[-ms_to_samples(SETTINGS.preroll_ms):])
-    held, audio = k.mic(300)
-    released = k.release()
-    chunks = appended_audio(sends(held + released))
-    assert np.array_equal(np.concatenate(chunks), audio)  # the pre-roll is not repeated
-    assert send_types(released)[-2:] == ["input_audio_buffer.commit", "response.create"]
+    pressed = d.press()
+    assert said_kinds(pressed) == ["StartQuestion", "AppendAudio"]
+    (preroll,) = appended(pressed)
+    assert np.array_equal(preroll, idle_audio[-ms_to_samples(TURN.preroll_ms):])
+    held, audio = d.mic(300)
+    released = d.release()
+    assert np.array_equal(np.concatenate(appended(held + released)), audio)  # the pre-roll is not repeated
+    assert said_kinds(released)[-2:] == ["Commit", "RequestReply"]
 
 
 def test_preroll_does_not_count_as_held_audio() -> None:
-    """A press with 200 ms of pre-roll but only 60 ms held is still too short: clear, no commit."""
-    k = online()
-    k.mic(1000)
-    k.press()
-    k.mic(60)
-    released = k.release()
-    assert send_types(released) == ["input_audio_buffer.clear"]
-    assert k.phase == "idle"
+    """A press with 200 ms of pre-roll but only 60 ms held is still too short: no Commit."""
+    d = online()
+    d.mic(1000)
+    d.press()
+    d.mic(60)
+    assert said(d.release()) == [ev.StartQuestion()]
+    assert d.phase == "idle"
 
 
 def test_preroll_holds_only_audio_since_entering_idle() -> None:
     """After a turn ends the ring is empty: a press with no new idle audio sends no pre-roll."""
-    k = online()
-    k.mic(500)
-    k.press()
-    k.mic(30)
-    k.release()  # too short → IDLE, ring cleared
-    assert send_types(k.press(after_s=1.0)) == ["input_audio_buffer.clear"]
+    d = online()
+    d.mic(500)
+    d.press()
+    d.mic(30)
+    d.release()  # too short → IDLE, ring emptied
+    assert said(d.press(after_s=1.0)) == [ev.StartQuestion()]
 
 
-def test_mic_outside_idle_and_listening_sends_nothing() -> None:
-    """MicBlocks while WAITING or SPEAKING send nothing (the mic is sent only while the button is held)."""
-    k = online()
-    ask(k)
-    assert k.mic(200)[0] == []
-    speaking(k)
-    assert k.mic(200)[0] == []
+def test_mic_outside_idle_and_listening_says_nothing() -> None:
+    """MicBlocks while WAITING or SPEAKING return nothing (the mic is sent only while the button is held)."""
+    d = online()
+    ask(d)
+    assert d.mic(200)[0] == []
+    speaking(d)
+    assert d.mic(200)[0] == []
 
 
 # ================================================================================================ the reply
 
 
 def test_first_delta_starts_speaking() -> None:
-    """response.created then an audio delta → SPEAKING: Play(pcm, item_id), LED speaking, Arm(reply_cap)."""
-    k = online()
-    ask(k)
-    assert k.feed(ev.ResponseCreated("resp_1"), after_s=0.2) == []
-    assert k.phase == "waiting"
-    d = delta("resp_1", "item_1", 200)
-    out = k.feed(d, after_s=0.1)
-    assert kinds(out) == ["SetLed", "Arm", "Play"]
-    assert leds(out) == [ev.Led.SPEAKING]
-    assert arms(out) == {ev.Timer.REPLY_CAP: k.now + SETTINGS.reply_cap_s}
+    """The response is created, then an audio delta → SPEAKING: Play(pcm, item_id), LED speaking, Arm(reply_cap)."""
+    d = online()
+    ask(d)
+    assert d.feed(ev.ResponseCreated("resp_1"), after_s=0.2) == []
+    assert d.phase == "waiting"
+    first = delta("resp_1", "item_1", 200)
+    out = d.feed(first, after_s=0.1)
+    assert kinds(out) == ["Arm", "Play", "SetLed"]
+    assert leds(out) == [ev.Led.SPEAKING] and mics(out) == [ev.Mic.OFF]
+    assert arms(out) == {ev.Timer.REPLY_CAP: d.now + TURN.reply_cap_s}
     (play,) = plays(out)
-    assert play.pcm is d.pcm and play.item_id == "item_1"
-    assert ev.Disarm(ev.Timer.REPLY_WAIT) in out
-    assert k.m.status()["phase"] == "speaking"
-    d2 = delta("resp_1", "item_1", 200)
-    out = k.feed(d2, after_s=0.05)
-    assert kinds(out) == ["Play"] and plays(out)[0].pcm is d2.pcm
-    assert k.feed(ev.Timeout(ev.Timer.REPLY_WAIT), after_s=SETTINGS.reply_wait_s) == []  # disarmed, stale
+    assert play.pcm is first.pcm and play.item_id == "item_1"
+    assert ev.Disarm(ev.Timer.REPLY_WAIT) in out and ev.Disarm(ev.Timer.THINKING_CUE) in out
+    assert d.status()["phase"] == "speaking"
+    second = delta("resp_1", "item_1", 200)
+    out = d.feed(second, after_s=0.05)
+    assert kinds(out) == ["Play"] and plays(out)[0].pcm is second.pcm
+    assert d.feed(ev.Timeout(ev.Timer.REPLY_WAIT), after_s=TURN.reply_wait_s) == []  # disarmed: stale
 
 
 def test_audio_done_ends_the_reply_once() -> None:
     """AudioDone → EndOfReply; the later ResponseDone does not send a second one."""
-    k = online()
-    ask(k)
-    speaking(k)
-    assert kinds(k.feed(ev.AudioDone("resp_1", "item_1"))) == ["EndOfReply"]
-    assert kinds(k.feed(done("resp_1"))) == []
-    assert k.phase == "speaking"
+    d = online()
+    ask(d)
+    speaking(d)
+    assert kinds(d.feed(ev.AudioDone("resp_1", "item_1"))) == ["EndOfReply"]
+    assert kinds(d.feed(done("resp_1"))) == []
+    assert d.phase == "speaking"
 
 
 def test_drain_before_end_of_reply_is_an_earcon() -> None:
     """PlaybackDrained before EndOfReply (an earcon ran out, or an underrun) leaves the reply SPEAKING."""
-    k = online()
-    ask(k)
-    speaking(k)
-    assert k.feed(ev.PlaybackDrained(0)) == []
-    assert k.phase == "speaking"
+    d = online()
+    ask(d)
+    speaking(d)
+    assert d.feed(ev.PlaybackDrained(0)) == []
+    assert d.phase == "speaking"
 
 
 def test_response_done_then_drained_ends_turn_with_summary() -> None:
     """AudioDone, ResponseDone(completed), PlaybackDrained → IDLE, LED idle, turn.done with latencies and usage."""
-    k = online()
-    ask(k)
-    released_at = k.now
-    speaking(k, ms=1200)  # response.created at +0.1, first delta at +0.11
-    k.feed(ev.PlaybackStarted(at_s=released_at + 0.25), after_s=0.1)
-    k.feed(ev.AudioDone("resp_1", "item_1"))
-    usage = {"total_tokens": 253, "input_tokens": 132, "output_tokens": 121}
-    assert kinds(k.feed(done("resp_1", usage=usage))) == []
-    out = k.feed(ev.PlaybackDrained(underruns_total=2), after_s=1.2)
-    assert leds(out) == [ev.Led.IDLE]
-    assert send_types(out) == []
-    summary = notes(out)["turn.done"].fields
-    assert summary["release_to_first_delta_ms"] == 110
-    assert summary["release_to_first_sound_ms"] == 250
-    assert summary["reply_ms"] == 1200
-    assert summary["held_ms"] == 300
-    assert summary["underruns"] == 2
-    assert summary["usage"] == usage
+    d = online()
+    ask(d)
+    released_at = d.now
+    speaking(d, ms=1200)  # created at +0.1, first delta at +0.11
+    d.feed(ev.PlaybackStarted(at_s=released_at + 0.25), after_s=0.1)
+    d.feed(ev.AudioDone("resp_1", "item_1"))
+    usage = usage_of(253)
+    assert kinds(d.feed(done("resp_1", usage=usage))) == []
+    out = d.feed(ev.PlaybackDrained(underruns_total=2, playout={"target_ms": 60}), after_s=1.2)
+    assert leds(out) == [ev.Led.IDLE] and mics(out) == [ev.Mic.PREROLL]
+    assert said(out) == []
+    line = note(out, "turn.done")
+    assert line.level == "info"
+    assert line.fields | {"usage": None} == {
+        "turn": 1, "outcome": "answered", "held_ms": 300, "release_to_first_delta_ms": 110,
+        "release_to_first_sound_ms": 250, "reply_ms": 1200, "underruns": 2, "playout": {"target_ms": 60},
+        "responses": 1, "usage": None}
+    assert line.fields["usage"] == usage
     assert ev.Disarm(ev.Timer.REPLY_CAP) in out
-    status = k.m.status()
-    assert status["phase"] == "idle"
-    assert status["last_turn"] == summary
-    assert status["counters"]["turns_done"] == 1
+    assert d.status()["phase"] == "idle" and d.status()["last_turn"] == line.fields
 
 
 def test_drained_then_response_done_ends_turn() -> None:
     """PlaybackDrained before ResponseDone waits; ResponseDone then ends the turn."""
-    k = online()
-    ask(k)
-    speaking(k)
-    k.feed(ev.AudioDone("resp_1", "item_1"))
-    assert k.feed(ev.PlaybackDrained(0), after_s=1.2) == []
-    assert k.phase == "speaking"
-    out = k.feed(done("resp_1"))
-    assert "turn.done" in notes(out) and leds(out) == [ev.Led.IDLE]
-    assert k.phase == "idle"
+    d = online()
+    ask(d)
+    speaking(d)
+    d.feed(ev.AudioDone("resp_1", "item_1"))
+    assert d.feed(ev.PlaybackDrained(0), after_s=1.2) == []
+    assert d.phase == "speaking"
+    out = d.feed(done("resp_1"))
+    assert note(out, "turn.done").fields["outcome"] == "answered" and leds(out) == [ev.Led.IDLE]
+    assert d.phase == "idle"
 
 
 def test_response_done_without_audio_done_sends_end_of_reply() -> None:
     """ResponseDone with no AudioDone → EndOfReply; the drain then ends the turn."""
-    k = online()
-    ask(k)
-    speaking(k)
-    assert kinds(k.feed(done("resp_1"))) == ["EndOfReply"]
-    out = k.feed(ev.PlaybackDrained(0), after_s=1.2)
-    assert "turn.done" in notes(out)
-    assert k.phase == "idle"
+    d = online()
+    ask(d)
+    speaking(d)
+    assert kinds(d.feed(done("resp_1"))) == ["EndOfReply"]
+    assert note(d.feed(ev.PlaybackDrained(0), after_s=1.2), "turn.done").fields["outcome"] == "answered"
+    assert d.phase == "idle"
 
 
 def test_second_audio_item_keeps_speaking_until_its_own_drain() -> None:
     """A reply with two audio items: the drain after item 1 does not end the turn while item 2 still plays."""
-    k = online()
-    ask(k)
-    speaking(k, item="item_1", ms=400)
-    k.feed(ev.AudioDone("resp_1", "item_1"))
-    k.feed(ev.PlaybackDrained(0), after_s=0.5)  # item 1 heard in full before item 2 arrived
-    out = k.feed(delta("resp_1", "item_2", 400), after_s=0.1)
-    assert kinds(out) == ["Play"]
-    out = k.feed(ev.AudioDone("resp_1", "item_2"))
-    assert kinds(out) == ["EndOfReply"]  # item 2's tail must be played out too
-    out = k.feed(done("resp_1"))
-    assert "turn.done" not in notes(out)
-    assert k.phase == "speaking"
+    d = online()
+    ask(d)
+    speaking(d, item="item_1", ms=400)
+    d.feed(ev.AudioDone("resp_1", "item_1"))
+    d.feed(ev.PlaybackDrained(0), after_s=0.5)  # item 1 heard in full before item 2 arrived
+    assert kinds(d.feed(delta("resp_1", "item_2", 400), after_s=0.1)) == ["Play"]
+    assert kinds(d.feed(ev.AudioDone("resp_1", "item_2"))) == ["EndOfReply"]  # item 2's tail is played out too
+    assert notes(d.feed(done("resp_1")), "turn.done") == []
+    assert d.phase == "speaking"
+    assert note(d.feed(ev.PlaybackDrained(0), after_s=0.4), "turn.done").fields["reply_ms"] == 800
 
 
-@pytest.mark.parametrize(("status", "apology"), [("completed", False), ("failed", True), ("incomplete", True)])
-def test_response_done_without_audio(status: str, apology: bool) -> None:
-    """WAITING, ResponseDone with no audio → IDLE, LED idle; apology earcon unless completed."""
-    k = online()
-    ask(k)
-    k.feed(ev.ResponseCreated("resp_1"))
-    out = k.feed(done("resp_1", status), after_s=0.5)
+@pytest.mark.parametrize(("status", "outcome", "apology"),
+                         [("completed", "no_audio", False), ("failed", "failed", True), ("incomplete", "failed", True)])
+def test_response_done_without_audio(status: str, outcome: str, apology: bool) -> None:
+    """WAITING, ResponseDone with no audio → IDLE, LED idle; apology earcon and outcome failed unless completed."""
+    d = online()
+    ask(d)
+    d.feed(ev.ResponseCreated("resp_1"))
+    out = d.feed(done("resp_1", status), after_s=0.5)
     assert leds(out) == [ev.Led.IDLE]
     assert earcons(out) == ([ev.Earcon.APOLOGY] if apology else [])
-    assert send_types(out) == []
-    assert k.phase == "idle"
+    assert said(out) == []
+    assert note(out, "turn.done").fields["outcome"] == outcome
+    assert d.phase == "idle"
 
 
 # ================================================================================================ barge-in
 
 
-def barge_in_speaking(received_ms: float = 1200) -> tuple[Kiosk, list[ev.Action]]:
-    k = online()
-    ask(k)
-    speaking(k, ms=received_ms)
-    k.mic(100)  # the exhibit's own voice in the mic: never sent
-    return k, k.press(after_s=0.3)
+def barge_in_speaking(received_ms: float = 1200) -> tuple[Driver, list[ev.Action]]:
+    d = online()
+    ask(d)
+    speaking(d, ms=received_ms)
+    d.mic(100)  # the exhibit's own voice in the mic: never sent
+    return d, d.press(after_s=1.0)  # past the press earcon's gap: a barge-in has none
 
 
 def test_barge_in_while_speaking_stops_and_cancels() -> None:
-    """Pressed while SPEAKING → Interrupt, response.cancel with the response id, LED listening; no pre-roll."""
-    k, out = barge_in_speaking()
-    assert kinds(out) == ["Interrupt", "Send", "SetLed", "Arm"]
-    assert send_types(out) == ["response.cancel"]
-    assert sends(out)[0]["response_id"] == "resp_1"
-    validate_client(sends(out)[0])
-    assert leds(out) == [ev.Led.LISTENING]
-    assert ev.Timer.HOLD_CAP in arms(out)
+    """Pressed while SPEAKING → Interrupt, CancelReply(resp_1), ClearOutput, LED listening; no pre-roll, no
+    press earcon (the speaker stopping acknowledges it), no StartQuestion until the Played is in."""
+    d, out = barge_in_speaking()
+    assert kinds(out) == ["Interrupt", "CancelReply", "ClearOutput", "Arm", "Arm", "SetLed"]
+    assert earcons(out) == []
+    assert said(out) == [ev.CancelReply("resp_1"), ev.ClearOutput()]
+    assert leds(out) == [ev.Led.LISTENING] and mics(out) == [ev.Mic.LIVE]
+    assert arms(out) == {ev.Timer.HOLD_CAP: d.now + TURN.hold_cap_s,
+                         ev.Timer.USAGE_WAIT: d.now + TURN.usage_wait_s}  # the cancelled reply's usage is due
     assert ev.Disarm(ev.Timer.REPLY_CAP) in out
-    assert k.m.status()["phase"] == "listening"
-    assert k.counters()["barge_ins"] == 1
+    assert note(out, "turn.barge_in").fields == {"phase": "speaking"}
+    assert notes(out, "turn.done") == []
+    assert d.status()["phase"] == "listening"
 
 
-@pytest.mark.parametrize("played_ms", [500, 0, 1199])
-def test_played_after_barge_in_truncates_to_heard_audio(played_ms: int) -> None:
-    """Played(item, played < received) after a barge-in → truncate at played, then input_audio_buffer.clear."""
-    k, _ = barge_in_speaking(received_ms=1200)
-    out = k.feed(ev.Played("item_1", played_ms))
-    assert send_types(out) == ["conversation.item.truncate", "input_audio_buffer.clear"]
-    truncate = sends(out)[0]
-    assert truncate["item_id"] == "item_1"
-    assert truncate["content_index"] == 0
-    assert truncate["audio_end_ms"] == played_ms
+@pytest.mark.parametrize(("played_ms", "end_ms"), [(500, 500), (0, 0), (1199, 1199), (1500, 1200)])
+def test_played_after_barge_in_truncates_at_min_played_received(played_ms: int, end_ms: int) -> None:
+    """Played(item, played) after a barge-in → Truncate at min(played, received), then StartQuestion."""
+    d, _ = barge_in_speaking(received_ms=1200)
+    out = d.feed(ev.Played("item_1", played_ms))
+    assert said(out) == [ev.Truncate("item_1", end_ms), ev.StartQuestion()]
+    assert note(out, "turn.truncated").fields == {"item_id": "item_1", "played_ms": played_ms,
+                                                  "received_ms": 1200, "audio_end_ms": end_ms}
     assert "Interrupt" not in kinds(out)
-    for e in sends(out):
-        validate_client(e)
 
 
-def test_played_1500_of_1200_received_truncates_at_1200() -> None:
-    """Played(item, 1500) mid-stream with 1200 ms received → conversation.item.truncate audio_end_ms=1200, clear."""
-    k, _ = barge_in_speaking(received_ms=1200)
-    out = k.feed(ev.Played("item_1", 1500))
-    assert [(e["type"], e.get("audio_end_ms")) for e in sends(out)] == [
-        ("conversation.item.truncate", 1200), ("input_audio_buffer.clear", None)]
-
-
-def execute_like_daemon(k: Kiosk, actions: list[ev.Action], played_ms: int) -> list[str]:
-    """Run actions as daemon.py's executor does: the Played an Interrupt produces is handled after the rest of the
-    list, before any queued input. Return the client event types in wire order."""
-    wire: list[str] = []
+def execute_like_daemon(d: Driver, actions: list[ev.Action], played_ms: int) -> list[str]:
+    """Run actions as the executor does: the Played an Interrupt produces is handled after the rest of the list,
+    before any queued input. Return the Interrupts and intentions in the order they would take effect."""
+    order: list[str] = []
     produced = 0
     for action in actions:
-        if isinstance(action, ev.Send):
-            wire.append(action.event["type"])
-        elif isinstance(action, ev.Interrupt):
-            produced += 1
+        if isinstance(action, (ev.Interrupt, *ev.INTENTS)):
+            order.append(type(action).__name__)
+        produced += isinstance(action, ev.Interrupt)
     for _ in range(produced):
-        wire += execute_like_daemon(k, k.feed(ev.Played("item_1", played_ms)), played_ms)
-    return wire
+        order += execute_like_daemon(d, d.feed(ev.Played("item_1", played_ms)), played_ms)
+    return order
 
 
-def test_barge_in_wire_order_is_cancel_truncate_clear() -> None:
-    """Executed the way daemon.py executes actions, a barge-in sends cancel → truncate → clear."""
-    k = online()
-    ask(k)
-    speaking(k, ms=1200)
-    wire = execute_like_daemon(k, k.press(after_s=0.3), played_ms=500)
-    assert wire == ["response.cancel", "conversation.item.truncate", "input_audio_buffer.clear"]
+def test_barge_in_order_is_stop_cancel_truncate_start() -> None:
+    """Executed the way the executor executes actions, a barge-in is stop → cancel → truncate → new question."""
+    d = online()
+    ask(d)
+    speaking(d, ms=1200)
+    order = execute_like_daemon(d, d.press(after_s=0.3), played_ms=500)
+    assert order == ["Interrupt", "CancelReply", "ClearOutput", "Truncate", "StartQuestion"]
 
 
-def test_played_everything_skips_truncate_but_clears() -> None:
-    """Played ≥ received (the item was heard in full) → no truncate, still input_audio_buffer.clear."""
-    k = online()
-    ask(k)
-    speaking(k, ms=1200)
-    k.feed(ev.AudioDone("resp_1", "item_1"))
-    k.press(after_s=0.5)
-    out = k.feed(ev.Played("item_1", 1200))
-    assert send_types(out) == ["input_audio_buffer.clear"]
+def test_played_everything_skips_truncate_but_starts_the_question() -> None:
+    """Played ≥ received of a complete item (heard in full) → no Truncate, still StartQuestion."""
+    d = online()
+    ask(d)
+    speaking(d, ms=1200)
+    d.feed(ev.AudioDone("resp_1", "item_1"))
+    d.press(after_s=0.5)
+    assert said(d.feed(ev.Played("item_1", 1200))) == [ev.StartQuestion()]
 
 
-def test_mic_audio_before_played_is_sent_after_the_clear() -> None:
-    """Audio held before Played arrives goes out after truncate and clear (stop → cancel → truncate → clear)."""
-    k, _ = barge_in_speaking()
-    held, audio = k.mic(60)
-    assert sends(held) == []
-    out = k.feed(ev.Played("item_1", 700))
-    assert send_types(out) == ["conversation.item.truncate", "input_audio_buffer.clear", "input_audio_buffer.append"]
-    assert np.array_equal(appended_audio(sends(out))[0], audio)
+def test_mic_audio_before_played_is_sent_after_the_start() -> None:
+    """Audio held before the Played arrives goes out after Truncate and StartQuestion."""
+    d, _ = barge_in_speaking()
+    held, audio = d.mic(60)
+    assert said(held) == []
+    out = d.feed(ev.Played("item_1", 700))
+    assert said_kinds(out) == ["Truncate", "StartQuestion", "AppendAudio"]
+    assert np.array_equal(appended(out)[0], audio)
 
 
 def test_late_deltas_of_cancelled_response_are_dropped_and_next_turn_works() -> None:
-    """After a barge-in, late deltas of the cancelled response play nothing; the next turn speaks normally."""
-    k, _ = barge_in_speaking()
-    k.feed(ev.Played("item_1", 700))
-    assert k.feed(delta("resp_1", "item_1", 200)) == []
-    assert kinds(k.feed(ev.AudioDone("resp_1", "item_1"))) == []
-    k.mic(300)
-    out = k.release()
-    # one response at a time: the new response.create waits for the cancelled one's response.done
-    assert send_types(out)[-1] == "input_audio_buffer.commit"
-    assert plays(k.feed(delta("resp_1", "item_1", 200))) == []  # still late, now in WAITING
-    assert send_types(k.feed(done("resp_1", "cancelled"))) == ["response.create"]
-    assert k.phase == "waiting"
-    k.feed(ev.ResponseCreated("resp_2"))
-    out = k.feed(delta("resp_2", "item_2", 200))
-    assert [p.item_id for p in plays(out)] == ["item_2"]
-    assert k.phase == "speaking"
-    assert k.counters()["late_deltas"] >= 2
+    """After a barge-in, late deltas of the cancelled response play nothing (turn.late_delta); the next question's
+    RequestReply waits for the cancelled response's ResponseDone; its reply then plays."""
+    d, _ = barge_in_speaking()
+    d.feed(ev.Played("item_1", 700))
+    out = d.feed(delta("resp_1", "item_1", 200))
+    assert plays(out) == [] and note(out, "turn.late_delta").fields == {"response_id": "resp_1"}
+    assert kinds(d.feed(ev.AudioDone("resp_1", "item_1"))) == []
+    d.mic(300)
+    out = d.release()
+    assert said_kinds(out)[-1] == "Commit"  # one response at a time: no RequestReply yet
+    out = d.feed(delta("resp_1", "item_1", 200))  # still late, now in WAITING
+    assert plays(out) == [] and note_names(out) == ["turn.late_delta"]
+    assert d.phase == "waiting"
+    out = d.feed(done("resp_1", "cancelled"))
+    assert said(out) == [ev.RequestReply("req_2")]
+    assert note(out, "turn.done").fields["outcome"] == "interrupted"
+    assert d.phase == "waiting"
+    d.feed(ev.ResponseCreated("resp_2"))
+    assert [p.item_id for p in plays(d.feed(delta("resp_2", "item_2", 200)))] == ["item_2"]
+    assert d.phase == "speaking"
 
 
 def test_barge_in_while_waiting_before_created_cancels_without_id() -> None:
-    """Pressed while WAITING before response.created → response.cancel with no id, then clear; no Interrupt."""
-    k = online()
-    ask(k)
-    out = k.press(after_s=0.5)
+    """Pressed while WAITING before the response is created → CancelReply(None), StartQuestion; no Interrupt; the
+    cancelled response, once created, is never played."""
+    d = online()
+    ask(d)
+    out = d.press(after_s=0.5)
     assert "Interrupt" not in kinds(out)
-    assert send_types(out) == ["response.cancel", "input_audio_buffer.clear"]
-    assert "response_id" not in sends(out)[0]
-    validate_client(sends(out)[0])
+    assert said(out) == [ev.CancelReply(None), ev.StartQuestion()]
     assert leds(out) == [ev.Led.LISTENING]
     assert ev.Disarm(ev.Timer.REPLY_WAIT) in out
-    assert k.phase == "listening"
-    # the cancelled response shows up later: it and its audio are ignored
-    assert kinds(k.feed(ev.ResponseCreated("resp_1"), after_s=0.1)) == []
-    assert k.feed(delta("resp_1", "item_1", 200)) == []
-    k.mic(300)
-    k.release()
-    assert plays(k.feed(delta("resp_1", "item_1", 200))) == []
-    k.feed(done("resp_1", "cancelled"))
-    k.feed(ev.ResponseCreated("resp_2"))
-    assert [p.item_id for p in plays(k.feed(delta("resp_2", "item_9", 200)))] == ["item_9"]
+    assert d.phase == "listening"
+    assert kinds(d.feed(ev.ResponseCreated("resp_1"), after_s=0.1)) == []
+    assert plays(d.feed(delta("resp_1", "item_1", 200))) == []
+    d.mic(300)
+    d.release()
+    assert plays(d.feed(delta("resp_1", "item_1", 200))) == []
+    assert said(d.feed(done("resp_1", "cancelled"))) == [ev.RequestReply("req_2")]
+    d.feed(ev.ResponseCreated("resp_2"))
+    assert [p.item_id for p in plays(d.feed(delta("resp_2", "item_9", 200)))] == ["item_9"]
 
 
 def test_barge_in_while_waiting_after_created_cancels_by_id() -> None:
-    """Pressed while WAITING after response.created → response.cancel with that id."""
-    k = online()
-    ask(k)
-    k.feed(ev.ResponseCreated("resp_1"))
-    out = k.press(after_s=0.5)
-    assert send_types(out) == ["response.cancel", "input_audio_buffer.clear"]
-    assert sends(out)[0]["response_id"] == "resp_1"
+    """Pressed while WAITING after the response was created → CancelReply with that id."""
+    d = online()
+    ask(d)
+    d.feed(ev.ResponseCreated("resp_1"))
+    assert said(d.press(after_s=0.5)) == [ev.CancelReply("resp_1"), ev.StartQuestion()]
 
 
 def test_no_cancel_after_response_done() -> None:
-    """Pressed after ResponseDone but before the drain → Interrupt, no response.cancel (nothing is active)."""
-    k = online()
-    ask(k)
-    speaking(k, ms=1200)
-    k.feed(ev.AudioDone("resp_1", "item_1"))
-    k.feed(done("resp_1"))
-    out = k.press(after_s=0.2)
+    """Pressed after ResponseDone but before the drain → Interrupt, no CancelReply (nothing is active); the turn
+    is done at once, and the Played truncates."""
+    d = online()
+    ask(d)
+    speaking(d, ms=1200)
+    d.feed(ev.AudioDone("resp_1", "item_1"))
+    d.feed(done("resp_1", usage=usage_of(40)))
+    out = d.press(after_s=0.2)
     assert "Interrupt" in kinds(out)
-    assert "response.cancel" not in send_types(out)
-    out = k.feed(ev.Played("item_1", 600))
-    assert [(e["type"], e.get("audio_end_ms")) for e in sends(out)] == [
-        ("conversation.item.truncate", 600), ("input_audio_buffer.clear", None)]
+    assert said(out) == [ev.ClearOutput()]
+    line = note(out, "turn.done").fields
+    assert (line["outcome"], line["usage"]["total_tokens"]) == ("interrupted", 40)
+    assert said(d.feed(ev.Played("item_1", 600))) == [ev.Truncate("item_1", 600), ev.StartQuestion()]
 
 
 def test_only_one_cancel_per_response() -> None:
-    """A second barge-in before the first response's done never cancels it again."""
-    k = online()
-    ask(k)
-    k.press(after_s=0.5)  # cancel (no id)
-    k.mic(300)
-    k.release()
-    out = k.press(after_s=0.5)  # the second response.create was still waiting for resp_1's done: nothing to cancel
-    assert send_types(out).count("response.cancel") == 0
-    k.feed(ev.ResponseCreated("resp_1"))
-    assert send_types(k.feed(done("resp_1", "cancelled"))) == []  # the waiting create was dropped with its turn
-    assert k.phase == "listening"
+    """A second barge-in before the first response's done never cancels it again; the request that was waiting
+    for it is dropped with its turn."""
+    d = online()
+    ask(d)
+    d.press(after_s=0.5)  # CancelReply(None)
+    d.mic(300)
+    d.release()  # RequestReply waits for the cancelled response
+    out = d.press(after_s=0.5)
+    assert said(out) == [ev.StartQuestion()]
+    line = note(out, "turn.done").fields  # turn 2 asked nothing the service saw: done at once
+    assert (line["turn"], line["outcome"], line["responses"], line["usage"]) == (2, "interrupted", 0, None)
+    d.feed(ev.ResponseCreated("resp_1"))
+    out = d.feed(done("resp_1", "cancelled"))
+    assert said(out) == []
+    assert note(out, "turn.done").fields["turn"] == 1
+    assert d.phase == "listening"
 
 
-# ================================================================================================ offline
-
-
-def reach_offline() -> Kiosk:
-    k = Kiosk()
-    k.begin()
-    k.feed(ev.Timeout(ev.Timer.CONNECT), after_s=10.0)
-    assert k.phase == "offline"
-    return k
-
-
-def reach_connecting() -> Kiosk:
-    k = Kiosk()
-    k.begin()
-    return k
-
-
-def reach_fault() -> Kiosk:
-    k = online()
-    k.feed(ev.Disconnected(AuthError("wss://api.openai.com/v1/realtime", 401)))
-    assert k.phase == "fault"
-    return k
+# ================================================================================================ refused presses
 
 
 @pytest.mark.parametrize("reach", [reach_offline, reach_connecting, reach_fault])
-def test_press_without_session_plays_offline_prompt(reach: Callable[[], Kiosk]) -> None:
-    """Pressed while OFFLINE / CONNECTING / FAULT → offline earcon, turn.rejected, nothing sent, phase unchanged."""
-    k = reach()
-    phase = k.phase
-    k.mic(200)
-    out = k.press(after_s=1.0)
+def test_refused_press_is_not_a_turn(reach: Callable[[], Driver]) -> None:
+    """Pressed while OFFLINE / CONNECTING / FAULT → offline earcon and turn.rejected naming the phase; nothing
+    said, no turn.done, phase unchanged, microphone closed again."""
+    d = reach()
+    phase = d.phase
+    d.mic(200)
+    out = d.press(after_s=1.0)
     assert kinds(out) == ["PlayEarcon"] and earcons(out) == [ev.Earcon.OFFLINE]
-    assert notes(out)["turn.rejected"].fields["phase"] == phase
-    assert k.phase == phase
-    assert k.counters()["rejected"] == 1
-    assert k.release(after_s=0.5) == []
+    assert note(out, "turn.rejected").fields == {"reason": phase}
+    assert mics(out) == [ev.Mic.OFF]
+    assert d.phase == phase
+    assert d.release(after_s=0.5) == []
+    assert d.done_lines() == []
+
+
+def test_refused_press_names_the_phase_as_it_is_now() -> None:
+    """The reason follows the link while it stays down: offline, then connecting, then fault."""
+    d = reach_offline()
+    reasons = [note(d.press(after_s=2.0), "turn.rejected").fields["reason"]]
+    d.feed(ev.Timeout(ev.Timer.RECONNECT))
+    reasons.append(note(d.press(after_s=2.0), "turn.rejected").fields["reason"])
+    d.feed(ev.Disconnected(AuthError("wss://x", 401)))
+    reasons.append(note(d.press(after_s=2.0), "turn.rejected").fields["reason"])
+    assert reasons == ["offline", "connecting", "fault"]
 
 
 def test_rejected_press_is_not_queued() -> None:
-    """A press rejected while connecting does not start a turn once the session is ready."""
-    k = reach_connecting()
-    k.press()
-    k.feed(ev.SessionCreated("sess_1", None))
-    out = k.feed(ev.SessionUpdated(None))
-    assert send_types(out) == []
-    assert k.phase == "idle"
+    """A press refused while connecting does not start a turn once the session is ready."""
+    d = reach_connecting()
+    d.press()
+    d.feed(ev.SessionCreated("sess_1", None))
+    out = d.feed(ev.SessionUpdated(None))
+    assert said(out) == [] and d.phase == "idle"
+
+
+def test_offline_prompts_do_not_pile_up() -> None:
+    """Presses while offline get one prompt per second at most, so none queue up into the next question."""
+    d = reach_connecting()
+    first = d.press()
+    d.release(after_s=0.2)
+    second = d.press(after_s=0.2)
+    d.release(after_s=0.2)
+    third = d.press(after_s=1.0)
+    assert [earcons(a) for a in (first, second, third)] == [[ev.Earcon.OFFLINE], [], [ev.Earcon.OFFLINE]]
+    assert len(notes(d.log, "turn.rejected")) == 3
 
 
 # ================================================================================================ disconnects
 
 
-def reach_listening(k: Kiosk) -> None:
-    k.press(after_s=1.0)
-    k.mic(100)
-
-
-def reach_waiting(k: Kiosk) -> None:
-    ask(k)
-
-
-def reach_speaking(k: Kiosk) -> None:
-    ask(k)
-    speaking(k)
-
-
 @pytest.mark.parametrize("reach", [reach_listening, reach_waiting, reach_speaking])
-def test_disconnect_mid_turn_apologises_and_recovers(reach: Callable[[Kiosk], None]) -> None:
-    """Disconnected mid-turn → apology, OFFLINE, LED offline, reconnect armed; the next press after reconnect works."""
-    k = online()
-    reach(k)
-    was = k.phase
-    out = k.feed(ev.Disconnected(ConnectionLost(1006)), after_s=0.1)
+def test_disconnect_mid_turn_apologises_and_recovers(reach: Callable[[Driver], None]) -> None:
+    """Disconnected mid-turn → apology, turn.done disconnected, OFFLINE, reconnect armed; all turn timers
+    disarmed; the next press after reconnecting works."""
+    d = online()
+    reach(d)
+    was = d.phase
+    out = d.feed(ev.Disconnected(ConnectionLost(1006)), after_s=0.1)
     assert earcons(out) == [ev.Earcon.APOLOGY]
     assert ("Interrupt" in kinds(out)) == (was == "speaking")
-    assert leds(out) == [ev.Led.OFFLINE]
-    assert arms(out) == {ev.Timer.RECONNECT: pytest.approx(k.now + 0.5)}
-    assert send_types(out) == []
-    assert k.phase == "offline"
-    if was == "speaking":
-        assert sends(k.feed(ev.Played("item_1", 300))) == []  # no socket: nothing to truncate
-    for stale in (ev.Timeout(ev.Timer.HOLD_CAP), ev.Timeout(ev.Timer.REPLY_WAIT), ev.Timeout(ev.Timer.REPLY_CAP)):
-        assert k.feed(stale, after_s=1.0) == []  # all turn timers were disarmed
-    assert k.release() == []
-    k.feed(ev.Timeout(ev.Timer.RECONNECT), after_s=0.5)
-    k.feed(ev.SessionCreated("sess_2", None))
-    k.feed(ev.SessionUpdated(None))
-    assert k.phase == "idle"
-    out = ask(k)
-    assert send_types(out)[-2:] == ["input_audio_buffer.commit", "response.create"]
-    k.feed(ev.ResponseCreated("resp_9"))
-    assert len(plays(k.feed(delta("resp_9", "item_9", 200)))) == 1
-
-
-def reconnect_delay(k: Kiosk, cause: BaseException, online_for_s: float) -> float:
-    """Stay online for ``online_for_s``, drop, reconnect; return the reconnect delay the drop armed."""
-    out = k.feed(ev.Disconnected(cause), after_s=online_for_s)
-    delay_s = arms(out)[ev.Timer.RECONNECT] - k.now
-    k.feed(ev.Timeout(ev.Timer.RECONNECT), after_s=delay_s)
-    k.feed(ev.SessionCreated("sess_n", None))
-    k.feed(ev.SessionUpdated(None))
-    return delay_s
-
-
-def test_backoff_grows_on_quick_drops_and_resets_after_a_healthy_minute() -> None:
-    """Drops back off 0.5, 1.75, 3.5 s; a drop after a healthy minute starts again at 0.5 s."""
-    k = online()
-    drops = [reconnect_delay(k, ConnectionLost(1011), 10.0) for _ in range(3)]
-    assert drops == pytest.approx([0.5, 1.75, 3.5])
-    assert reconnect_delay(k, ConnectionLost(1011), SETTINGS.healthy_after_s + 1) == pytest.approx(0.5)
-
-
-def test_quick_failures_in_a_row_are_a_fault() -> None:
-    """The quick-failure rule: sessions that die within quick_failure_s of being ready, three times in a row,
-    mean a broken endpoint or config: FAULT with the error LED and the slow retry, not a fast loop."""
-    k = online()
-    assert reconnect_delay(k, ConnectionLost(1011), 1.0) == pytest.approx(0.5)
-    assert reconnect_delay(k, ConnectionLost(1011), 1.0) == pytest.approx(1.75)
-    out = k.feed(ev.Disconnected(ConnectionLost(1011)), after_s=1.0)
-    assert k.phase == "fault" and ev.Led.ERROR in leds(out)
-    assert arms(out)[ev.Timer.RECONNECT] == k.now + SETTINGS.fault_retry_s
-
-
-def test_a_session_that_served_a_response_is_not_a_quick_failure() -> None:
-    """Drops mid-reply on sessions that did answer (a flaky link, not a broken endpoint) never add up to FAULT."""
-    k = online()
-    for n in range(4):
-        ask(k)
-        k.feed(ev.ResponseCreated(f"resp_{n}"))
-        out = k.feed(ev.Disconnected(ConnectionLost(1006)), after_s=1.0)
-        assert k.phase == "offline"
-        k.feed(ev.Timeout(ev.Timer.RECONNECT), after_s=arms(out)[ev.Timer.RECONNECT] - k.now)
-        k.feed(ev.SessionCreated("sess_n", None))
-        k.feed(ev.SessionUpdated(None))
-
-
-def test_a_reload_reconnects_from_fault_and_renews_a_changed_session_at_idle() -> None:
-    """systemctl reload in FAULT (say, a rotated key) reconnects at once; in IDLE a changed voice renews the
-    session; mid-turn the renewal waits for IDLE."""
-    k = online()
-    k.feed(ev.Disconnected(AuthError("wss://x", 401)))
-    out = k.feed(ev.Reloaded(session_changed=False), after_s=1.0)
-    assert ev.Connect() in out and k.phase == "connecting"
-    k.feed(ev.SessionCreated("sess_2", None))
-    k.feed(ev.SessionUpdated(None))
-    out = k.feed(ev.Reloaded(session_changed=True))
-    assert ev.Close(1000) in out and ev.Connect() in out
-    k.feed(ev.SessionCreated("sess_3", None))
-    k.feed(ev.SessionUpdated(None))
-    ask(k)
-    assert k.feed(ev.Reloaded(session_changed=True)) == []
-    k.feed(ev.ResponseCreated("resp_1"))
-    out = k.feed(done("resp_1", "failed"))
-    assert ev.Connect() in out and k.phase == "connecting"
+    assert leds(out) == [ev.Led.OFFLINE] and mics(out) == [ev.Mic.OFF]
+    assert arms(out) == {ev.Timer.RECONNECT: pytest.approx(d.now + 0.5)}
+    assert said(out) == []
+    line = note(out, "turn.done")
+    assert (line.fields["outcome"], line.level) == ("disconnected", "error")
+    assert line.fields["cause"].startswith("ConnectionLost")
+    assert d.phase == "offline"
+    assert said(d.feed(ev.Played("item_1", 300))) == []  # no session: nothing to truncate
+    for stale in ev.Timer.HOLD_CAP, ev.Timer.REPLY_WAIT, ev.Timer.REPLY_CAP, ev.Timer.THINKING_CUE:
+        assert d.feed(ev.Timeout(stale), after_s=1.0) == []
+    assert d.release() == []
+    reconnect(d)
+    assert said_kinds(ask(d))[-2:] == ["Commit", "RequestReply"]
+    d.feed(ev.ResponseCreated("resp_9"))
+    assert len(plays(d.feed(delta("resp_9", "item_9", 200)))) == 1
+    assert len(d.done_lines()) == 1
 
 
 def test_disconnect_in_idle_has_no_apology() -> None:
-    """Disconnected in IDLE → OFFLINE with LED offline and a reconnect, but no earcon."""
-    k = online()
-    out = k.feed(ev.Disconnected(ConnectionLost(1001, "session expired")))
+    """Disconnected in IDLE → OFFLINE with LED offline and a reconnect, but no earcon and no turn.done."""
+    d = online()
+    out = d.feed(ev.Disconnected(ConnectionLost(1001, "session expired")))
     assert earcons(out) == [] and leds(out) == [ev.Led.OFFLINE]
-    assert k.phase == "offline"
+    assert notes(out, "turn.done") == []
+    assert d.phase == "offline"
 
 
-def test_disconnect_while_connecting_goes_offline() -> None:
-    """Disconnected while CONNECTING (handshake failed) → OFFLINE, connect timer disarmed, reconnect armed."""
-    k = reach_connecting()
-    out = k.feed(ev.Disconnected(OSError("connection refused")))
-    assert ev.Disarm(ev.Timer.CONNECT) in out
-    assert ev.Timer.RECONNECT in arms(out)
-    assert k.phase == "offline"
-    assert k.feed(ev.Timeout(ev.Timer.CONNECT), after_s=10.0) == []
-
-
-def test_auth_error_goes_to_fault() -> None:
-    """Disconnected(AuthError) → FAULT, LED error, reconnect only at the slow fault delay."""
-    k = online()
-    ask(k)
-    out = k.feed(ev.Disconnected(AuthError("wss://api.openai.com/v1/realtime", 401)))
+@pytest.mark.parametrize("reach", [stay_idle, reach_waiting, reach_speaking])
+def test_fatal_server_error_ends_the_turn_in_fault(reach: Callable[[Driver], None]) -> None:
+    """ServerError invalid_api_key → FAULT with LED error; a turn under way ends disconnected."""
+    d = online()
+    reach(d)
+    out = d.feed(ev.ServerError("invalid_api_key", "Incorrect API key provided", "invalid_request_error", None))
     assert leds(out) == [ev.Led.ERROR]
-    assert arms(out) == {ev.Timer.RECONNECT: k.now + SETTINGS.fault_retry_s}
-    assert earcons(out) == [ev.Earcon.APOLOGY]
-    assert notes(out)["ws.fault"].level == "error"
-    assert k.m.status()["phase"] == "fault"
-    assert k.m.status()["connection"] == "fault"
-    out = k.feed(ev.Timeout(ev.Timer.RECONNECT), after_s=SETTINGS.fault_retry_s)
-    assert kinds(out) == ["Connect", "Arm"]
-    assert k.phase == "connecting"
-
-
-@pytest.mark.parametrize("reach", [lambda k: None, reach_waiting, reach_speaking])
-def test_fatal_server_error_goes_to_fault(reach: Callable[[Kiosk], None]) -> None:
-    """ServerError invalid_api_key → FAULT with LED error."""
-    k = online()
-    reach(k)
-    out = k.feed(ev.ServerError("invalid_api_key", "Incorrect API key provided", "invalid_request_error", None))
-    assert leds(out) == [ev.Led.ERROR]
-    assert k.phase == "fault"
-
-
-def test_fatal_server_error_while_connecting_goes_to_fault() -> None:
-    """ServerError unknown_parameter in reply to session.update → FAULT (a config or kioskd bug)."""
-    k = reach_connecting()
-    k.feed(ev.SessionCreated("sess_1", None))
-    out = k.feed(ev.ServerError("unknown_parameter", "Unknown parameter: 'session.x'.", "invalid_request_error", "e"))
-    assert leds(out) == [ev.Led.ERROR]
-    assert k.phase == "fault"
+    assert d.phase == "fault"
+    assert [n.fields["outcome"] for n in notes(out, "turn.done")] == ([] if reach is stay_idle else ["disconnected"])
 
 
 @pytest.mark.parametrize("code", ["response_cancel_not_active", "invalid_value", "input_audio_buffer_commit_empty",
                                   "conversation_already_has_active_response"])
-@pytest.mark.parametrize("reach", [lambda k: None, reach_listening, reach_waiting, reach_speaking])
-def test_benign_server_error_is_only_a_warning(code: str, reach: Callable[[Kiosk], None]) -> None:
-    """A benign server error code → one warning note; no phase change, nothing sent, no LED change."""
-    k = online()
-    reach(k)
-    phase = k.phase
-    out = k.feed(ev.ServerError(code, "whatever", "invalid_request_error", "kioskd_7"))
-    assert kinds(out) == []
-    assert [(n.name, n.level) for n in notes(out).values()] == [("ws.server_error", "warning")]
-    assert k.phase == phase
+@pytest.mark.parametrize("reach", [stay_idle, reach_listening, reach_waiting, reach_speaking])
+def test_benign_server_error_is_only_a_warning(code: str, reach: Callable[[Driver], None]) -> None:
+    """A benign server error code not naming a reply request → one warning note; nothing else."""
+    d = online()
+    reach(d)
+    phase = d.phase
+    out = d.feed(ev.ServerError(code, "whatever", "invalid_request_error", "evt_7"))
+    assert [(a.name, a.level) for a in out if isinstance(a, ev.Note)] == [("ws.server_error", "warning")]
+    assert kinds(out, publish=True) == []
+    assert d.phase == phase
+
+
+def test_server_error_naming_the_request_fails_the_turn_at_once() -> None:
+    """An error naming the turn's RequestReply ref while WAITING → apology, turn.done failed, IDLE; the next
+    question's RequestReply goes out at once and its reply plays."""
+    d = online()
+    ask(d)
+    out = d.feed(ev.ServerError("server_error", "The server had an error.", "server_error", "req_1"))
+    assert note(out, "ws.server_error").level == "error"
+    assert earcons(out) == [ev.Earcon.APOLOGY] and leds(out) == [ev.Led.IDLE]
+    line = note(out, "turn.done").fields
+    assert (line["outcome"], line["responses"], line["cause"]) == (
+        "failed", 0, "server error server_error: The server had an error.")
+    assert said(ask(d))[-1] == ev.RequestReply("req_2")
+    d.feed(ev.ResponseCreated("resp_2"))
+    assert [p.item_id for p in plays(d.feed(delta("resp_2", "item_2", 200)))] == ["item_2"]
+
+
+def test_an_unnamed_refusal_holds_the_next_request_at_most_usage_wait() -> None:
+    """A request refused by an error naming nothing stays open: the turn times out, and the next question's
+    RequestReply goes out once the first turn's usage wait gives up on it (which is never billed)."""
+    d = online()
+    ask(d)
+    out = d.feed(ev.ServerError("server_error", "The server had an error.", "server_error", None))
+    assert note(out, "ws.server_error").level == "warning" and d.phase == "waiting"
+    assert said(d.feed(ev.Timeout(ev.Timer.REPLY_WAIT), after_s=TURN.reply_wait_s)) == [ev.CancelReply(None)]
+    ended_s = d.now
+    d.feed(ev.ServerError("response_cancel_not_active", "no active response", "invalid_request_error", None))
+    assert "RequestReply" not in said_kinds(ask(d))
+    out = d.feed(ev.Timeout(ev.Timer.USAGE_WAIT), after_s=ended_s + TURN.usage_wait_s - d.now)
+    assert said(out) == [ev.RequestReply("req_2")]
+    line = note(out, "turn.done").fields
+    assert (line["outcome"], line["responses"], "usage_missing" in line) == ("timed_out", 0, False)
+    d.feed(ev.ResponseCreated("resp_2"))
+    assert [p.item_id for p in plays(d.feed(delta("resp_2", "item_2", 200)))] == ["item_2"]
+
+
+@pytest.mark.parametrize("stray", [
+    ev.Unknown("response.mcp_call.in_progress"), ev.ServerEvent("rate_limits.updated"), ev.Connected(),
+    ev.InputCommitted("item_u"), ev.TranscriptDone("resp_1", "item_1", "hello"), ev.ItemTruncated("item_1", 300),
+    ev.AudioDone("resp_x", "item_x"), done("resp_x"), delta("resp_x", "item_x", 20),
+    ev.BadEvent("response.output_audio.delta", "bad base64 audio"),
+], ids=lambda inp: type(inp).__name__)
+@pytest.mark.parametrize("reach", [stay_idle, reach_listening, reach_waiting, reach_speaking])
+def test_stray_server_inputs_change_nothing(stray: ev.Input, reach: Callable[[Driver], None]) -> None:
+    """A server input that is not the turn's business (unknown, acknowledgements, another response's events, a
+    bad frame) is noted at most: nothing said, played or lit, and the phase stays."""
+    d = online()
+    reach(d)
+    before = d.status()
+    out = d.feed(stray)
+    assert [a for a in out if not isinstance(a, ev.Note)] == []
+    assert d.status() == before
+
+
+def test_bad_events_warn_once_per_kind() -> None:
+    """BadEvent: a warning the first time a (type, reason) is seen, then debug lines that count it."""
+    d = online()
+    bad = ev.BadEvent("response.output_audio.delta", "bad base64 audio")
+    lines = [note(d.feed(bad), "ws.bad_event") for _ in range(3)]
+    assert [(n.level, n.fields["count"]) for n in lines] == [("warning", 1), ("debug", 2), ("debug", 3)]
+    other = note(d.feed(ev.BadEvent("error", "not JSON")), "ws.bad_event")
+    assert (other.level, other.fields["count"]) == ("warning", 1)
+    assert note(d.feed(ev.Unknown("response.mcp_call.in_progress")), "ws.unknown_event").level == "debug"
 
 
 # ================================================================================================ caps
 
 
 def test_hold_cap_commits() -> None:
-    """Timeout(hold_cap) while LISTENING → commit and response.create as if released; the late release is ignored."""
-    k = online()
-    k.press(after_s=1.0)
-    k.mic(300)
-    out = k.feed(ev.Timeout(ev.Timer.HOLD_CAP), after_s=SETTINGS.hold_cap_s)
-    assert send_types(out)[-2:] == ["input_audio_buffer.commit", "response.create"]
-    assert notes(out)["turn.hold_cap"].level == "warning"
+    """Timeout(hold_cap) while LISTENING → Commit and RequestReply as if released; the late release is ignored."""
+    d = online()
+    d.press(after_s=1.0)
+    d.mic(300)
+    out = d.feed(ev.Timeout(ev.Timer.HOLD_CAP), after_s=TURN.hold_cap_s)
+    assert said_kinds(out)[-2:] == ["Commit", "RequestReply"]
+    assert note(out, "turn.hold_cap").level == "warning"
     assert leds(out) == [ev.Led.THINKING]
-    assert k.phase == "waiting"
-    assert k.release(after_s=2.0) == []
-    assert k.phase == "waiting"
+    assert d.phase == "waiting"
+    assert d.release(after_s=2.0) == []
+    assert d.phase == "waiting"
+
+
+def test_hold_cap_with_a_dead_mic_is_too_short() -> None:
+    """Timeout(hold_cap) with no held audio (a dead microphone) → nothing committed, turn.done too_short."""
+    d = online()
+    d.press(after_s=1.0)
+    out = d.feed(ev.Timeout(ev.Timer.HOLD_CAP), after_s=TURN.hold_cap_s)
+    assert "Commit" not in said_kinds(out)
+    assert note(out, "turn.done").fields["outcome"] == "too_short"
+    assert d.phase == "idle"
 
 
 @pytest.mark.parametrize("created", [False, True])
 def test_reply_wait_cancels_apologises_and_idles(created: bool) -> None:
-    """Timeout(reply_wait) → response.cancel (by id once known), apology, turn.timeout, IDLE."""
-    k = online()
-    ask(k)
+    """Timeout(reply_wait) → CancelReply (by id once known), apology, IDLE; the abandoned response is never
+    played, and its ResponseDone closes the turn as timed_out with its usage."""
+    d = online()
+    ask(d)
     if created:
-        k.feed(ev.ResponseCreated("resp_1"))
-    out = k.feed(ev.Timeout(ev.Timer.REPLY_WAIT), after_s=SETTINGS.reply_wait_s)
-    assert send_types(out) == ["response.cancel"]
-    assert sends(out)[0].get("response_id") == ("resp_1" if created else None)
-    assert earcons(out) == [ev.Earcon.APOLOGY]
-    assert "turn.timeout" in notes(out)
-    assert leds(out) == [ev.Led.IDLE]
-    assert k.phase == "idle"
-    # the abandoned response's audio, if it ever comes, is not played
-    k.feed(ev.ResponseCreated("resp_1"))
-    assert plays(k.feed(delta("resp_1", "item_1", 200))) == []
-
-
-def test_next_turn_speaks_after_a_response_that_never_started() -> None:
-    """reply_wait after a response.create the server rejected → the next turn's reply still plays."""
-    k = online()
-    ask(k)
-    k.feed(ev.ServerError("server_error", "The server had an error.", "server_error", "kioskd_20"))
-    k.feed(ev.Timeout(ev.Timer.REPLY_WAIT), after_s=SETTINGS.reply_wait_s)
-    k.feed(ev.ServerError("response_cancel_not_active", "no active response", "invalid_request_error", None))
-    assert k.phase == "idle"
-    ask(k)
-    k.feed(ev.ResponseCreated("resp_2"))
-    out = k.feed(delta("resp_2", "item_2", 200))
-    assert [p.item_id for p in plays(out)] == ["item_2"]
-    assert k.phase == "speaking"
+        d.feed(ev.ResponseCreated("resp_1"))
+    out = d.feed(ev.Timeout(ev.Timer.REPLY_WAIT), after_s=TURN.reply_wait_s)
+    assert said(out) == [ev.CancelReply("resp_1" if created else None)]
+    assert earcons(out) == [ev.Earcon.APOLOGY] and leds(out) == [ev.Led.IDLE]
+    assert ev.Timer.USAGE_WAIT in arms(out) and notes(out, "turn.done") == []
+    assert d.phase == "idle"
+    d.feed(ev.ResponseCreated("resp_1"))
+    assert plays(d.feed(delta("resp_1", "item_1", 200))) == []
+    line = note(d.feed(done("resp_1", "cancelled", usage_of(12))), "turn.done")
+    assert (line.fields["outcome"], line.level, line.fields["usage"]["total_tokens"]) == ("timed_out", "error", 12)
 
 
 def test_reply_cap_interrupts_cancels_and_truncates() -> None:
-    """Timeout(reply_cap) → Interrupt, response.cancel, IDLE; the Played that follows sends the truncate only."""
-    k = online()
-    ask(k)
-    speaking(k, ms=1200)
-    out = k.feed(ev.Timeout(ev.Timer.REPLY_CAP), after_s=SETTINGS.reply_cap_s)
-    assert kinds(out)[:2] == ["Interrupt", "Send"]
-    assert send_types(out) == ["response.cancel"] and sends(out)[0]["response_id"] == "resp_1"
+    """Timeout(reply_cap) → Interrupt, CancelReply, ClearOutput, IDLE; the Played that follows truncates only."""
+    d = online()
+    ask(d)
+    speaking(d, ms=1200)
+    out = d.feed(ev.Timeout(ev.Timer.REPLY_CAP), after_s=TURN.reply_cap_s)
+    assert kinds(out)[:3] == ["Interrupt", "CancelReply", "ClearOutput"]
+    assert said(out) == [ev.CancelReply("resp_1"), ev.ClearOutput()]
     assert leds(out) == [ev.Led.IDLE]
-    assert k.phase == "idle"
-    out = k.feed(ev.Played("item_1", 800))
-    assert [(e["type"], e.get("audio_end_ms")) for e in sends(out)] == [("conversation.item.truncate", 800)]
-    assert plays(k.feed(delta("resp_1", "item_1", 200))) == []
+    assert d.phase == "idle"
+    assert said(d.feed(ev.Played("item_1", 800))) == [ev.Truncate("item_1", 800)]
+    assert plays(d.feed(delta("resp_1", "item_1", 200))) == []
+    assert note(d.feed(done("resp_1", "cancelled")), "turn.done").fields["outcome"] == "capped"
 
 
 def test_reply_cap_after_response_done_does_not_cancel() -> None:
-    """Timeout(reply_cap) after ResponseDone → Interrupt but no response.cancel."""
-    k = online()
-    ask(k)
-    speaking(k)
-    k.feed(done("resp_1"))
-    out = k.feed(ev.Timeout(ev.Timer.REPLY_CAP), after_s=SETTINGS.reply_cap_s)
-    assert "Interrupt" in kinds(out) and send_types(out) == []
+    """Timeout(reply_cap) after ResponseDone → Interrupt but no CancelReply; the turn is done at once."""
+    d = online()
+    ask(d)
+    speaking(d)
+    d.feed(done("resp_1"))
+    out = d.feed(ev.Timeout(ev.Timer.REPLY_CAP), after_s=TURN.reply_cap_s)
+    assert "Interrupt" in kinds(out) and said(out) == [ev.ClearOutput()]
+    assert note(out, "turn.done").fields["outcome"] == "capped"
 
 
-# ================================================================================================ bounce
+# ========================================================================================= bounce, reload, earcons
 
 
 def test_press_within_rearm_window_is_a_bounce() -> None:
-    """A press 20 ms after the release is ignored (no barge-in on the turn just committed); 60 ms later it counts."""
-    k = online()
-    ask(k)
-    out = k.press(after_s=0.02)
-    assert kinds(out) == [] and send_types(out) == []
-    assert k.phase == "waiting"
-    assert k.counters()["bounces"] == 1
-    out = k.press(after_s=0.04)  # 60 ms after the release
-    assert send_types(out) == ["response.cancel", "input_audio_buffer.clear"]
-    assert k.phase == "listening"
+    """A press 20 ms after the release is ignored (turn.bounce, no barge-in on the turn just committed); 60 ms
+    after the release it barges in."""
+    d = online()
+    ask(d)
+    out = d.press(after_s=0.02)
+    assert note_names(out) == ["turn.bounce"] and said(out) == []
+    assert mics(out) == [ev.Mic.OFF]  # the gate the executor opened for the press is closed again
+    assert d.phase == "waiting"
+    out = d.press(after_s=0.04)
+    assert said(out) == [ev.CancelReply(None), ev.StartQuestion()]
+    assert d.phase == "listening"
 
 
 def test_release_in_idle_is_ignored() -> None:
-    """Released in IDLE (its press was bounced or rejected) → nothing."""
-    k = online()
-    assert k.release(after_s=1.0) == []
-    assert k.phase == "idle"
+    """Released in IDLE (its press was bounced or refused) → nothing."""
+    d = online()
+    assert d.release(after_s=1.0) == []
+    assert d.phase == "idle"
 
 
-# ================================================================================================ table walk
-
-# Every phase, reached through real inputs, in the states that matter (timers armed, awaiting Played...).
-
-
-def _idle() -> Kiosk:
-    return online(expires_in_s=3600.0)
-
-
-def _listening() -> Kiosk:
-    k = _idle()
-    reach_listening(k)
-    return k
-
-
-def _listening_after_barge_in() -> Kiosk:
-    k = _idle()
-    reach_speaking(k)
-    k.press(after_s=0.2)
-    k.feed(ev.Played("item_1", 300))
-    return k
-
-
-def _waiting() -> Kiosk:
-    k = _idle()
-    ask(k)
-    k.feed(ev.ResponseCreated("resp_1"))
-    return k
-
-
-def _speaking() -> Kiosk:
-    k = _idle()
-    reach_speaking(k)
-    return k
-
-
-def _speaking_drained() -> Kiosk:
-    """SPEAKING with the audio done and played out, waiting for response.done."""
-    k = _speaking()
-    k.feed(ev.AudioDone("resp_1", "item_1"))
-    k.feed(ev.PlaybackDrained(0))
-    return k
-
-
-def _speaking_response_done() -> Kiosk:
-    """SPEAKING with response.done in, waiting for the drain."""
-    k = _speaking()
-    k.feed(ev.AudioDone("resp_1", "item_1"))
-    k.feed(done("resp_1"))
-    return k
-
-
-SCENARIOS: dict[str, Callable[[], Kiosk]] = {
-    "connecting": reach_connecting,
-    "offline": reach_offline,
-    "fault": reach_fault,
-    "idle": _idle,
-    "listening": _listening,
-    "listening_after_barge_in": _listening_after_barge_in,
-    "waiting": _waiting,
-    "speaking": _speaking,
-    "speaking_drained": _speaking_drained,
-    "speaking_response_done": _speaking_response_done,
-}
-
-
-def test_table_walk_reaches_every_phase() -> None:
-    """The walk's scenarios, built from real inputs, cover every Phase."""
-    assert {SCENARIOS[name]().phase for name in SCENARIOS} == {p.value for p in Phase}
-
-
-def local_inputs(k: Kiosk) -> dict[str, ev.Input]:
-    out: dict[str, ev.Input] = {
-        "Pressed": ev.Pressed(k.now + 1.0),
-        "Released": ev.Released(k.now + 1.0),
-        "MicBlock": ev.MicBlock(np.zeros(480, np.int16)),
-        "Played": ev.Played("item_1", 100),
-        "Played(None)": ev.Played(None, 0),
-        "PlaybackDrained": ev.PlaybackDrained(0),
-        "PlaybackStarted": ev.PlaybackStarted(k.now),
-    }
-    for timer in ev.Timer:
-        out[f"Timeout({timer.value})"] = ev.Timeout(timer)
-    return out
-
-
-def remote_inputs() -> dict[str, ev.Input]:
-    return {
-        "Connected": ev.Connected(),
-        "Disconnected(retry)": ev.Disconnected(ConnectionLost(1006)),
-        "Disconnected(fatal)": ev.Disconnected(AuthError("wss://x", 401)),
-        "SessionCreated": ev.SessionCreated("sess_x", 2e9, 3600.0),
-        "SessionUpdated": ev.SessionUpdated(None),
-        "SessionUpdated(vad)": ev.SessionUpdated({"type": "server_vad"}),
-        "InputCommitted": ev.InputCommitted("item_u"),
-        "ResponseCreated(current)": ev.ResponseCreated("resp_1"),
-        "ResponseCreated(other)": ev.ResponseCreated("resp_x"),
-        "AudioDelta(current)": delta("resp_1", "item_1", 20),
-        "AudioDelta(other)": delta("resp_x", "item_x", 20),
-        "AudioDone(current)": ev.AudioDone("resp_1", "item_1"),
-        "AudioDone(other)": ev.AudioDone("resp_x", "item_x"),
-        "TranscriptDone": ev.TranscriptDone("resp_1", "item_1", "hello"),
-        "ResponseDone(current)": done("resp_1"),
-        "ResponseDone(cancelled)": done("resp_1", "cancelled"),
-        "ResponseDone(other)": done("resp_x"),
-        "ItemTruncated": ev.ItemTruncated("item_1", 300),
-        "ServerError(benign)": ev.ServerError("response_cancel_not_active", "m", "invalid_request_error", None),
-        "ServerError(fatal)": ev.ServerError("invalid_api_key", "m", "invalid_request_error", None),
-        "ServerError(retry)": ev.ServerError("server_error", "m", "server_error", None),
-        "ServerError(none)": ev.ServerError(None, "(no message)", None, None),
-        "ServerEvent": ev.ServerEvent("rate_limits.updated"),
-        "Unknown": ev.Unknown("response.mcp_call.in_progress"),
-        "BadEvent": ev.BadEvent("response.output_audio.delta", "bad base64 audio"),
-    }
-
-
-#: (scenario, local input) pairs that raise LocalProtocolError: each a "can't happen" (none today: a second
-#: press while held, which the button adapter never posts, is ignored rather than treated as a bug)
-EXPECTED_LOCAL_ERRORS: frozenset[tuple[str, str]] = frozenset()
-_ACTION_TYPES = typing.get_args(ev.Action)
-
-
-def _walk_params(names: Iterable[str]) -> list[Any]:
-    params = []
-    for scenario in SCENARIOS:
-        for name in names:
-            params.append(pytest.param(scenario, name, id=f"{scenario}-{name}"))
-    return params
-
-
-_LOCAL_NAMES = list(local_inputs(Kiosk()).keys())
-
-
-@pytest.mark.parametrize(("scenario", "name"), _walk_params(_LOCAL_NAMES))
-def test_table_walk_local(scenario: str, name: str) -> None:
-    """Every local input in every phase returns actions, or raises LocalProtocolError and changes nothing."""
-    k = SCENARIOS[scenario]()
-    inp = local_inputs(k)[name]
-    before = k.m.status()
-    if (scenario, name) in EXPECTED_LOCAL_ERRORS:
-        with pytest.raises(LocalProtocolError):
-            k.feed(inp, after_s=1.0)
-        assert k.m.status() == before  # a rejected input changes nothing
-        return
-    out = k.feed(inp, after_s=1.0)
-    assert all(isinstance(a, _ACTION_TYPES) for a in out)
-
-
-@pytest.mark.parametrize(("scenario", "name"), _walk_params(remote_inputs().keys()))
-def test_table_walk_remote(scenario: str, name: str) -> None:
-    """Every remote input in every phase returns actions and never raises."""
-    k = SCENARIOS[scenario]()
-    out = k.feed(remote_inputs()[name], after_s=1.0)
-    assert all(isinstance(a, _ACTION_TYPES) for a in out)
-
-
-# ------------------------------------------------------------------------------------------------ review fixes
-
-
-def test_offline_prompts_do_not_pile_up() -> None:
-    """Presses while offline get one prompt per second at most, so none queue up into the next question."""
-    k = Kiosk()
-    k.begin()
-    first = k.press()
-    k.release(after_s=0.2)
-    second = k.press(after_s=0.2)
-    k.release(after_s=0.2)
-    third = k.press(after_s=1.0)
-    assert [earcons(a) for a in (first, second, third)] == [[ev.Earcon.OFFLINE], [], [ev.Earcon.OFFLINE]]
-    assert k.counters()["rejected"] == 3
-
-
-def test_a_refused_session_update_is_a_fault_not_a_retry_loop() -> None:
-    """An error naming our session.update (e.g. an unknown voice) → FAULT with the error LED, slow retry."""
-    k = Kiosk()
-    k.begin()
-    out = k.feed(ev.SessionCreated("sess_1", None))
-    update_id = sends(out)[0]["event_id"]
-    out = k.feed(ev.ServerError("invalid_value", "Invalid value: 'robot'.", "invalid_request_error", update_id))
-    assert k.phase == "fault"
-    assert ev.Led.ERROR in leds(out) and "ws.fault" in notes(out)
-    assert arms(out)[ev.Timer.RECONNECT] == k.now + SETTINGS.fault_retry_s
-
-
-def test_an_implausible_session_lifetime_is_clamped_and_said() -> None:
-    """A local clock far off gives a negative or huge lifetime: kioskd assumes 60 min and warns, instead of
-    recycling in a tight loop."""
-    k = Kiosk()
-    k.begin()
-    out = k.feed(ev.SessionCreated("sess_1", 1.0, expires_in_s=-500.0))
-    assert "ws.clock_skew" in notes(out)
-    out = k.feed(ev.SessionUpdated(turn_detection=None))
-    assert arms(out)[ev.Timer.RECYCLE] == k.now + 3600 - SETTINGS.recycle_margin_s
-
-
-def test_a_new_question_waits_for_the_cancelled_response_to_end() -> None:
-    """Barge-in while WAITING, then a quick new question: response.create is sent only once the cancelled
-    response's response.done arrives (never conversation_already_has_active_response)."""
-    k = online()
-    ask(k)
-    k.feed(ev.ResponseCreated("resp_1"))
-    k.press(after_s=0.2)
-    k.mic(300)
-    out = k.release()
-    assert "response.create" not in send_types(out)
-    out = k.feed(done("resp_1", "cancelled"))
-    assert send_types(out) == ["response.create"]
-    k.feed(ev.ResponseCreated("resp_2"))
-    assert [p.item_id for p in plays(k.feed(delta("resp_2", "item_2", 200)))] == ["item_2"]
+def test_reload_applies_caps_at_once_without_a_new_session() -> None:
+    """Reloaded with new turn caps only → no new session; the next question uses the new reply_wait."""
+    d = online()
+    out = d.feed(ev.Reloaded(with_turn(reply_wait_s=3.0)), after_s=1.0)
+    assert "Connect" not in kinds(out) and d.phase == "idle"
+    assert arms(ask(d))[ev.Timer.REPLY_WAIT] == d.now + 3.0
 
 
 def test_press_and_thinking_earcons() -> None:
-    """A press from IDLE is acknowledged by a short earcon; a reply slower than thinking_cue_s gets one soft
-    "thinking" earcon; a reply that comes sooner cancels the cue; earcons: false silences them all."""
-    k = online()
-    assert earcons(k.press()) == [ev.Earcon.PRESS]
-    k.mic(300)
-    k.release()
-    assert earcons(k.feed(ev.Timeout(ev.Timer.THINKING_CUE), after_s=SETTINGS.thinking_cue_s)) == [ev.Earcon.THINKING]
+    """A press from IDLE gets a short earcon; a reply slower than thinking_cue_s gets one soft "thinking" earcon;
+    a reply that comes sooner cancels the cue; earcons off silences them all."""
+    d = online()
+    assert earcons(d.press()) == [ev.Earcon.PRESS]
+    d.mic(300)
+    d.release()
+    assert earcons(d.feed(ev.Timeout(ev.Timer.THINKING_CUE), after_s=TURN.thinking_cue_s)) == [ev.Earcon.THINKING]
     quick = online()
-    quick.press()
-    quick.mic(300)
-    quick.release()
+    ask(quick)
     quick.feed(ev.ResponseCreated("resp_1"))
-    out = quick.feed(delta("resp_1", "item_1", 100))
-    assert ev.Disarm(ev.Timer.THINKING_CUE) in out
+    assert ev.Disarm(ev.Timer.THINKING_CUE) in quick.feed(delta("resp_1", "item_1", 100))
     assert quick.feed(ev.Timeout(ev.Timer.THINKING_CUE), after_s=5) == []
-    silent = online(TurnSettings(earcons=False))
+    silent = online(with_turn(earcons=False))
     assert earcons(silent.press()) == []
+    silent.mic(300)
+    silent.release()
+    assert earcons(silent.feed(ev.Timeout(ev.Timer.REPLY_WAIT), after_s=TURN.reply_wait_s)) == []
 
 
-def test_a_whole_answer_resets_the_backoff() -> None:
-    """After drops grew the backoff, a session that serves a visitor in full starts the next backoff afresh."""
-    k = online()
-    assert [reconnect_delay(k, ConnectionLost(1011), 10.0) for _ in range(2)] == pytest.approx([0.5, 1.75])
-    ask(k)
-    speaking(k)
-    k.feed(ev.AudioDone("resp_1", "item_1"))
-    k.feed(done("resp_1"))
-    k.feed(ev.PlaybackDrained())
-    assert k.phase == "idle"
-    assert reconnect_delay(k, ConnectionLost(1011), 10.0) == pytest.approx(0.5)
+# ================================================================================================ turn.done
+
+
+def end_answered(d: Driver) -> None:
+    speaking(d)
+    d.feed(ev.AudioDone("resp_1", "item_1"))
+    d.feed(done("resp_1", usage=usage_of(100)))
+    d.feed(ev.PlaybackDrained(0), after_s=1.2)
+
+
+def end_interrupted(d: Driver) -> None:
+    speaking(d)
+    d.press(after_s=0.3)
+    d.feed(ev.Played("item_1", 400))
+    d.feed(done("resp_1", "cancelled", usage_of(100)), after_s=0.2)  # arrives while the next turn listens
+
+
+def end_too_short(d: Driver) -> None:
+    d.press(after_s=1.0)
+    d.mic(40)
+    d.release()
+
+
+def end_timed_out(d: Driver) -> None:
+    d.feed(ev.ResponseCreated("resp_1"))
+    d.feed(ev.Timeout(ev.Timer.REPLY_WAIT), after_s=TURN.reply_wait_s)
+    d.feed(done("resp_1", "cancelled", usage_of(100)), after_s=0.5)
+
+
+def end_capped(d: Driver) -> None:
+    speaking(d)
+    d.feed(ev.Timeout(ev.Timer.REPLY_CAP), after_s=TURN.reply_cap_s)
+    d.feed(ev.Played("item_1", 900))
+    d.feed(done("resp_1", "cancelled", usage_of(100)), after_s=0.1)
+
+
+def end_no_audio(d: Driver) -> None:
+    d.feed(ev.ResponseCreated("resp_1"))
+    d.feed(done("resp_1", "completed", usage_of(100)))
+
+
+def end_failed(d: Driver) -> None:
+    d.feed(ev.ResponseCreated("resp_1"))
+    d.feed(done("resp_1", "failed", usage_of(100)))
+
+
+def end_disconnected(d: Driver) -> None:
+    d.feed(ev.ResponseCreated("resp_1"))
+    d.feed(ev.Disconnected(ConnectionLost(1006)))
+
+
+@pytest.mark.parametrize(("end", "outcome", "level", "usage", "missing"), [
+    (end_answered, "answered", "info", 100, 0), (end_interrupted, "interrupted", "info", 100, 0),
+    (end_too_short, "too_short", "info", None, 0), (end_timed_out, "timed_out", "error", 100, 0),
+    (end_capped, "capped", "warning", 100, 0), (end_no_audio, "no_audio", "warning", 100, 0),
+    (end_failed, "failed", "error", 100, 0), (end_disconnected, "disconnected", "error", None, 1),
+], ids=lambda v: v.__name__.removeprefix("end_") if callable(v) else None)
+def test_every_turn_ends_in_exactly_one_turn_done(end: Callable[[Driver], None], outcome: str, level: str,
+                                                   usage: int | None, missing: int) -> None:
+    """However a turn ends, it writes exactly one turn.done with its outcome and the usage of its responses."""
+    d = online()
+    if end is not end_too_short:
+        ask(d)
+    end(d)
+    d.feed(ev.Timeout(ev.Timer.USAGE_WAIT), after_s=TURN.usage_wait_s)  # nothing more may come of it
+    (done_note,) = notes(d.log, "turn.done")
+    line = done_note.fields
+    assert (line["turn"], line["outcome"], done_note.level) == (1, outcome, level)
+    assert (line["usage"] or {}).get("total_tokens") == usage
+    assert line.get("usage_missing", 0) == missing
+    assert d.status()["last_turn"] == line
+
+
+def test_museum_visit_bills_every_turn_once() -> None:
+    """Four visitors' turns, two cut short by a barge-in whose cancelled response reports its usage only after the
+    next turn started: four turn.done lines, whose usage sums to all the usage the service reported."""
+    d = online(expires_in_s=3600.0)
+    reported = 0
+
+    def finish(rid: str, status: str, tokens: int) -> list[ev.Action]:
+        nonlocal reported
+        reported += tokens
+        return d.feed(done(rid, status, usage_of(tokens)), after_s=0.05)
+
+    ask(d)  # turn 1, barged in on while speaking
+    speaking(d, "resp_1", "item_1")
+    d.press(after_s=0.5)
+    d.feed(ev.Played("item_1", 480))
+    d.mic(120)
+    assert notes(finish("resp_1", "cancelled", 310), "turn.done")  # done while turn 2 is still held
+    d.mic(200)
+    out = d.release()
+    assert said(out)[-1] == ev.RequestReply("req_2")
+    speaking(d, "resp_2", "item_2")  # turn 2, barged in on too, its done arriving after turn 3's release
+    d.press(after_s=0.4)
+    d.feed(ev.Played("item_2", 300))
+    d.mic(400)
+    assert "RequestReply" not in said_kinds(d.release())
+    out = finish("resp_2", "cancelled", 275)
+    assert said(out) == [ev.RequestReply("req_3")] and notes(out, "turn.done")
+    for n in (3, 4):  # turns 3 and 4 heard in full
+        if n == 4:
+            ask(d)
+        speaking(d, f"resp_{n}", f"item_{n}")
+        d.feed(ev.AudioDone(f"resp_{n}", f"item_{n}"))
+        finish(f"resp_{n}", "completed", 500 + n)
+        d.feed(ev.PlaybackDrained(0), after_s=1.2)
+    lines = d.done_lines()
+    assert [(line["turn"], line["outcome"]) for line in lines] == [
+        (1, "interrupted"), (2, "interrupted"), (3, "answered"), (4, "answered")]
+    assert sum(line["usage"]["total_tokens"] for line in lines) == reported == 310 + 275 + 503 + 504
+    assert not any("usage_missing" in line for line in lines)
+
+
+def test_usage_that_never_comes_is_missing_after_usage_wait() -> None:
+    """A cancelled response whose ResponseDone never comes: Timeout(usage_wait) at the end + usage_wait_s writes
+    the turn.done with usage_missing 1, and releases the next question's waiting RequestReply."""
+    d, out = barge_in_speaking()
+    ended_s = d.now
+    assert arms(out)[ev.Timer.USAGE_WAIT] == ended_s + TURN.usage_wait_s
+    d.feed(ev.Played("item_1", 500))
+    d.mic(300)
+    assert "RequestReply" not in said_kinds(d.release())
+    out = d.feed(ev.Timeout(ev.Timer.USAGE_WAIT), after_s=ended_s + TURN.usage_wait_s - d.now)
+    line = note(out, "turn.done")
+    assert (line.fields["outcome"], line.fields["usage"], line.fields["usage_missing"]) == ("interrupted", None, 1)
+    assert said(out) == [ev.RequestReply("req_2")]
+    assert notes(d.feed(done("resp_1", "cancelled", usage_of(9))), "turn.done") == []  # too late: not billed twice
+    assert len(d.done_lines()) == 1
+
+
+def test_disconnect_flushes_turns_waiting_for_usage() -> None:
+    """A disconnect writes the turn.done of every ended turn still waiting for usage at once, usage missing."""
+    d, _ = barge_in_speaking()
+    d.feed(ev.Played("item_1", 500))
+    d.mic(300)
+    out = d.feed(ev.Disconnected(ConnectionLost(1006)), after_s=0.5)
+    assert [(n.fields["turn"], n.fields["outcome"], n.fields.get("usage_missing")) for n in notes(out, "turn.done")
+            ] == [(1, "interrupted", 1), (2, "disconnected", None)]
+    assert ev.Disarm(ev.Timer.USAGE_WAIT) in out
+    assert d.feed(ev.Timeout(ev.Timer.USAGE_WAIT), after_s=TURN.usage_wait_s) == []
+    assert len(d.done_lines()) == 2
+
+
+# ======================================================================================= the kiosk around the turn
+
+
+def test_microphone_gate_follows_the_phase() -> None:
+    """SetMic with every public phase change: LIVE while listening, PREROLL in idle, OFF in every other phase."""
+    d = online()
+    ask(d)
+    speaking(d)
+    d.press(after_s=1.0)
+    d.feed(ev.Played("item_1", 300))
+    d.mic(300)
+    d.release()
+    d.feed(ev.Disconnected(AuthError("wss://x", 401)))  # → fault
+    d.feed(ev.Reloaded(SETTINGS))  # → connecting
+    d.feed(ev.Timeout(ev.Timer.CONNECT), after_s=10.0)  # → offline
+    gates = [(a.fields["to"], d.log[i + 2]) for i, a in enumerate(d.log)
+             if isinstance(a, ev.Note) and a.name == "turn.phase"]
+    assert {phase for phase, _ in gates} == {"connecting", "idle", "listening", "waiting", "speaking", "fault",
+                                             "offline"}
+    expected = {"listening": ev.Mic.LIVE, "idle": ev.Mic.PREROLL}
+    assert [gate for _, gate in gates] == [ev.SetMic(expected.get(phase, ev.Mic.OFF)) for phase, _ in gates]
+
+
+def test_phase_changes_are_published_with_led_and_mic() -> None:
+    """Every public phase change emits turn.phase, SetLed, SetMic and Publish, once; serving is False until the
+    kiosk first reaches idle, offline or fault, and True from then on."""
+    d = Driver()
+    out = d.begin()
+    assert out[-4:] == [ev.Note("turn.phase", "info", {"from": None, "to": "connecting"}), ev.SetLed(ev.Led.OFFLINE),
+                        ev.SetMic(ev.Mic.OFF), ev.Publish("connecting", False)]
+    assert said(d.feed(ev.SessionCreated("sess_1", None))) == [
+        ev.ConfigureSession("cfg_1", "cedar", LINK.instructions)]
+    out = d.feed(ev.SessionUpdated(None))
+    assert [a for a in out if isinstance(a, ev.Publish)] == [ev.Publish("idle", True)]
+    ask(d)
+    d.feed(ev.Disconnected(ConnectionLost(1006)))
+    d.feed(ev.Timeout(ev.Timer.RECONNECT), after_s=0.5)
+    published = [(a.phase, a.serving) for a in d.log if isinstance(a, ev.Publish)]
+    assert published == [("connecting", False), ("idle", True), ("listening", True), ("waiting", True),
+                         ("offline", True), ("connecting", True)]
+    phases = [n.fields["to"] for n in notes(d.log, "turn.phase")]
+    assert phases == [p for p, _ in published]
+    assert len(leds(d.log)) == len(phases)
+
+
+def test_first_serving_phase_may_be_offline() -> None:
+    """A kiosk that never reaches its service still becomes serving (it answers presses with the prompt)."""
+    d = reach_offline()
+    assert [(a.phase, a.serving) for a in d.log if isinstance(a, ev.Publish)] == [
+        ("connecting", False), ("offline", True)]
+
+
+def test_speaker_reopen_waits_for_idle() -> None:
+    """SpeakerReopenDue in idle → ReopenSpeaker at once; mid-turn → ReopenSpeaker on the return to idle, once."""
+    d = online()
+    assert d.feed(ev.SpeakerReopenDue(0.12)) == [ev.ReopenSpeaker(0.12)]
+    ask(d)
+    speaking(d)
+    assert d.feed(ev.SpeakerReopenDue(0.2)) == []
+    d.feed(ev.AudioDone("resp_1", "item_1"))
+    d.feed(done("resp_1"))
+    out = d.feed(ev.PlaybackDrained(3), after_s=1.2)
+    assert [a for a in out if isinstance(a, ev.ReopenSpeaker)] == [ev.ReopenSpeaker(0.2)]
+    assert "ReopenSpeaker" not in kinds(d.feed(ev.Pressed(d.now + 1), after_s=1))

@@ -1,0 +1,180 @@
+"""The kiosk: the link machine and the turn machine coupled, and the one public phase derived from both.
+
+Theory of operation (after h11's ``ConnectionState``, which couples a client and a server machine). Each input
+goes to the machine whose table it belongs to (a ``ResponseCreated`` to both; a server error to the link if it
+ends the session, else to the turn). After every input the coupling fires the transitions one machine's state
+triggers in the other: the link becoming ready or going down is an ``Availability`` input to the turn (a turn
+under way when the link drops ends there), and the turn coming back to idle is a ``TurnEnded`` input to the link
+(which renews a session only between visitors). The public phase, what the LED, the microphone gate, ``kioskctl
+status`` and systemd see, is the turn's phase during a turn and the link's otherwise:
+
+    turn idle + link ready → IDLE;  turn idle + link connecting / offline / fault → that;  else the turn's phase
+
+Only this module turns a public phase into an LED pattern, a microphone gate and systemd's READY.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum
+from typing import Any, Final
+
+from kioskd.core import events as ev
+from kioskd.core.link import LinkMachine, LinkPhase
+from kioskd.core.settings import Settings
+from kioskd.core.turn import TurnMachine, TurnPhase
+
+
+class Phase(str, Enum):
+    CONNECTING = "connecting"
+    OFFLINE = "offline"
+    FAULT = "fault"
+    IDLE = "idle"
+    LISTENING = "listening"
+    WAITING = "waiting"
+    SPEAKING = "speaking"
+
+
+LED: Final = {
+    Phase.CONNECTING: ev.Led.OFFLINE, Phase.OFFLINE: ev.Led.OFFLINE, Phase.FAULT: ev.Led.ERROR,
+    Phase.IDLE: ev.Led.IDLE, Phase.LISTENING: ev.Led.LISTENING, Phase.WAITING: ev.Led.THINKING,
+    Phase.SPEAKING: ev.Led.SPEAKING,
+}
+#: phases in which the kiosk answers a press (with a reply or the offline prompt): systemd's READY
+SERVING: Final = frozenset({Phase.IDLE, Phase.OFFLINE, Phase.FAULT})
+LINK_TIMERS: Final = frozenset({ev.Timer.CONNECT, ev.Timer.RECONNECT, ev.Timer.RECYCLE})
+LINK_INPUTS: Final = (ev.Connected, ev.Disconnected, ev.SessionCreated, ev.SessionUpdated, ev.Reloaded,
+                      ev.ResponseCreated, ev.BadEvent, ev.Unknown)
+TURN_INPUTS: Final = (
+    ev.Pressed, ev.Released, ev.MicBlock, ev.Played, ev.PlaybackDrained, ev.PlaybackStarted, ev.InputCommitted,
+    ev.ResponseCreated, ev.AudioDelta, ev.AudioDone, ev.TranscriptDone, ev.ResponseDone, ev.ItemTruncated,
+    ev.ServerEvent, ev.Reloaded, ev.SpeakerReopenDue,
+)
+#: kioskd bugs tolerated in-process within BUG_WINDOW_S; one more and the process exits for systemd to restart
+BUG_LIMIT: Final = 3
+BUG_WINDOW_S: Final = 600.0
+
+
+class Kiosk:
+    """Both machines. ``begin(now)`` starts, ``handle(input, now)`` advances, ``recover(now)`` replaces the
+    machines after a kioskd bug."""
+
+    def __init__(self, settings: Settings, *, rand: Callable[[], float]) -> None:
+        self.settings = settings
+        self._rand = rand
+        self.link = LinkMachine(settings.link, rand=rand)
+        self.turn = TurnMachine(settings.turn)
+        self._told: tuple[bool, str] = (False, "connecting")  # what the turn last heard (its initial belief)
+        self._published: Phase | None = None
+        self._serving = False
+        self._bugs: list[float] = []
+
+    @property
+    def phase(self) -> Phase:
+        if self.turn.phase is not TurnPhase.IDLE:
+            return Phase(self.turn.phase.value)
+        return Phase.IDLE if self.link.phase is LinkPhase.READY else Phase(self.link.phase.value)
+
+    def begin(self, now: float) -> list[ev.Action]:
+        return [*self.link.begin(now), *self._sync(now, TurnPhase.IDLE)]
+
+    def handle(self, inp: ev.Input, now: float) -> list[ev.Action]:
+        turn_was = self.turn.phase
+        out: list[ev.Action] = []
+        if isinstance(inp, ev.Timeout):
+            out += self._link(inp, now) if inp.timer in LINK_TIMERS else self.turn.handle(inp, now)
+        elif isinstance(inp, ev.ServerError):
+            out += self._link(inp, now) if self.link.claims(inp) else self.turn.handle(inp, now)
+        else:
+            if isinstance(inp, LINK_INPUTS):
+                out += self._link(inp, now)
+            if isinstance(inp, TURN_INPUTS):
+                out += self.turn.handle(inp, now)
+        if isinstance(inp, ev.Reloaded):
+            self.settings = inp.settings
+        out += self._sync(now, turn_was)
+        if isinstance(inp, ev.Pressed) and not any(isinstance(a, ev.SetMic) for a in out):
+            out.append(ev.SetMic(_mic(self.phase)))  # the adapter opened the microphone as the press was queued
+        return out
+
+    def recover(self, now: float, cause: BaseException) -> list[ev.Action]:
+        """After a kioskd bug (an exception from ``handle``): account the turns the old machines still held,
+        then start fresh machines — the link's backoff goes on, so a bug every session triggers is no reconnect
+        storm. BUG_LIMIT bugs within BUG_WINDOW_S: exit for systemd to start a fresh process."""
+        self._bugs = [t for t in self._bugs if now - t < BUG_WINDOW_S] + [now]
+        out: list[ev.Action] = []
+        try:
+            out += self.turn.abandon(now, f"kioskd bug: {type(cause).__name__}")
+        except Exception:  # the machine that just failed may fail again: its turns are then lost to the log
+            pass
+        if len(self._bugs) >= BUG_LIMIT:
+            reason = f"{len(self._bugs)} kioskd bugs within {BUG_WINDOW_S:.0f} s"
+            return [*out, ev.Interrupt(), ev.Note("daemon.bug_limit", "error", {"cause": reason}),
+                    ev.Exit(1, reason)]
+        self.link = LinkMachine(self.settings.link, rand=self._rand, carry=self.link)
+        self.turn = TurnMachine(self.settings.turn)
+        self._told = (False, "connecting")
+        apology = [ev.PlayEarcon(ev.Earcon.APOLOGY)] if self.settings.turn.earcons else []
+        return [*out, ev.Interrupt(), *apology, ev.Close(), *self.begin(now)]
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot for ``kioskctl status`` (plain data)."""
+        return {"phase": self.phase.value, "link": self.link.phase.value, "turn": self.turn.phase.value,
+                "last_turn": self.turn.last_turn}
+
+    # ------------------------------------------------------------------------------------------ coupling
+
+    def _link(self, inp: ev.Input, now: float) -> list[ev.Action]:
+        self.link.turn_busy = self.turn.phase is not TurnPhase.IDLE
+        return self.link.handle(inp, now)
+
+    def _sync(self, now: float, turn_was: TurnPhase) -> list[ev.Action]:
+        """Fire the transitions one machine's state triggers in the other, then publish the public phase."""
+        out = self._tell(now)
+        if turn_was is not TurnPhase.IDLE and self.turn.phase is TurnPhase.IDLE:
+            out += self._link(ev.TurnEnded(answered=self.turn.last_outcome == "answered"), now)
+            out += self._tell(now)  # the turn's end may have renewed the session
+        return out + self._publish()
+
+    def _tell(self, now: float) -> list[ev.Action]:
+        """An ``Availability`` for the turn whenever the link came up, went down, or is down for another reason
+        (offline → connecting → fault): a refused press names the link's phase as it is now."""
+        avail = self._availability()
+        if (avail.up, avail.reason) == self._told:
+            return []
+        self._told = (avail.up, avail.reason)
+        return self.turn.handle(avail, now)
+
+    def _availability(self) -> ev.Availability:
+        up = self.link.phase is LinkPhase.READY
+        return ev.Availability("realtime", up, "" if up else self.link.phase.value, self.link.last_error)
+
+    def _publish(self) -> list[ev.Action]:
+        phase = self._published
+        now_phase = self.phase
+        if now_phase is phase:
+            return []
+        self._published = now_phase
+        self._serving = self._serving or now_phase in SERVING
+        fields = {"from": phase.value if phase is not None else None, "to": now_phase.value}
+        return [ev.Note("turn.phase", "info", fields), ev.SetLed(LED[now_phase]), ev.SetMic(_mic(now_phase)),
+                ev.Publish(now_phase.value, self._serving)]
+
+
+def _mic(phase: Phase) -> ev.Mic:
+    return ev.Mic.LIVE if phase is Phase.LISTENING else ev.Mic.PREROLL if phase is Phase.IDLE else ev.Mic.OFF
+
+
+def diagram() -> str:
+    """Both machines' tables and how the public phase is derived: what ``scripts/state-diagram`` prints and the
+    README shows (a test keeps the two in step)."""
+    from kioskd.core.link import LinkPhase
+    from kioskd.core.table import render
+
+    derived = ("public phase = the turn's phase during a turn; between turns: idle if the link is ready, "
+               "else the link's (connecting, offline, fault)")
+    return "\n\n".join([
+        render("link (core/link.py)", LinkMachine.TABLE, LinkPhase),
+        render("turn (core/turn.py)", TurnMachine.TABLE, TurnPhase),
+        derived,
+    ])

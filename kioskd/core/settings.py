@@ -1,0 +1,68 @@
+"""The core's settings: the one source of every default the link and the turn use.
+
+``config.py`` builds these from the YAML (each tunable that is measured on site has a key there); tests build them
+directly. Frozen: a reload hands the core new ones (``Reloaded``), it never edits them in place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSettings:
+    """The connection to the Realtime service: session, caps and the reconnect policy."""
+
+    endpoint: str = ""
+    """Where the link connects (no query string): a change renews the session."""
+    voice: str = "marin"
+    instructions: str = ""
+    connect_timeout_s: float = 10.0
+    """From opening the socket to a configured session."""
+    recycle_margin_s: float = 120.0
+    """Renew the session this long before the server's ``expires_at`` (only between visitors)."""
+    healthy_after_s: float = 60.0
+    """A session up this long resets the reconnect backoff."""
+    backoff_first_max_s: float = 1.0
+    backoff_cap_s: float = 30.0
+    fault_retry_s: float = 120.0
+    """In FAULT (bad key, no quota, unknown model) try again after this long, or at once on reload."""
+    quick_failure_s: float = 5.0
+    """A session that dies this soon after it was ready, before serving any response, is a quick failure."""
+    quick_failures_fatal: int = 3
+    """This many quick failures in a row: the endpoint or config is broken, not the network (FAULT)."""
+
+    @property
+    def session(self) -> tuple[str, str, str]:
+        """What a configured session depends on: a change needs a new session."""
+        return self.endpoint, self.voice, self.instructions
+
+
+@dataclass(frozen=True, slots=True)
+class TurnSettings:
+    """A visitor's turn: the press, the question, the reply, and their caps."""
+
+    min_hold_ms: int = 100
+    """Held audio below this is dropped, never committed."""
+    append_ms: int = 20
+    """Microphone audio is sent in chunks of at least this much."""
+    preroll_ms: int = 0
+    """Audio from before the press sent with the question (0: off)."""
+    hold_cap_s: float = 30.0
+    reply_wait_s: float = 10.0
+    """From the commit to the first reply audio."""
+    reply_cap_s: float = 90.0
+    rearm_ms: int = 50
+    """A press this soon after a release is a bounce."""
+    earcons: bool = True
+    thinking_cue_s: float = 1.5
+    """No reply audio this long after release: a soft "still thinking" sound."""
+    usage_wait_s: float = 5.0
+    """How long an ended turn waits for its responses' late ``response.done`` (their usage) before it is logged
+    with the usage missing."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    link: LinkSettings = field(default_factory=LinkSettings)
+    turn: TurnSettings = field(default_factory=TurnSettings)
