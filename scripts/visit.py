@@ -41,7 +41,9 @@ def timeline(lines: list[dict[str, Any]], start: float) -> None:
             held = f" (held {line['held_ms']} ms)" if "held_ms" in line else ""
             print(f"  {t}  {line.get('from')} → {line.get('to')}{held}")
         elif event == "turn.done":
-            print(f"  {t}  reply heard in full: {line.get('reply_ms')} ms of audio; release → first delta "
+            tokens = (line.get("usage") or {}).get("total_tokens")
+            print(f"  {t}  turn {line.get('turn')} done, {line.get('outcome')}: {tokens} tokens; "
+                  f"{line.get('reply_ms')} ms of reply audio received; release → first delta "
                   f"{line.get('release_to_first_delta_ms')} ms, → first sound {line.get('release_to_first_sound_ms')} ms; "
                   f"underruns {line.get('underruns')}")
         elif event == "turn.barge_in":
