@@ -86,6 +86,8 @@ class Ledger:
 
     def cancel(self, turn: int | None) -> list[ev.Action]:
         """Cancel ``turn``'s open response (never one that is not active) and drop its waiting requests."""
+        if turn is None:
+            return []
         for resp in [r for r in self._deferred if r.turn == turn]:
             self._deferred.remove(resp)
             self._bills[turn].responses -= 1  # never sent: never billed

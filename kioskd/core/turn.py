@@ -140,7 +140,7 @@ class TurnMachine(Machine[TurnPhase]):
         """This machine is being replaced (a kioskd bug): the turn under way fails, and every turn still waiting
         for its usage is logged now, with that usage missing."""
         self._ledger.lost()
-        out = [a for a in self._end("failed", now, cause) if isinstance(a, ev.Note)]
+        out: list[ev.Action] = [a for a in self._end("failed", now, cause) if isinstance(a, ev.Note)]
         out += [self._done_line(turn) for turn in self._closing.values()]
         self._closing.clear()
         return out
