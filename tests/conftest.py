@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,6 +36,17 @@ def run(coro: Coroutine[Any, Any, T], timeout_units: float = 30) -> T:
         return await asyncio.wait_for(coro, timeout_units * UNIT_S)
 
     return asyncio.run(bounded())
+
+
+async def wait_until(cond: Callable[[], bool], what: str = "the condition", units: float = 10,
+                     poll_s: float = 0.01) -> None:
+    """Poll ``cond`` until it holds; fail naming ``what`` after ``units`` units."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + units * UNIT_S
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(poll_s)
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from kioskd.errors import ConnectionLost
 from kioskd.executor import Executor
 from kioskd.sim.harness import speak, write_wav
 from kioskd.sim.realtime_server import RealtimeSimulator, SimOptions
-from tests.conftest import UNIT_S, run
+from tests.conftest import UNIT_S, run, wait_until
 from tests.realtime_schema import validate_client
 
 SETTINGS = Settings(turn=TurnSettings(earcons=False))
@@ -74,15 +74,6 @@ class Rig:
         return [line for line in lines if line["event"] == name]
 
 
-async def until(cond: Callable[[], bool], what: str, timeout_units: float = 10) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_units * UNIT_S
-    while not cond():
-        if loop.time() > deadline:
-            raise TimeoutError(f"waited for {what}")
-        await asyncio.sleep(0.01)
-
-
 @asynccontextmanager
 async def rig(kiosk: Kiosk | None = None, set_led: Callable[[ev.Led], None] | None = None) -> AsyncIterator[Rig]:
     log = io.StringIO()
@@ -102,7 +93,7 @@ async def rig(kiosk: Kiosk | None = None, set_led: Callable[[ev.Led], None] | No
     task = asyncio.create_task(executor.run())
     r = Rig(sim, executor, sink, task, log, leds)
     try:
-        await until(lambda: r.kiosk.phase.value == "idle", "the first session")
+        await wait_until(lambda: r.kiosk.phase.value == "idle", "the first session")
         yield r
     finally:
         if not task.done():
@@ -134,7 +125,7 @@ def test_a_visit_in_process_speaks_valid_ga_events(question: Path) -> None:
     async def main() -> None:
         async with rig() as r:
             await ask(r, question)
-            await until(lambda: bool(r.sink.named("turn.done")), "the turn's line")
+            await wait_until(lambda: bool(r.sink.named("turn.done")), "the turn's line")
             (done,) = r.sink.named("turn.done")
             assert done.fields["outcome"] == "answered", done.fields
             assert done.fields["usage"]["total_tokens"] > 0
@@ -153,7 +144,7 @@ def test_a_bug_in_the_machine_starts_fresh_machines_and_a_fresh_session() -> Non
         async with rig(kiosk) as r:
             kiosk.bug_on = ev.Pressed
             r.executor.post(ev.Pressed(0.0))
-            await until(lambda: r.sim.connections == 2 and r.kiosk.phase.value == "idle", "a fresh session")
+            await wait_until(lambda: r.sim.connections == 2 and r.kiosk.phase.value == "idle", "a fresh session")
             (bug,) = r.logged("turn.bug")
             assert bug["level"] == "error" and bug["error_type"] == "ZeroDivisionError" and "exception" in bug
             assert not r.task.done()
@@ -176,7 +167,7 @@ def test_a_failed_action_is_logged_and_the_rest_run(question: Path) -> None:
     async def main() -> None:
         async with rig(set_led=set_led) as r:
             await ask(r, question)
-            await until(lambda: bool(r.sink.named("turn.done")), "the turn's line")
+            await wait_until(lambda: bool(r.sink.named("turn.done")), "the turn's line")
             (failed,) = r.logged("daemon.action_failed")
             assert failed["action"] == "SetLed" and "LED pin gone" in failed["error"]
             assert r.sink.named("turn.done")[0].fields["outcome"] == "answered"
@@ -192,7 +183,7 @@ def test_a_full_outbox_ends_the_session_with_one_disconnected() -> None:
         posted: list[ev.Input] = []
         link = RealtimeLink(LinkOptions(sim.url), posted.append)
         link.start()
-        await until(lambda: any(isinstance(p, ev.SessionCreated) for p in posted), "session.created")
+        await wait_until(lambda: any(isinstance(p, ev.SessionCreated) for p in posted), "session.created")
         block = ev.AppendAudio(tone(440, 20))
         for _ in range(OUTBOX_FRAMES + 10):  # no await in between: the writer never runs
             link.send(block)
@@ -217,14 +208,14 @@ def test_a_closed_link_reports_nothing_and_a_dropped_one_exactly_one_disconnecte
         new_posted: list[ev.Input] = []
         old = RealtimeLink(LinkOptions(sim.url), old_posted.append)
         old.start()
-        await until(lambda: any(isinstance(p, ev.SessionCreated) for p in old_posted), "the old session")
+        await wait_until(lambda: any(isinstance(p, ev.SessionCreated) for p in old_posted), "the old session")
         new = RealtimeLink(LinkOptions(sim.url), new_posted.append)
         new.start()
         await old.close()
         seen = len(old_posted)
-        await until(lambda: any(isinstance(p, ev.SessionCreated) for p in new_posted), "the new session")
+        await wait_until(lambda: any(isinstance(p, ev.SessionCreated) for p in new_posted), "the new session")
         await sim.close()  # the server goes away: only the live session reports it
-        await until(lambda: any(isinstance(p, ev.Disconnected) for p in new_posted), "the drop")
+        await wait_until(lambda: any(isinstance(p, ev.Disconnected) for p in new_posted), "the drop")
         await asyncio.sleep(0.2)
         assert len(old_posted) == seen
         assert len([p for p in new_posted if isinstance(p, ev.Disconnected)]) == 1

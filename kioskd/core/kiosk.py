@@ -5,7 +5,7 @@ goes to the machine whose table it belongs to (a ``ResponseCreated`` to both; a 
 ends the session, else to the turn). After every input the coupling fires the transitions one machine's state
 triggers in the other: the link becoming ready or going down is an ``Availability`` input to the turn (a turn
 under way when the link drops ends there), and the turn coming back to idle is a ``TurnEnded`` input to the link
-(which renews a session only between visitors). The public phase, what the LED, the microphone gate, ``kioskctl
+(which renews a session only between visitors, once the session owes no usage). The public phase, what the LED, the microphone gate, ``kioskctl
 status`` and systemd see, is the turn's phase during a turn and the link's otherwise:
 
     turn idle + link ready → IDLE;  turn idle + link connecting / offline / fault → that;  else the turn's phase
@@ -76,10 +76,10 @@ class Kiosk:
         return Phase.IDLE if self.link.phase is LinkPhase.READY else Phase(self.link.phase.value)
 
     def begin(self, now: float) -> list[ev.Action]:
-        return [*self.link.begin(now), *self._sync(now, TurnPhase.IDLE)]
+        return [*self.link.begin(now), *self._sync(now, busy_was=False)]
 
     def handle(self, inp: ev.Input, now: float) -> list[ev.Action]:
-        turn_was = self.turn.phase
+        busy_was = self.turn.busy
         out: list[ev.Action] = []
         if isinstance(inp, ev.Timeout):
             out += self._link(inp, now) if inp.timer in LINK_TIMERS else self.turn.handle(inp, now)
@@ -92,7 +92,7 @@ class Kiosk:
                 out += self.turn.handle(inp, now)
         if isinstance(inp, ev.Reloaded):
             self.settings = inp.settings
-        out += self._sync(now, turn_was)
+        out += self._sync(now, busy_was)
         if isinstance(inp, ev.Pressed) and not any(isinstance(a, ev.SetMic) for a in out):
             out.append(ev.SetMic(_mic(self.phase)))  # the adapter opened the microphone as the press was queued
         return out
@@ -125,13 +125,15 @@ class Kiosk:
     # ------------------------------------------------------------------------------------------ coupling
 
     def _link(self, inp: ev.Input, now: float) -> list[ev.Action]:
-        self.link.turn_busy = self.turn.phase is not TurnPhase.IDLE
+        self.link.turn_busy = self.turn.busy
         return self.link.handle(inp, now)
 
-    def _sync(self, now: float, turn_was: TurnPhase) -> list[ev.Action]:
-        """Fire the transitions one machine's state triggers in the other, then publish the public phase."""
+    def _sync(self, now: float, busy_was: bool) -> list[ev.Action]:
+        """Fire the transitions one machine's state triggers in the other, then publish the public phase. The
+        turn is over for the link once it is idle and its session owes it no usage (renewing the session sooner
+        would lose the usage of a reply cancelled by a barge-in)."""
         out = self._tell(now)
-        if turn_was is not TurnPhase.IDLE and self.turn.phase is TurnPhase.IDLE:
+        if busy_was and not self.turn.busy:
             out += self._link(ev.TurnEnded(answered=self.turn.last_outcome == "answered"), now)
             out += self._tell(now)  # the turn's end may have renewed the session
         return out + self._publish()

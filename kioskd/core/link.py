@@ -61,8 +61,8 @@ class LinkMachine(Machine[LinkPhase]):
         super().__init__(LinkPhase.OFFLINE)
         self.settings = settings
         self._rand = rand
-        self._backoff = carry._backoff if carry is not None else self._new_backoff()
-        self._quick_failures = carry._quick_failures if carry is not None else 0
+        self._backoff: Iterator[float] = carry._backoff if carry is not None else self._new_backoff()
+        self._quick_failures: int = carry._quick_failures if carry is not None else 0
         self._served = False  # the server started a response on this session: it works
         self._online_since_s: float | None = None
         self._lifetime_s: float | None = None
@@ -85,6 +85,9 @@ class LinkMachine(Machine[LinkPhase]):
             return False
         return classify(ServerRejected(err.code, err.message, err.event_id, err.error_type)) == "fatal"
 
+    def ignore(self, inp: ev.Input) -> list[ev.Action]:
+        return [ev.Note("ws.ignored", "debug", {"input": type(inp).__name__, "phase": self.phase.value})]
+
     # ------------------------------------------------------------------------------------------ helpers
 
     def _new_backoff(self) -> Iterator[float]:
@@ -97,6 +100,9 @@ class LinkMachine(Machine[LinkPhase]):
 
     def _renew(self, now: float) -> list[ev.Action]:
         self._renew_due = False
+        if self._online_since_s is not None and now - self._online_since_s >= self.settings.healthy_after_s:
+            self._backoff = self._new_backoff()
+        self._online_since_s = None  # the next session is judged on its own (quick failures, health)
         self.last_error = "session renewed"
         return [*self.disarm_all(), ev.Note("ws.recycle", "info"), ev.Close(), *self._connect(now)]
 

@@ -130,3 +130,22 @@ def earcon_pcm(kind: str) -> Pcm:
         "apology": [tone(784, 120), gap, tone(659, 120), gap, tone(523, 220)],
     }
     return np.concatenate(parts[kind])
+
+
+class Batch:
+    """Blocks of PCM gathered until there are enough to send as one message."""
+
+    def __init__(self) -> None:
+        self._blocks: list[Pcm] = []
+        self.samples = 0
+
+    def add(self, pcm: Pcm) -> None:
+        self._blocks.append(pcm)
+        self.samples += pcm.size
+
+    def take(self) -> Pcm | None:
+        """Everything gathered, in order, and empty the batch; None when it is empty."""
+        blocks, self._blocks, self.samples = self._blocks, [], 0
+        if not blocks:
+            return None
+        return np.concatenate(blocks) if len(blocks) > 1 else blocks[0]

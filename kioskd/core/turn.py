@@ -19,24 +19,19 @@ turn ends when the visitor has heard the last reply, interrupted it, or a cap or
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, Final
 
-import numpy as np
-
 from kioskd.core import events as ev
-from kioskd.core.ledger import Bill, Ledger
-from kioskd.core.pcm import Pcm, Ring, ms_to_samples, samples_to_ms
+from kioskd.core.ledger import Ledger
+from kioskd.core.pcm import Batch, Ring, ms_to_samples, samples_to_ms
 from kioskd.core.settings import TurnSettings
 from kioskd.core.table import ANY, Key, Machine, Row, row
+from kioskd.core.turnlog import TurnLog, TurnRecord
 
 EARCON_GAP_S: Final = 1.0
-#: how a turn can end, and the level its ``turn.done`` line is logged at
-OUTCOMES: Final[dict[str, ev.Level]] = {
-    "answered": "info", "interrupted": "info", "too_short": "info", "no_audio": "warning", "capped": "warning",
-    "timed_out": "error", "failed": "error", "disconnected": "error",
-}
+#: the reply has been heard in full; its ``response.done`` is given this long before the turn ends without it
+DONE_GRACE_S: Final = 2.0
 
 
 class TurnPhase(str, Enum):
@@ -55,44 +50,6 @@ REMOTE: Final = (
 )
 
 
-@dataclass
-class _Turn:
-    """What one visitor's turn has measured, for its ``turn.done`` line and ``kioskctl status``."""
-
-    id: int
-    pressed_at_s: float
-    released_at_s: float | None = None
-    first_delta_at_s: float | None = None
-    first_sound_at_s: float | None = None
-    held_samples: int = 0
-    reply_samples: int = 0
-    underruns_at_start: int = 0
-    underruns: int = 0
-    playout: dict[str, Any] | None = None
-    outcome: str = ""
-    cause: str | None = None
-    ended_at_s: float = 0.0
-
-    def summary(self, bill: Bill) -> dict[str, Any]:
-        def since_release(t: float | None) -> int | None:
-            if t is None or self.released_at_s is None:
-                return None
-            return round((t - self.released_at_s) * 1000)
-
-        out: dict[str, Any] = {
-            "turn": self.id, "outcome": self.outcome,
-            "held_ms": samples_to_ms(self.held_samples),
-            "release_to_first_delta_ms": since_release(self.first_delta_at_s),
-            "release_to_first_sound_ms": since_release(self.first_sound_at_s),
-            "reply_ms": samples_to_ms(self.reply_samples),
-            "underruns": self.underruns, "playout": self.playout,
-            **bill.fields(),
-        }
-        if self.cause is not None:
-            out["cause"] = self.cause
-        return out
-
-
 class TurnMachine(Machine[TurnPhase]):
     """The visitor's turn. ``handle(input, now)`` advances it (see ``core/table.py``)."""
 
@@ -103,11 +60,10 @@ class TurnMachine(Machine[TurnPhase]):
         self.settings = settings
         self._down: dict[ev.Backend, str] = {"realtime": "connecting"}  # backends that cannot answer, and why
         self._preroll = Ring(ms_to_samples(settings.preroll_ms))
-        self._pending: list[Pcm] = []
-        self._pending_samples = 0
+        self._pending = Batch()  # the question's audio not yet sent
         self._ledger = Ledger()
-        self._turn: _Turn | None = None
-        self._closing: dict[int, _Turn] = {}  # ended turns whose responses have not all reported usage
+        self._turn: TurnRecord | None = None
+        self._log = TurnLog(self._ledger)
         self._turns = 0
         self._received: dict[str, int] = {}  # samples received per reply item of the current turn
         self._done_items: set[str] = set()  # items whose audio is complete
@@ -118,8 +74,6 @@ class TurnMachine(Machine[TurnPhase]):
         self._last_earcon_s: dict[ev.Earcon, float] = {}
         self._underruns_total = 0
         self._reopen_s: float | None = None  # a speaker reopen waiting for the visitor to finish
-        self.last_turn: dict[str, Any] | None = None
-        self.last_outcome: str | None = None
 
     # ------------------------------------------------------------------------------------------ entry points
 
@@ -132,6 +86,19 @@ class TurnMachine(Machine[TurnPhase]):
         return {"phase": self.phase.value, "last_turn": self.last_turn}
 
     @property
+    def last_turn(self) -> dict[str, Any] | None:
+        return self._log.last_turn
+
+    @property
+    def last_outcome(self) -> str | None:
+        return self._log.last_outcome
+
+    @property
+    def busy(self) -> bool:
+        """A visitor is mid-turn, or an ended turn still waits for usage its session owes: no renewal now."""
+        return self.phase is not TurnPhase.IDLE or self._log.waiting
+
+    @property
     def serving(self) -> bool:
         """Some backend can answer a press now."""
         return not self._down
@@ -141,9 +108,7 @@ class TurnMachine(Machine[TurnPhase]):
         for its usage is logged now, with that usage missing."""
         self._ledger.lost()
         out: list[ev.Action] = [a for a in self._end("failed", now, cause) if isinstance(a, ev.Note)]
-        out += [self._done_line(turn) for turn in self._closing.values()]
-        self._closing.clear()
-        return out
+        return out + self._log.flush()
 
     def ignore(self, inp: ev.Input) -> list[ev.Action]:
         if isinstance(inp, ev.AudioDelta):
@@ -169,16 +134,13 @@ class TurnMachine(Machine[TurnPhase]):
         return last is not None and 0 <= at_s - last < self.settings.rearm_ms / 1000
 
     def _flush_appends(self) -> list[ev.Action]:
-        if not self._pending_samples:
-            return []
-        pcm = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
-        self._pending, self._pending_samples = [], 0
-        return [ev.AppendAudio(pcm)]
+        pcm = self._pending.take()
+        return [] if pcm is None else [ev.AppendAudio(pcm)]
 
     def _start_listening(self, now: float, *, preroll: bool) -> list[ev.Action]:
         self._turns += 1
-        self._turn = _Turn(self._turns, pressed_at_s=now, underruns_at_start=self._underruns_total)
-        self._pending, self._pending_samples = [], 0
+        self._turn = TurnRecord(self._turns, pressed_at_s=now, underruns_at_start=self._underruns_total)
+        self._pending.take()
         self._reply_ended = self._drained = False
         self._to(TurnPhase.LISTENING)
         out: list[ev.Action] = []
@@ -196,10 +158,11 @@ class TurnMachine(Machine[TurnPhase]):
         self._preroll.clear()
         self._reply_ended = self._drained = False
         self._to(TurnPhase.IDLE)
-        if self._reopen_s is None:
-            return []
-        latency_s, self._reopen_s = self._reopen_s, None
-        return [ev.ReopenSpeaker(latency_s)]
+        out = self.disarm(ev.Timer.HOLD_CAP, ev.Timer.REPLY_WAIT, ev.Timer.REPLY_CAP, ev.Timer.THINKING_CUE)
+        if self._reopen_s is not None:
+            out.append(ev.ReopenSpeaker(self._reopen_s))
+            self._reopen_s = None
+        return out
 
     def _end(self, outcome: str, now: float, cause: str | None = None) -> list[ev.Action]:
         """The current turn is over (the phase is the caller's business): its line goes out now, or once its
@@ -207,29 +170,18 @@ class TurnMachine(Machine[TurnPhase]):
         turn, self._turn = self._turn, None
         if turn is None:
             return []
-        turn.outcome, turn.cause, turn.ended_at_s = outcome, cause, now
         turn.reply_samples = sum(self._received.values())
-        self.last_outcome = outcome
-        if self._ledger.open_for(turn.id):
-            self._closing[turn.id] = turn
-            return [self.arm(ev.Timer.USAGE_WAIT, min(t.ended_at_s for t in self._closing.values())
-                             + self.settings.usage_wait_s)]
-        return [self._done_line(turn)]
-
-    def _done_line(self, turn: _Turn) -> ev.Note:
-        self.last_turn = turn.summary(self._ledger.close(turn.id))
-        return ev.Note("turn.done", OUTCOMES[turn.outcome], self.last_turn)
+        return self._log.end(turn, outcome, now, cause) or self._usage_timer()
 
     def _settle(self, turn_id: int | None) -> list[ev.Action]:
-        """A response of ``turn_id`` reported: if that turn had ended and nothing of it is open, log it."""
-        turn = self._closing.get(turn_id) if turn_id is not None else None
-        if turn is None or self._ledger.open_for(turn.id):
-            return []
-        del self._closing[turn.id]
-        out: list[ev.Action] = [self._done_line(turn)]
-        if not self._closing:
-            out += self.disarm(ev.Timer.USAGE_WAIT)
-        return out
+        """A response of ``turn_id`` reported: its turn's line, if that turn had ended and nothing is left open."""
+        lines = self._log.settle(turn_id)
+        return [*lines, *self._usage_timer()] if lines else []
+
+    def _usage_timer(self) -> list[ev.Action]:
+        """USAGE_WAIT armed for the oldest ended turn still waiting for usage; disarmed when none is."""
+        at_s = self._log.deadline(self.settings.usage_wait_s)
+        return self.disarm(ev.Timer.USAGE_WAIT) if at_s is None else [self.arm(ev.Timer.USAGE_WAIT, at_s)]
 
     # ------------------------------------------------------------------------------------------ backends, reload
 
@@ -242,11 +194,7 @@ class TurnMachine(Machine[TurnPhase]):
             return []
         # the backend went away: whatever it still owed will never come
         self._ledger.lost()
-        out: list[ev.Action] = []
-        for turn in list(self._closing.values()):
-            out.append(self._done_line(turn))
-        self._closing.clear()
-        out += self.disarm(ev.Timer.USAGE_WAIT)
+        out = [*self._log.flush(), *self.disarm(ev.Timer.USAGE_WAIT)]
         if self.phase is TurnPhase.IDLE:
             return out
         out += self.disarm(ev.Timer.HOLD_CAP, ev.Timer.REPLY_WAIT, ev.Timer.REPLY_CAP, ev.Timer.THINKING_CUE)
@@ -288,9 +236,8 @@ class TurnMachine(Machine[TurnPhase]):
     def _on_mic_listening(self, inp: ev.MicBlock, now: float) -> list[ev.Action]:
         assert self._turn is not None
         self._turn.held_samples += inp.pcm.size
-        self._pending.append(inp.pcm)
-        self._pending_samples += inp.pcm.size
-        if self._interrupting or self._pending_samples < ms_to_samples(self.settings.append_ms):
+        self._pending.add(inp.pcm)
+        if self._interrupting or self._pending.samples < ms_to_samples(self.settings.append_ms):
             return []
         return self._flush_appends()
 
@@ -298,7 +245,7 @@ class TurnMachine(Machine[TurnPhase]):
         assert self._turn is not None
         held_ms = samples_to_ms(self._turn.held_samples)
         if held_ms < self.settings.min_hold_ms:  # nothing is committed: a tap never starts a reply
-            self._pending, self._pending_samples = [], 0
+            self._pending.take()
             return [*self.disarm(ev.Timer.HOLD_CAP), ev.StartQuestion(),
                     *self._end("too_short", now, cause=f"held {held_ms} ms < {self.settings.min_hold_ms} ms"),
                     *self._go_idle()]
@@ -339,13 +286,12 @@ class TurnMachine(Machine[TurnPhase]):
             return self.ignore(inp)
         self._received[inp.item_id] = self._received.get(inp.item_id, 0) + inp.pcm.size
         self._reply_ended = self._drained = False
-        out: list[ev.Action] = [ev.Play(inp.pcm, inp.item_id)]
+        out = self.disarm(ev.Timer.REPLY_WAIT, ev.Timer.THINKING_CUE)  # in SPEAKING: more audio after a drain
         if self.phase is TurnPhase.WAITING:
             self._turn.first_delta_at_s = now
             self._to(TurnPhase.SPEAKING)
-            out = [*self.disarm(ev.Timer.REPLY_WAIT, ev.Timer.THINKING_CUE),
-                   self.arm(ev.Timer.REPLY_CAP, now + self.settings.reply_cap_s), *out]
-        return out
+            out.append(self.arm(ev.Timer.REPLY_CAP, now + self.settings.reply_cap_s))
+        return [*out, ev.Play(inp.pcm, inp.item_id)]
 
     def _on_audio_done(self, inp: ev.AudioDone, now: float) -> list[ev.Action]:
         if not self._ledger.is_current(inp.response_id, self._current_id()):
@@ -398,7 +344,9 @@ class TurnMachine(Machine[TurnPhase]):
         if not self._reply_ended:
             return []  # an earcon ran out, not the reply
         self._drained = True
-        return [] if self._ledger.open_for(self._turn.id) else self._answered(now)
+        if self._ledger.open_for(self._turn.id):  # heard in full; its response.done is late
+            return [self.arm(ev.Timer.REPLY_WAIT, now + DONE_GRACE_S)]
+        return self._answered(now)
 
     def _on_drained_elsewhere(self, inp: ev.PlaybackDrained, now: float) -> list[ev.Action]:
         self._underruns_total = inp.underruns_total
@@ -414,18 +362,14 @@ class TurnMachine(Machine[TurnPhase]):
         self._turn.underruns = self._underruns_total - self._turn.underruns_at_start
         return [*self.disarm(ev.Timer.REPLY_CAP), *self._end("answered", now), *self._go_idle()]
 
+    def _on_done_overdue(self, inp: ev.Timeout, now: float) -> list[ev.Action]:
+        """The reply was heard in full but its response never said it was done: the visitor is answered (the
+        turn's line still waits ``usage_wait_s`` for the usage)."""
+        return self._answered(now)
+
     def _on_usage_wait(self, inp: ev.Timeout, now: float) -> list[ev.Action]:
-        """Ended turns whose responses did not report in time: log them with the usage missing."""
-        out: list[ev.Action] = []
-        for turn in sorted(self._closing.values(), key=lambda t: t.ended_at_s):
-            if now - turn.ended_at_s >= self.settings.usage_wait_s:
-                out += self._ledger.forget(turn.id)
-                del self._closing[turn.id]
-                out.append(self._done_line(turn))
-        if self._closing:
-            first_s = min(t.ended_at_s for t in self._closing.values())
-            out.append(self.arm(ev.Timer.USAGE_WAIT, first_s + self.settings.usage_wait_s))
-        return out
+        """Ended turns whose responses did not report in time: logged with the usage missing."""
+        return [*self._log.expire(now, self.settings.usage_wait_s), *self._usage_timer()]
 
     # ------------------------------------------------------------------------------------------ caps, barge-in
 
@@ -522,6 +466,7 @@ def _table() -> dict[tuple[TurnPhase | None, Key], Row[TurnPhase]]:
         # caps and failures
         (P.WAITING, T.REPLY_WAIT): row(M._on_reply_wait, P.IDLE),
         (P.SPEAKING, T.REPLY_CAP): row(M._on_reply_cap, P.IDLE),
+        (P.SPEAKING, T.REPLY_WAIT): row(M._on_done_overdue, P.IDLE),
         (ANY, ev.ServerError): row(M._on_server_error),
         (P.WAITING, ev.ServerError): row(M._on_server_error, P.WAITING, P.IDLE),
         (P.IDLE, ev.Availability): row(M._on_availability),

@@ -20,7 +20,7 @@ from kioskd.adapters.resample import PlaybackResampler
 from kioskd.adapters.devices import DeviceChoice, Kind, find_device
 from kioskd.config import AudioConfig
 from kioskd.core.pcm import API_RATE_HZ, Pcm, ms_to_samples, tone
-from tests.conftest import UNIT_S, run
+from tests.conftest import run, wait_until
 
 
 def sd() -> Any:
@@ -65,15 +65,6 @@ class Lines:
 
     def info(self, event: str, **fields: Any) -> None:
         self.lines.append((event, fields))
-
-
-async def wait_until(cond: Callable[[], bool], what: str, units: float = 10) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + units * UNIT_S
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def started_recorder(device: str, rate_hz: int, channels: int = 1) -> Recorder:
@@ -329,16 +320,19 @@ def test_the_preroll_never_holds_what_the_speaker_played() -> None:
     question = tone(700, 5000, rate_hz=48000)
 
     async def main() -> None:
-        audio, mic, _, _ = new_audio(preroll_ms=200)
+        started: list[float] = []
+        audio, mic, _, _ = new_audio(preroll_ms=200, on_started=started.append)
         try:
             await audio.start()
             with speaking(question, repeat=True):
                 await wait_until(lambda: bool(mic) and loud_ms(np.concatenate(mic[-5:]), API_RATE_HZ) > 20,
                                  "the visitor's voice at on_mic")
                 audio.set_mic(Mic.PREROLL)
-                audio.play(tone(1000, 2000), None)  # the speaker sounds while the visitor talks
+                audio.play(tone(1000, 2000), "item_1")  # the speaker sounds while the visitor talks
                 audio.end_of_reply()
-                await wait_until(lambda: not audio.silent, "the speaker to sound")
+                # the first sound left the buffer (queued is not sounding: a burst of input callbacks before it
+                # would fill the ring with the visitor's voice, rightly, and the check below would see it)
+                await wait_until(lambda: bool(started), "the speaker to sound")
                 calls = int(audio.stats()["input_callbacks"])
                 await wait_until(lambda: int(audio.stats()["input_callbacks"]) > calls + 15, "300 ms of callbacks")
                 assert not audio.silent, "the 2 s tone ended too soon for this test"

@@ -14,7 +14,7 @@ import pytest
 from kioskd.adapters.button import LED_TIMINGS, SIMULATED_REFUSAL, ButtonAdapter, LedTiming, mock_pin_factory
 from kioskd.core.events import Led
 from kioskd.errors import KioskError
-from tests.conftest import UNIT_S, run
+from tests.conftest import run, wait_until
 
 BUTTON_PIN = 17
 LED_PIN = 27
@@ -43,12 +43,6 @@ def adapter(factory: Any, edges: Edges, *, button_pin: int = BUTTON_PIN, led_pin
             pwm: bool = True, simulated: bool = True) -> ButtonAdapter:
     return ButtonAdapter(button_pin, led_pin, pin_factory=factory, loop=asyncio.get_running_loop(),
                          on_press=edges.press, on_release=edges.release, pwm=pwm, simulated=simulated)
-
-
-async def wait_until(condition: Callable[[], bool], units: float = 10) -> None:
-    async with asyncio.timeout(units * UNIT_S):
-        while not condition():
-            await asyncio.sleep(0.005)
 
 
 async def settle() -> None:

@@ -21,7 +21,7 @@ from kioskd.core.table import Machine, row
 from kioskd.errors import AuthError, ConnectionLost, LocalProtocolError
 from tests.core.drive import (
     LINK, SETTINGS, Driver, arms, ask, delta, done, earcons, kinds, leds, note, note_names, notes, online, reconnect,
-    said, speaking,
+    said, speaking, usage_of,
 )
 
 FAULT_RETRY_S = LINK.fault_retry_s
@@ -156,9 +156,22 @@ def finish_too_short(d: Driver) -> list[ev.Action]:
 
 
 def finish_reply_wait(d: Driver) -> list[ev.Action]:
+    """The reply never starts; the cancelled request is waited for (``usage_wait_s``), then given up."""
     d.mic(300)
     d.release()
-    return d.feed(ev.Timeout(ev.Timer.REPLY_WAIT), after_s=SETTINGS.turn.reply_wait_s)
+    out = d.feed(ev.Timeout(ev.Timer.REPLY_WAIT), after_s=SETTINGS.turn.reply_wait_s)
+    assert d.phase == "idle" and ev.Close() not in out and not notes(out, "turn.done")
+    return d.feed(ev.Timeout(ev.Timer.USAGE_WAIT), after_s=SETTINGS.turn.usage_wait_s)
+
+
+def finish_capped(d: Driver) -> list[ev.Action]:
+    """The reply is cut at its cap; the renewal waits for the cancelled response's usage, then goes ahead."""
+    d.mic(300)
+    d.release()
+    speaking(d)
+    out = d.feed(ev.Timeout(ev.Timer.REPLY_CAP), after_s=SETTINGS.turn.reply_cap_s)
+    assert d.phase == "idle" and ev.Close() not in out and not notes(out, "turn.done")
+    return d.feed(done("resp_1", "cancelled", usage_of(321)), after_s=0.3)
 
 
 def finish_answered(d: Driver) -> list[ev.Action]:
@@ -170,16 +183,21 @@ def finish_answered(d: Driver) -> list[ev.Action]:
     return d.feed(ev.PlaybackDrained(0), after_s=1.2)
 
 
-@pytest.mark.parametrize("finish", [finish_too_short, finish_reply_wait, finish_answered])
-def test_recycle_during_a_turn_waits_for_idle(finish: Any) -> None:
-    """Timeout(recycle) mid-turn changes nothing; the session is renewed as the turn returns to idle."""
+@pytest.mark.parametrize("finish", [finish_too_short, finish_reply_wait, finish_capped, finish_answered])
+def test_recycle_during_a_turn_waits_for_idle_and_the_usage_owed(finish: Any) -> None:
+    """Timeout(recycle) mid-turn changes nothing; the session is renewed once the turn is back in idle and the
+    session owes it no usage (renewing sooner would lose a cancelled reply's bill)."""
     d = online(expires_in_s=600.0)
     d.press(after_s=1.0)
     d.mic(40)
     assert d.feed(ev.Timeout(ev.Timer.RECYCLE), after_s=600.0) == []
     assert d.phase == "listening"
     out = finish(d)
-    assert len(notes(out, "turn.done")) == 1  # a reply still owed is given up with the old session
+    [line] = notes(out, "turn.done")
+    if finish is finish_capped:
+        assert line.fields["usage"] == usage_of(321) and "usage_missing" not in line.fields
+    if finish is finish_reply_wait:
+        assert line.fields["responses"] == 0  # never started: never billed
     assert kinds(out)[-4:] == ["Close", "Connect", "Arm", "SetLed"]
     assert d.phase == "connecting"
 
@@ -248,6 +266,21 @@ def test_quick_failures_in_a_row_are_a_fault() -> None:
     out = d.feed(ev.Disconnected(ConnectionLost(1011)), after_s=1.0)
     assert d.phase == "fault" and leds(out) == [ev.Led.ERROR]
     assert arms(out)[ev.Timer.RECONNECT] == d.now + FAULT_RETRY_S
+
+
+def test_a_renewal_that_fails_to_connect_is_not_the_old_sessions_quick_failure() -> None:
+    """A reload renews a session 1 s after it became ready and the new connection fails before it is ready: no
+    session died soon after being ready, so no quick failure is counted (two real ones after it stay below the
+    rule's three)."""
+    d = online()
+    d.feed(ev.Reloaded(with_link(voice="marin")), after_s=1.0)
+    assert d.phase == "connecting"
+    out = d.feed(ev.Disconnected(ConnectionLost(1006)), after_s=0.2)
+    assert d.phase == "offline"
+    reconnect(d, after_s=arms(out)[ev.Timer.RECONNECT] - d.now)
+    drop(d, ConnectionLost(1011), 1.0)
+    d.feed(ev.Disconnected(ConnectionLost(1011)), after_s=1.0)
+    assert d.phase == "offline"
 
 
 def test_a_session_that_served_a_response_is_not_a_quick_failure() -> None:
@@ -501,3 +534,10 @@ def test_a_missing_row_is_a_bug_for_local_inputs_only() -> None:
         m.handle(ev.Released(0.0), 0.0)
     assert note_names(m.handle(ev.Unknown("x"), 0.0)) == ["turn.ignored"]
     assert m.handle(ev.Timeout(ev.Timer.HOLD_CAP), 0.0) == [] and m.phase is Lamp.OFF
+
+
+def test_the_link_logs_what_it_ignores_under_its_own_name() -> None:
+    """A server event the link's phase has no row for (a second session.updated) is ``ws.ignored``, not a turn's."""
+    d = online()
+    out = d.feed(ev.SessionUpdated(None))
+    assert note(out, "ws.ignored").fields == {"input": "SessionUpdated", "phase": "ready"}

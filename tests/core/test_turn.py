@@ -18,6 +18,7 @@ import pytest
 from kioskd.core import events as ev
 from kioskd.core.pcm import ms_to_samples, samples_to_ms
 from kioskd.core.settings import Settings, TurnSettings
+from kioskd.core.turn import DONE_GRACE_S
 from kioskd.errors import AuthError, ConnectionLost
 from tests.core.drive import (
     LINK, SETTINGS, Driver, appended, arms, ask, delta, done, earcons, kinds, leds, mics, note, note_names, notes,
@@ -244,11 +245,42 @@ def test_drained_then_response_done_ends_turn() -> None:
     ask(d)
     speaking(d)
     d.feed(ev.AudioDone("resp_1", "item_1"))
-    assert d.feed(ev.PlaybackDrained(0), after_s=1.2) == []
+    assert d.feed(ev.PlaybackDrained(0), after_s=1.2) == [ev.Arm(ev.Timer.REPLY_WAIT, d.now + DONE_GRACE_S)]
     assert d.phase == "speaking"
-    out = d.feed(done("resp_1"))
+    out = d.feed(done("resp_1"), after_s=0.1)
     assert note(out, "turn.done").fields["outcome"] == "answered" and leds(out) == [ev.Led.IDLE]
+    assert ev.Disarm(ev.Timer.REPLY_WAIT) in out
     assert d.phase == "idle"
+
+
+def test_a_reply_heard_in_full_whose_response_never_ends_is_answered_after_a_grace() -> None:
+    """The reply played out but its response.done never comes (a server that forgets it): the turn does not sit in
+    SPEAKING until the reply cap; after DONE_GRACE_S it is answered and back to idle (the LED too), and its line
+    follows ``usage_wait_s`` later with the usage missing."""
+    d = online()
+    ask(d)
+    speaking(d)
+    d.feed(ev.AudioDone("resp_1", "item_1"))
+    d.feed(ev.PlaybackDrained(0), after_s=1.2)
+    out = d.feed(ev.Timeout(ev.Timer.REPLY_WAIT), after_s=DONE_GRACE_S)
+    assert d.phase == "idle" and leds(out) == [ev.Led.IDLE] and not notes(out, "turn.done")
+    assert ev.Disarm(ev.Timer.REPLY_CAP) in out and ev.Interrupt() not in out
+    assert arms(out) == {ev.Timer.USAGE_WAIT: d.now + SETTINGS.turn.usage_wait_s}
+    line = note(d.feed(ev.Timeout(ev.Timer.USAGE_WAIT), after_s=SETTINGS.turn.usage_wait_s), "turn.done")
+    assert line.fields["outcome"] == "answered" and line.fields["usage_missing"] == 1
+
+
+def test_more_reply_audio_after_a_drain_cancels_the_grace() -> None:
+    """A drain between two audio items of one response arms the grace; the next item's audio disarms it."""
+    d = online()
+    ask(d)
+    speaking(d)
+    d.feed(ev.AudioDone("resp_1", "item_1"))
+    d.feed(ev.PlaybackDrained(0), after_s=1.2)
+    out = d.feed(delta("resp_1", "item_2", 100), after_s=0.5)
+    assert out[0] == ev.Disarm(ev.Timer.REPLY_WAIT) and d.phase == "speaking"
+    assert d.feed(ev.Timeout(ev.Timer.REPLY_WAIT), after_s=DONE_GRACE_S) == []  # disarmed: dropped
+    assert d.phase == "speaking"
 
 
 def test_response_done_without_audio_done_sends_end_of_reply() -> None:
