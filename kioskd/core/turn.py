@@ -25,6 +25,7 @@ from typing import Any, Final
 from kioskd.core import events as ev
 from kioskd.core.ledger import Ledger
 from kioskd.core.pcm import Batch, Ring, ms_to_samples, samples_to_ms
+from kioskd.core.reply import Reply
 from kioskd.core.settings import TurnSettings
 from kioskd.core.table import ANY, Key, Machine, Row, row
 from kioskd.core.turnlog import TurnLog, TurnRecord
@@ -65,10 +66,7 @@ class TurnMachine(Machine[TurnPhase]):
         self._turn: TurnRecord | None = None
         self._log = TurnLog(self._ledger)
         self._turns = 0
-        self._received: dict[str, int] = {}  # samples received per reply item of the current turn
-        self._done_items: set[str] = set()  # items whose audio is complete
-        self._reply_ended = False  # EndOfReply sent: the speaker plays out the tail
-        self._drained = False  # …and has played it
+        self._reply = Reply()  # the last committed question's reply (a barge-in truncates it after the press)
         self._interrupting = False  # an Interrupt went out; its Played is due
         self._last_release_s: float | None = None
         self._last_earcon_s: dict[ev.Earcon, float] = {}
@@ -81,9 +79,6 @@ class TurnMachine(Machine[TurnPhase]):
         if isinstance(inp, ev.Pressed) and self._is_bounce(inp.at_s):
             return [ev.Note("turn.bounce", "debug")]
         return super().handle(inp, now)
-
-    def status(self) -> dict[str, Any]:
-        return {"phase": self.phase.value, "last_turn": self.last_turn}
 
     @property
     def last_turn(self) -> dict[str, Any] | None:
@@ -117,9 +112,6 @@ class TurnMachine(Machine[TurnPhase]):
 
     # ------------------------------------------------------------------------------------------ helpers
 
-    def _to(self, phase: TurnPhase) -> None:
-        self.phase = phase
-
     def _earcon(self, earcon: ev.Earcon, now: float) -> list[ev.Action]:
         """An earcon, unless they are off or the same one started less than EARCON_GAP_S ago (presses while
         offline must not queue a string of prompts that then play into the next question)."""
@@ -141,8 +133,8 @@ class TurnMachine(Machine[TurnPhase]):
         self._turns += 1
         self._turn = TurnRecord(self._turns, pressed_at_s=now, underruns_at_start=self._underruns_total)
         self._pending.take()
-        self._reply_ended = self._drained = False
-        self._to(TurnPhase.LISTENING)
+        self._reply.ended = self._reply.drained = False
+        self.phase = TurnPhase.LISTENING
         out: list[ev.Action] = []
         held = self._preroll.take()
         if not self._interrupting:  # after a barge-in the question starts once the truncate has gone
@@ -156,8 +148,8 @@ class TurnMachine(Machine[TurnPhase]):
 
     def _go_idle(self) -> list[ev.Action]:
         self._preroll.clear()
-        self._reply_ended = self._drained = False
-        self._to(TurnPhase.IDLE)
+        self._reply.ended = self._reply.drained = False
+        self.phase = TurnPhase.IDLE
         out = self.disarm(ev.Timer.HOLD_CAP, ev.Timer.REPLY_WAIT, ev.Timer.REPLY_CAP, ev.Timer.THINKING_CUE)
         if self._reopen_s is not None:
             out.append(ev.ReopenSpeaker(self._reopen_s))
@@ -170,7 +162,7 @@ class TurnMachine(Machine[TurnPhase]):
         turn, self._turn = self._turn, None
         if turn is None:
             return []
-        turn.reply_samples = sum(self._received.values())
+        turn.reply_samples = self._reply.samples
         return self._log.end(turn, outcome, now, cause) or self._usage_timer()
 
     def _settle(self, turn_id: int | None) -> list[ev.Action]:
@@ -261,10 +253,10 @@ class TurnMachine(Machine[TurnPhase]):
     def _commit(self, now: float) -> list[ev.Action]:
         assert self._turn is not None
         self._turn.released_at_s = now
-        self._received, self._done_items = {}, set()
+        self._reply = Reply()
         out: list[ev.Action] = [*self.disarm(ev.Timer.HOLD_CAP), *self._flush_appends(), ev.Commit(),
                                 *self._ledger.ask(self._turn.id)]
-        self._to(TurnPhase.WAITING)
+        self.phase = TurnPhase.WAITING
         return [*out, self.arm(ev.Timer.REPLY_WAIT, now + self.settings.reply_wait_s),
                 self.arm(ev.Timer.THINKING_CUE, now + self.settings.thinking_cue_s)]
 
@@ -284,26 +276,19 @@ class TurnMachine(Machine[TurnPhase]):
     def _on_delta(self, inp: ev.AudioDelta, now: float) -> list[ev.Action]:
         if self._turn is None or not self._ledger.is_current(inp.response_id, self._turn.id):
             return self.ignore(inp)
-        self._received[inp.item_id] = self._received.get(inp.item_id, 0) + inp.pcm.size
-        self._reply_ended = self._drained = False
+        self._reply.add(inp.item_id, inp.pcm.size)
         out = self.disarm(ev.Timer.REPLY_WAIT, ev.Timer.THINKING_CUE)  # in SPEAKING: more audio after a drain
         if self.phase is TurnPhase.WAITING:
             self._turn.first_delta_at_s = now
-            self._to(TurnPhase.SPEAKING)
+            self.phase = TurnPhase.SPEAKING
             out.append(self.arm(ev.Timer.REPLY_CAP, now + self.settings.reply_cap_s))
         return [*out, ev.Play(inp.pcm, inp.item_id)]
 
     def _on_audio_done(self, inp: ev.AudioDone, now: float) -> list[ev.Action]:
         if not self._ledger.is_current(inp.response_id, self._current_id()):
             return []
-        self._done_items.add(inp.item_id)
-        return self._end_of_reply()
-
-    def _end_of_reply(self) -> list[ev.Action]:
-        if self._reply_ended:
-            return []
-        self._reply_ended = True
-        return [ev.EndOfReply()]
+        self._reply.complete(inp.item_id)
+        return self._reply.end()
 
     def _response_done(self, inp: ev.ResponseDone) -> tuple[bool, list[ev.Action]]:
         """Book the response; True if it belonged to the current turn (and it has nothing else open)."""
@@ -327,9 +312,9 @@ class TurnMachine(Machine[TurnPhase]):
         last, out = self._response_done(inp)
         if not last:
             return out
-        if self._drained:
+        if self._reply.drained:
             return [*out, *self._answered(now)]
-        return [*out, *self._end_of_reply()]
+        return [*out, *self._reply.end()]
 
     def _on_response_done_elsewhere(self, inp: ev.ResponseDone, now: float) -> list[ev.Action]:
         return self._response_done(inp)[1]
@@ -341,9 +326,9 @@ class TurnMachine(Machine[TurnPhase]):
         self._underruns_total = inp.underruns_total
         assert self._turn is not None
         self._turn.playout = inp.playout or None
-        if not self._reply_ended:
+        if not self._reply.ended:
             return []  # an earcon ran out, not the reply
-        self._drained = True
+        self._reply.drained = True
         if self._ledger.open_for(self._turn.id):  # heard in full; its response.done is late
             return [self.arm(ev.Timer.REPLY_WAIT, now + DONE_GRACE_S)]
         return self._answered(now)
@@ -404,16 +389,9 @@ class TurnMachine(Machine[TurnPhase]):
         if not self._interrupting:
             return []
         self._interrupting = False
-        out: list[ev.Action] = []
         if not self.serving:
-            return out
-        if inp.item_id is not None and inp.item_id in self._received:
-            received_ms = samples_to_ms(self._received[inp.item_id])
-            end_ms = max(0, min(inp.played_ms, received_ms))
-            if end_ms < received_ms or inp.item_id not in self._done_items:
-                out.append(ev.Truncate(inp.item_id, end_ms))
-            out.append(ev.Note("turn.truncated", "info", {"item_id": inp.item_id, "played_ms": inp.played_ms,
-                                                           "received_ms": received_ms, "audio_end_ms": end_ms}))
+            return []
+        out = self._reply.cut(inp.item_id, inp.played_ms)
         if self.phase is TurnPhase.LISTENING:
             out.append(ev.StartQuestion())
             out += self._flush_appends()
