@@ -56,7 +56,13 @@ def _run(path: str | None) -> int:
                           "or OPENAI_API_KEY")
     from kioskd.daemon import Daemon
 
-    return asyncio.run(Daemon(cfg, api_key=api_key, config_path=path).run())
+    daemon = Daemon(cfg, api_key=api_key, config_path=path)
+    code = asyncio.run(daemon.run())
+    if daemon.restart:  # a missing audio device is back: a fresh process enumerates it (standby.py)
+        from kioskd.standby import reexec
+
+        reexec()
+    return code
 
 
 def _simulate(args: argparse.Namespace) -> int:

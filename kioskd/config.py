@@ -101,6 +101,9 @@ class AudioConfig:
     preroll_ms: int = 200
     """Audio from just before the press sent first, so a visitor who speaks as they press is not clipped."""
     earcons: bool = True
+    device_poll_s: float = 5.0
+    """While a device is missing, how often kioskd looks for it (a short child process each time); within one
+    outage the looks slow down, doubling up to a minute."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +276,7 @@ CHECKS: Final[Mapping[str, Callable[[Any], str | None]]] = {
     "audio.prebuffer_min_ms": _positive,
     "audio.prebuffer_max_ms": _positive,
     "audio.preroll_ms": _between(0, 1000),
+    "audio.device_poll_s": _positive,
     "button.pin": _between(0, 27),
     "led.pin": _between(0, 27),
     "control.socket": _socket_problem,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import signal
 import sys
@@ -19,6 +20,7 @@ from typing import Any, Final
 
 from kioskd import config as config_mod
 from kioskd import log as log_mod
+from kioskd import standby as standby_mod
 from kioskd.adapters import realtime_ws, systemd
 from kioskd.adapters.audio import AudioIO
 from kioskd.adapters.button import ButtonAdapter, mock_pin_factory
@@ -28,7 +30,7 @@ from kioskd.config import KioskConfig
 from kioskd.core import events as ev
 from kioskd.core.kiosk import Kiosk
 from kioskd.core.settings import Settings
-from kioskd.errors import ConfigError, KioskError
+from kioskd.errors import ConfigError, DeviceError, KioskError
 from kioskd.executor import Executor
 from kioskd.metrics import LogSink, StatusSink
 from kioskd.supervisor import AudioSupervisor
@@ -60,6 +62,8 @@ class Daemon:
         self.executor: Executor | None = None
         self.audio: AudioIO | None = None
         self.button: ButtonAdapter | None = None
+        self.standby: standby_mod.Standby | None = None
+        self.restart = False  # run() returned to be replaced by a fresh process (``standby.reexec``)
 
     async def run(self) -> int:
         # the speaker's callback runs every 5 ms with ~10 ms of headroom: when the loop thread is busy in Python,
@@ -70,9 +74,15 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         async with contextlib.AsyncExitStack() as stack:
-            if self._simulated:
-                self._url = await self._start_simulator(stack)
             post = self._post
+            simulated = self.cfg.button.kind == "simulated"
+            button = ButtonAdapter(
+                self.cfg.button.pin, self.cfg.led.pin, loop=loop, pwm=self.cfg.led.pwm, simulated=simulated,
+                pin_factory=mock_pin_factory() if simulated else None,
+                on_press=lambda at_s: post(ev.Pressed(at_s)), on_release=lambda at_s: post(ev.Released(at_s)),
+            )
+            stack.callback(button.close)
+            self.button = button
             audio = AudioIO(
                 input_device=self.cfg.audio.input_device, output_device=self.cfg.audio.output_device,
                 on_mic=lambda pcm: post(ev.MicBlock(pcm)), on_drained=self._on_drained,
@@ -82,17 +92,17 @@ class Daemon:
                 prebuffer_max_ms=self.cfg.audio.prebuffer_max_ms, preroll_ms=self.cfg.audio.preroll_ms,
                 log=log_mod.get_logger("kioskd.audio"),
             )
-            await audio.start()
+            try:
+                await audio.start()
+            except DeviceError as exc:
+                return await self._wait_for_devices(exc, stack)
             stack.push_async_callback(audio.close)
             self.audio = audio
-            simulated = self.cfg.button.kind == "simulated"
-            button = ButtonAdapter(
-                self.cfg.button.pin, self.cfg.led.pin, loop=loop, pwm=self.cfg.led.pwm, simulated=simulated,
-                pin_factory=mock_pin_factory() if simulated else None,
-                on_press=lambda at_s: post(ev.Pressed(at_s)), on_release=lambda at_s: post(ev.Released(at_s)),
-            )
-            stack.callback(button.close)
-            self.button = button
+            if standby_mod.attempt() > 0:  # back after an outage: a later one counts afresh
+                self._log.info("audio.device_back", attempts=standby_mod.attempt())
+                os.environ.pop(standby_mod.ATTEMPT_ENV, None)
+            if self._simulated:
+                self._url = await self._start_simulator(stack)
             service = systemd.ServiceStatus(on_ready=lambda phase: self._log.info("daemon.ready", phase=phase))
             kiosk = Kiosk(core_settings(self.cfg, self._url), rand=random.random)
             supervisor = AudioSupervisor(audio, post=post, lost=self._exit, set_led=button.set_led,
@@ -120,6 +130,21 @@ class Daemon:
             button.set_led(ev.Led.OFF)
             await asyncio.sleep(0.05)  # let the fade reach the device before the stream closes
         self._log.info("daemon.stopped", exit_code=self._exit_code)
+        return self._exit_code
+
+    async def _wait_for_devices(self, missing: DeviceError, stack: contextlib.AsyncExitStack) -> int:
+        """Standby (``standby.py``) until the devices are back: then ``restart`` asks ``cli`` for a fresh process."""
+        assert self.button is not None
+        queries = {"input": self.cfg.audio.input_device, "output": self.cfg.audio.output_device}
+        self.standby = standby_mod.Standby(missing, queries, poll_s=self.cfg.audio.device_poll_s,
+                                           set_led=self.button.set_led, log=log_mod.get_logger("kioskd.audio"))
+        control = ControlServer(config_mod.control_socket_path(self.cfg.control), self._control)
+        await control.start()
+        stack.push_async_callback(control.close)
+        self.restart = await self.standby.run(self._stop)
+        if not self.restart:
+            self.button.set_led(ev.Led.OFF)
+        self._log.info("daemon.stopped", exit_code=self._exit_code, restart=self.restart)
         return self._exit_code
 
     async def _serve(self, executor: Executor) -> None:
@@ -155,17 +180,22 @@ class Daemon:
         except ConfigError as exc:
             self._log.warning("config.reload_failed", **log_mod.error_fields(exc))
         else:
-            if api_key:
-                log_mod.add_secret(api_key)
-            self._api_key = api_key
-            restart = [s for s in RESTART_SECTIONS if getattr(new, s) != getattr(self.cfg, s)]
-            if new.realtime.url is not None:
-                self._url = new.realtime.url
-            self.cfg = new
-            self._log.info("config.reloaded", source=new.source, needs_restart=restart)
-            self._post(ev.Reloaded(core_settings(new, self._url)))
-        phase = self.executor.kiosk.phase.value if self.executor is not None else "starting"
-        systemd.notify("READY=1", f"STATUS={phase}")
+            if self.standby is not None:  # perhaps the device names were fixed: start afresh with the new file
+                self.standby.restart_now()
+            else:
+                self._apply(new, api_key)
+        systemd.notify("READY=1", f"STATUS={self._phase()}")
+
+    def _apply(self, new: KioskConfig, api_key: str | None) -> None:
+        if api_key:
+            log_mod.add_secret(api_key)
+        self._api_key = api_key
+        restart = [s for s in RESTART_SECTIONS if getattr(new, s) != getattr(self.cfg, s)]
+        if new.realtime.url is not None:
+            self._url = new.realtime.url
+        self.cfg = new
+        self._log.info("config.reloaded", source=new.source, needs_restart=restart)
+        self._post(ev.Reloaded(core_settings(new, self._url)))
 
     async def _start_simulator(self, stack: contextlib.AsyncExitStack) -> str:
         from kioskd.sim.realtime_server import RealtimeSimulator, SimOptions
@@ -195,9 +225,14 @@ class Daemon:
         raise KioskError(f"unknown command {cmd!r}")
 
     def _phase(self) -> str:
+        if self.standby is not None:
+            return "device_missing"
         return self.executor.kiosk.phase.value if self.executor is not None else "starting"
 
     def status(self) -> dict[str, Any]:
+        if self.standby is not None:
+            return {**self.standby.status(), "uptime_s": round(time.monotonic() - self._started_s, 1),
+                    "button": self.cfg.button.kind}
         out: dict[str, Any] = self.executor.kiosk.status() if self.executor is not None else {"phase": "starting"}
         out.update(self.status_sink.status())
         out["endpoint"] = realtime_ws.endpoint_of(self._url)

@@ -114,6 +114,10 @@ class AudioIO:
         inp = await asyncio.to_thread(self._chooser, self._queries["input"], "input")
         out = await asyncio.to_thread(self._chooser, self._queries["output"], "output")
         self._choices = {"input": inp, "output": out}
+        for direction, choice in self._choices.items():
+            if choice.others:  # e.g. a second identical USB adapter plugged in: the first is used, every time
+                self._log.warning("audio.device_ambiguous", direction=direction, query=self._queries[direction],
+                                  chosen=choice.name, others=list(choice.others))
         low_ms, high_ms = self._prebuffer_bounds_ms
         self._buffer = PlayoutBuffer(out.rate_hz, out.channels, prebuffer_ms=self._prebuffer_ms, min_ms=low_ms,
                                      max_ms=high_ms)

@@ -26,12 +26,14 @@ DTYPE: Final = "int16"
 
 @dataclass(frozen=True)
 class DeviceChoice:
-    """A device to open: its PortAudio index (valid for this process only), full name, rate and channels."""
+    """A device to open: its PortAudio index (valid for this process only), full name, rate and channels;
+    ``others``: further devices the name matched (the first in PortAudio's order was chosen)."""
 
     index: int
     name: str
     rate_hz: int
     channels: int
+    others: tuple[str, ...] = ()
 
 
 def _sd() -> Any:
@@ -62,16 +64,18 @@ def match_devices(query: str, names: Iterable[str]) -> list[str]:
     return [n for n in names if folded in n.casefold()]
 
 
-def find_device(query: str | None, kind: Kind) -> int:
-    """The PortAudio index of the ``kind`` device named by ``query`` (None or blank: the system default).
+def find_device(query: str | None, kind: Kind) -> tuple[int, tuple[str, ...]]:
+    """The PortAudio index of the ``kind`` device named by ``query`` (None or blank: the system default), and the
+    names of any further devices it matched: several matches (a second identical USB adapter plugged in) choose
+    the first in PortAudio's order, deterministically, rather than refuse.
 
-    Raises DeviceError when none or several match; the message lists the candidates.
+    Raises DeviceError when none matches; the message lists the devices present.
     """
     sd = _sd()
     label = query if query is not None else "default"
     if query is None or not query.strip():
         try:
-            return int(sd.query_devices(kind=kind)["index"])
+            return int(sd.query_devices(kind=kind)["index"]), ()
         except (ValueError, sd.PortAudioError) as exc:
             raise DeviceError("default", kind, f"no default {kind} device ({exc}); {_listing(kind)}") from None
     devices = _devices_of(kind)
@@ -79,10 +83,7 @@ def find_device(query: str | None, kind: Kind) -> int:
     chosen = [d for d in devices if d["name"] in names]
     if not chosen:
         raise DeviceError(label, kind, f"no {kind} device matches; {_listing(kind)}")
-    if len(chosen) > 1:
-        listed = ", ".join(repr(d["name"]) for d in chosen)
-        raise DeviceError(label, kind, f"{len(chosen)} {kind} devices match ({listed}); name one of them exactly")
-    return int(chosen[0]["index"])
+    return int(chosen[0]["index"]), tuple(str(d["name"]) for d in chosen[1:])
 
 
 def first_supported_rate(supported: Callable[[int], bool],
@@ -121,7 +122,7 @@ def probe_rate(device: int, kind: Kind, channels: int) -> int:
 def choose(query: str | None, kind: Kind) -> DeviceChoice:
     """Find the device and settle its rate and channel count: mono if it takes mono, else stereo (mixed down on
     input, duplicated on output). Blocking: call it via ``asyncio.to_thread``."""
-    index = find_device(query, kind)
+    index, others = find_device(query, kind)
     name = _name_of(index)
     max_channels = int(_sd().query_devices(index)[_channels_key(kind)])
     for channels in (1, 2):
@@ -129,7 +130,7 @@ def choose(query: str | None, kind: Kind) -> DeviceChoice:
             break
         rate_hz = first_supported_rate(_supports(index, kind, channels))
         if rate_hz is not None:
-            return DeviceChoice(index=index, name=name, rate_hz=rate_hz, channels=channels)
+            return DeviceChoice(index=index, name=name, rate_hz=rate_hz, channels=channels, others=others)
     tried = ", ".join(str(r) for r in CANDIDATE_RATES_HZ)
     raise DeviceError(name, kind, f"accepts none of {tried} Hz as int16 mono or stereo")
 
@@ -164,3 +165,27 @@ def list_devices() -> str:
                          f"{d[_channels_key(kind)]} ch, reports {d['default_samplerate']:.0f} Hz")
     lines.append("* = system default; the rate used is probed when the device is opened")
     return "\n".join(lines)
+
+
+def probe(queries: dict[Kind, str | None]) -> dict[str, str | None]:
+    """For each kind, None if ``choose`` would find the device now, else why not. Run it in a fresh process
+    (``python -m kioskd.adapters.devices probe JSON``): PortAudio's device list is frozen at import, so only a
+    new process sees a device plugged in since."""
+    out: dict[str, str | None] = {}
+    for kind, query in queries.items():
+        try:
+            choose(query, kind)
+        except DeviceError as exc:
+            out[kind] = exc.cause
+        else:
+            out[kind] = None
+    return out
+
+
+if __name__ == "__main__":  # the probe's child process: argv ``probe '{"input": ..., "output": ...}'``
+    import json
+    import sys
+
+    if sys.argv[1:2] != ["probe"] or len(sys.argv) != 3:
+        sys.exit("usage: python -m kioskd.adapters.devices probe JSON")
+    print(json.dumps(probe(json.loads(sys.argv[2]))))

@@ -66,6 +66,8 @@ class Lines:
     def info(self, event: str, **fields: Any) -> None:
         self.lines.append((event, fields))
 
+    warning = info
+
 
 async def started_recorder(device: str, rate_hz: int, channels: int = 1) -> Recorder:
     rec = Recorder(device, rate_hz, channels)
@@ -220,7 +222,7 @@ def test_44k_stereo_devices_play_and_hear_the_tone() -> None:
     and an input on the same sink's monitor mixes it down and delivers it at 24 kHz."""
     def choose_44k_stereo(query: str | None, kind: Kind) -> DeviceChoice:
         # an injected choice: the pulse PCMs would accept 48 kHz mono, and this test wants the other path
-        return DeviceChoice(find_device(query, kind), str(query), 44100, 2)
+        return DeviceChoice(find_device(query, kind)[0], str(query), 44100, 2)
 
     async def main() -> None:
         rec = await started_recorder("kiosk_speaker44_monitor", 44100, channels=2)
@@ -366,6 +368,24 @@ def test_unknown_device_fails_start_with_a_device_error() -> None:
             raise AssertionError("start() accepted an unknown device")
         finally:
             await audio.close()
+
+    run(main())
+
+
+def test_a_name_matching_two_devices_opens_the_first_and_says_so() -> None:
+    """A second identical adapter plugged in makes the configured name match twice: the first device in
+    PortAudio's order is opened (not a refusal), and one audio.device_ambiguous warning names both."""
+    async def main() -> None:
+        audio, _, _, lines = new_audio(output_device="speaker44")
+        try:
+            await audio.start()
+        finally:
+            await audio.close()
+        [(_, fields)] = [line for line in lines.lines if line[0] == "audio.device_ambiguous"]
+        assert fields["direction"] == "output" and fields["query"] == "speaker44"
+        assert fields["chosen"] == "kiosk_speaker44" and fields["others"] == ["kiosk_speaker44_monitor"]
+        opened = [f for e, f in lines.lines if e == "audio.device_opened" and f["direction"] == "output"]
+        assert [f["name"] for f in opened] == ["kiosk_speaker44"]
 
     run(main())
 

@@ -122,6 +122,9 @@ def test_unit_has_the_service_contract() -> None:
     assert keys["NotifyAccess"] == ["main"]
     assert keys["ExecStart"] == ["/opt/kioskd/venv/bin/kioskd run --config /etc/kioskd/kioskd.yaml"]
     assert keys["RestartPreventExitStatus"] == ["78"]
+    assert keys["Restart"] == ["on-failure"]
+    # never `failed` for good: no start limit (kioskd paces itself, and waits for a missing device in-process)
+    assert keys["StartLimitIntervalSec"] == ["0"] and "StartLimitBurst" not in keys
     assert keys["LoadCredential"] == ["openai_api_key:/etc/credstore/kioskd.openai_api_key"]
     assert "LG_WD=%t/kioskd" in keys["Environment"][0].split()
 
