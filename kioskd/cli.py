@@ -44,16 +44,22 @@ def _load(path: str | None) -> config_mod.KioskConfig:
     return config_mod.load(path)
 
 
-def _run(path: str | None) -> int:
+def _checked(path: str | None) -> tuple[config_mod.KioskConfig, str | None, list[str]]:
+    """The config, its key and the warnings to log, checked exactly as ``run`` needs them (``check-config``
+    runs the same checks). Raises ConfigError."""
     cfg = _load(path)
-    log_mod.configure(cfg.log.level, cfg.log.format)
     api_key = config_mod.read_api_key(cfg.realtime)
     if api_key:
         log_mod.add_secret(api_key)
-    if cfg.realtime.url and cfg.realtime.url.startswith("wss://") and not api_key:
-        raise ConfigError(cfg.source, None, "realtime.api_key_file",
-                          "no API key: set realtime.api_key_file, systemd LoadCredential=openai_api_key, "
-                          "or OPENAI_API_KEY")
+    warnings = config_mod.check_credentials(cfg, cfg.realtime.url or "", api_key)
+    return cfg, api_key, warnings
+
+
+def _run(path: str | None) -> int:
+    cfg, api_key, warnings = _checked(path)
+    log_mod.configure(cfg.log.level, cfg.log.format)
+    for warning in warnings:
+        log_mod.get_logger("kioskd").warning("config.plaintext_key", cause=warning)
     from kioskd.daemon import Daemon
 
     daemon = Daemon(cfg, api_key=api_key, config_path=path)
@@ -86,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return _run(args.config)
         if args.command == "check-config":
-            cfg = _load(args.config)
+            cfg, _, warnings = _checked(args.config)
+            for warning in warnings:
+                print(f"kioskd: warning: {warning}", file=sys.stderr)
             print(json.dumps(config_mod.describe(cfg), indent=2))
             return 0
         if args.command == "devices":

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import math
 import os
+import stat
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +42,12 @@ API_KEY_ENV: Final = "OPENAI_API_KEY"
 AZURE_HOST_SUFFIX: Final = ".openai.azure.com"
 #: sun_path is 108 bytes on Linux, one of them the terminating NUL
 MAX_SOCKET_PATH_BYTES: Final = 107
+#: the config file is read whole (off the event loop on reload); ten times the commented default is plenty
+CONFIG_MAX_BYTES: Final = 256 * 1024
+#: a key is ~200 characters; the file holds only the key
+KEY_FILE_MAX_BYTES: Final = 4096
+#: instructions go to the model with every session: more than this crowds the 32,768-token context
+INSTRUCTIONS_MAX_CHARS: Final = 32_000
 
 
 _LINK: Final = LinkSettings()
@@ -74,6 +82,9 @@ class RealtimeConfig:
     """A session that dies this soon after it was ready, before serving any response, is a quick failure ..."""
     quick_failures_fatal: int = _LINK.quick_failures_fatal
     """... and this many in a row mean the endpoint or config is broken, not the network (FAULT)."""
+    allow_plaintext: bool = False
+    """Let the key go over ws:// to a host other than loopback (a test link between network namespaces). Never
+    on a museum floor: the key would cross the network unencrypted. Logged as a warning when used."""
     keepalive_s: float = 20.0
     """A ping this often; a link that answers none within the same time is lost (a silent dead peer: Wi-Fi gone
     without a TCP reset), so the worst case to notice is twice this."""
@@ -173,6 +184,8 @@ class KioskConfig:
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     source: str = DEFAULT_SOURCE
     """Where this config came from: the file path, or DEFAULT_SOURCE."""
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False)
+    """The line of each key set in the file (``"realtime.url"``: 3), for errors found after parsing."""
 
 
 # ---------------------------------------------------------------------------------------------------- schema
@@ -205,7 +218,7 @@ def _spec_of(hint: Any) -> _Spec:
 
 
 SECTIONS: Final[dict[str, type]] = {
-    name: hint for name, hint in get_type_hints(KioskConfig).items() if name != "source"
+    name: hint for name, hint in get_type_hints(KioskConfig).items() if name not in ("source", "lines")
 }
 SCHEMA: Final[dict[str, dict[str, _Spec]]] = {
     name: {key: _spec_of(hint) for key, hint in get_type_hints(cls).items()} for name, cls in SECTIONS.items()
@@ -240,6 +253,13 @@ def _url_problem(url: str) -> str | None:
     return None
 
 
+def _instructions_problem(text: str) -> str | None:
+    if len(text) > INSTRUCTIONS_MAX_CHARS:
+        return (f"is {len(text):,} characters; the limit is {INSTRUCTIONS_MAX_CHARS:,} (they are sent with every "
+                "session and would crowd out the conversation)")
+    return None
+
+
 def _socket_problem(path: str) -> str | None:
     if not path.strip():
         return "must not be empty"
@@ -261,6 +281,7 @@ CHECKS: Final[Mapping[str, Callable[[Any], str | None]]] = {
     "realtime.url": _url_problem,
     "realtime.api_key_file": _key_file_problem,
     "realtime.voice": _non_empty,
+    "realtime.instructions": _instructions_problem,
     "realtime.connect_timeout_s": _positive,
     "realtime.keepalive_s": _positive,
     "realtime.recycle_margin_s": _non_negative,
@@ -304,23 +325,57 @@ def load(path: str | os.PathLike[str] | None) -> KioskConfig:
     if path is None:
         return KioskConfig()
     name = os.fspath(path)
-    text, _ = _read_text(name, None, "")
+    text, _ = _read_text(name, None, "", CONFIG_MAX_BYTES)
     return parse(text, name)
 
 
-def _read_text(path: str, key: str | None, what: str) -> tuple[str, int]:
-    """A UTF-8 file's text and mode bits; every failure a ConfigError naming ``path`` (and ``key``).
-    ``what`` names the file in messages ("key file"), or is empty for the config file itself."""
+def _read_text(path: str, key: str | None, what: str, limit_bytes: int) -> tuple[str, int]:
+    """A small regular UTF-8 file's text and mode bits; every failure a ConfigError naming ``path`` (and
+    ``key``). The descriptor is checked before anything is read: a link to ``/dev/zero`` or a FIFO is refused at
+    once (opened non-blocking, so a FIFO never hangs start-up), and at most ``limit_bytes`` are read. ``what``
+    names the file in messages ("key file"), or is empty for the config file itself."""
     subject = f"{what} " if what else ""
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read(), os.fstat(f.fileno()).st_mode
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ConfigError(path, None, key, f"{what} not found" if what else "no such file") from None
+    except OSError as exc:
+        raise ConfigError(path, None, key, f"cannot read {subject}".rstrip() + f": {_reason(exc)}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(path, None, key, f"{subject}is not a regular file but {_file_kind(info.st_mode)}",
+                              "name a plain file")
+        if info.st_size > limit_bytes:
+            raise ConfigError(path, None, key, f"{subject}is {info.st_size:,} bytes; the limit is {limit_bytes:,}")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit_bytes:
+            chunk = os.read(fd, limit_bytes + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise ConfigError(path, None, key, f"cannot read {subject}".rstrip() + f": {_reason(exc)}") from None
+    finally:
+        os.close(fd)
+    if size > limit_bytes:  # it grew while being read
+        raise ConfigError(path, None, key, f"{subject}is over the limit of {limit_bytes:,} bytes")
+    try:
+        return b"".join(chunks).decode("utf-8"), info.st_mode
     except UnicodeDecodeError:
         raise ConfigError(path, None, key, f"{subject}is not UTF-8 text" if what else "not UTF-8 text") from None
-    except OSError as exc:
-        raise ConfigError(path, None, key, f"cannot read {subject}".rstrip() + f": {(exc.strerror or str(exc)).lower()}") from None
+
+
+def _reason(exc: OSError) -> str:
+    return (exc.strerror or str(exc)).lower()
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "not a plain file")
 
 
 def parse(text: str, filename: str) -> KioskConfig:
@@ -345,9 +400,12 @@ def parse(text: str, filename: str) -> KioskConfig:
     for key_node, value_node in _pairs(root, filename, None):
         name = key_node.value
         if name not in SECTIONS:
-            raise ConfigError(filename, _line(key_node), name, "unknown section", _suggest(name, list(SECTIONS)))
+            raise ConfigError(filename, _line(key_node), _name_shown(name), "unknown section",
+                              _suggest(name, list(SECTIONS)))
         sections[name] = _section(name, value_node, filename)
-    cfg = KioskConfig(source=filename, **sections)
+    lines = {f"{s_node.value}.{k_node.value}": _line(v_node) for s_node, s_value in root.value
+             if isinstance(s_value, yaml.MappingNode) for k_node, v_node in s_value.value}
+    cfg = KioskConfig(source=filename, lines=lines, **sections)
     _cross_check(cfg, root, filename)
     return cfg
 
@@ -366,7 +424,7 @@ def _section(name: str, node: yaml.Node, filename: str) -> Any:
             hint = _suggest(key, list(specs), prefix=f"{name}.")
             if key.lower().replace("-", "_") == "api_key":
                 hint = "the YAML names a key file, never a key: use realtime.api_key_file"
-            raise ConfigError(filename, _line(key_node), dotted, "unknown key", hint)
+            raise ConfigError(filename, _line(key_node), f"{name}.{_name_shown(key)}", "unknown key", hint)
         values[key] = _value(dotted, specs[key], value_node, filename)
     return cls(**values)
 
@@ -403,7 +461,7 @@ def _coerce(dotted: str, spec: _Spec, value: Any, filename: str, line: int) -> A
     if not fits:
         # never echo what sits where a key file name belongs: it may be the key itself
         secret = dotted == "realtime.api_key_file"
-        shown = f"a {type(value).__name__}" if secret else repr(value)
+        shown = f"a {type(value).__name__}" if secret else _shown(value)
         hint = None
         if kind is str and isinstance(value, (int, float)) and not secret:
             hint = f'quote it: "{value}"'
@@ -415,7 +473,7 @@ def _coerce(dotted: str, spec: _Spec, value: Any, filename: str, line: int) -> A
     if spec.choices and value not in spec.choices:
         close = difflib.get_close_matches(value.lower(), spec.choices, n=1)
         hint = f"did you mean {close[0]}?" if close else None
-        raise ConfigError(filename, line, dotted, f"{value!r} is not one of {', '.join(spec.choices)}", hint)
+        raise ConfigError(filename, line, dotted, f"{_shown(value)} is not one of {', '.join(spec.choices)}", hint)
     return value
 
 
@@ -456,7 +514,8 @@ def _pairs(node: yaml.MappingNode, filename: str, section: str | None) -> list[t
         if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != "tag:yaml.org,2002:str":
             what = "a section name" if section is None else f"a {section} key name"
             raise ConfigError(filename, _line(key_node), section, f"expected {what}, got {_kind(key_node)}")
-        dotted = key_node.value if section is None else f"{section}.{key_node.value}"
+        shown = _name_shown(key_node.value)
+        dotted = shown if section is None else f"{section}.{shown}"
         if key_node.value in seen:
             raise ConfigError(filename, _line(key_node), dotted, "duplicate key")
         seen.add(key_node.value)
@@ -486,7 +545,28 @@ def _kind(node: yaml.Node) -> str:
         return "a list"
     if isinstance(node, yaml.MappingNode):
         return "a mapping"
-    return repr(node.value)
+    return _shown(node.value)
+
+
+#: longer text in a config error is described, not quoted: a key pasted in the wrong place must never be echoed
+SHOWN_MAX_CHARS: Final = 24
+
+
+def _name_shown(name: str) -> str:
+    """A mapping key for an error message: a key-like one (a key pasted as a line of its own) is not echoed."""
+    if len(name) > 2 * SHOWN_MAX_CHARS or name.lower().startswith(("sk-", "sk_")):
+        return "(a key-like name, not shown)"
+    return name
+
+
+def _shown(value: Any) -> str:
+    """``value`` for an error message. Any text could be a misplaced key (``realtime: sk-proj-…``), so text is
+    quoted only when short and not key-like; otherwise only its length is said."""
+    if not isinstance(value, str):
+        return repr(value)
+    if len(value) > SHOWN_MAX_CHARS or value.lower().startswith(("sk-", "sk_")):
+        return f"a {len(value)}-character text (not shown: it could be a key)"
+    return repr(value)
 
 
 def _suggest(name: str, valid: list[str], prefix: str = "") -> str:
@@ -567,7 +647,7 @@ def read_api_key(cfg: RealtimeConfig, environ: Mapping[str, str] = os.environ) -
 
 
 def _read_key_file(path: str, key: str | None, *, refuse_world_readable: bool) -> str:
-    text, mode = _read_text(path, key, "key file")
+    text, mode = _read_text(path, key, "key file", KEY_FILE_MAX_BYTES)
     if refuse_world_readable and mode & 0o004:
         raise ConfigError(path, None, key, "key file is readable by other users", f"run: chmod 600 {path}")
     value = text.strip()
@@ -582,6 +662,37 @@ def _check_key(value: str, where: str, key: str | None) -> None:
     if any(c.isspace() or not c.isprintable() for c in value):
         raise ConfigError(where, None, key, "the key contains whitespace or control characters",
                           "the file must hold only the key, on one line")
+
+
+#: schemes that carry a key unencrypted (http:// for the HTTP endpoints to come)
+PLAINTEXT_SCHEMES: Final = frozenset({"ws", "http"})
+
+
+def check_credentials(cfg: KioskConfig, url: str, api_key: str | None) -> list[str]:
+    """What ``run`` (and ``check-config``, and a reload) requires of the key and the endpoint it goes to: a
+    wss:// endpoint needs a key, and a key never goes unencrypted to another machine unless
+    ``realtime.allow_plaintext`` says so. Raises ConfigError naming file, line and key; returns warnings to log
+    (a key allowed over plaintext)."""
+    parts = urlsplit(url)
+    where = (cfg.source, cfg.lines.get("realtime.url"), "realtime.url")
+    if parts.scheme == "wss" and not api_key:
+        raise ConfigError(*where, "no API key for this endpoint",
+                          "set realtime.api_key_file, systemd LoadCredential=openai_api_key, or OPENAI_API_KEY")
+    if not api_key or parts.scheme not in PLAINTEXT_SCHEMES or _is_loopback(parts.hostname or ""):
+        return []
+    if not cfg.realtime.allow_plaintext:
+        raise ConfigError(*where, f"{parts.scheme}:// would send the API key unencrypted to {parts.hostname}",
+                          f"use {parts.scheme}s://, or set realtime.allow_plaintext: true for a test link")
+    return [f"the API key goes unencrypted ({parts.scheme}://) to {parts.hostname}: realtime.allow_plaintext"]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def api_key_source(cfg: RealtimeConfig, environ: Mapping[str, str] = os.environ) -> str | None:

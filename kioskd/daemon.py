@@ -58,6 +58,7 @@ class Daemon:
         self._log = log_mod.get_logger("kioskd")
         self._started_s = time.monotonic()
         self._stop = asyncio.Event()
+        self._reload_due = asyncio.Event()  # SIGHUP; the reloader task takes it
         self.status_sink = StatusSink()
         self.executor: Executor | None = None
         self.audio: AudioIO | None = None
@@ -72,7 +73,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_due.set)
         async with contextlib.AsyncExitStack() as stack:
             post = self._post
             simulated = self.cfg.button.kind == "simulated"
@@ -120,7 +121,8 @@ class Daemon:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(self._serve(executor), name="executor"),
                          group.create_task(supervisor.health(), name="audio-health"),
-                         group.create_task(supervisor.watchdog(), name="watchdog")]
+                         group.create_task(supervisor.watchdog(), name="watchdog"),
+                         group.create_task(self._reloader(), name="reloader")]
                 await self._stop.wait()
                 for task in tasks:
                     task.cancel()
@@ -141,7 +143,10 @@ class Daemon:
         control = ControlServer(config_mod.control_socket_path(self.cfg.control), self._control)
         await control.start()
         stack.push_async_callback(control.close)
-        self.restart = await self.standby.run(self._stop)
+        async with asyncio.TaskGroup() as group:
+            reloader = group.create_task(self._reloader(), name="reloader")
+            self.restart = await self.standby.run(self._stop)
+            reloader.cancel()
         if not self.restart:
             self.button.set_led(ev.Led.OFF)
         self._log.info("daemon.stopped", exit_code=self._exit_code, restart=self.restart)
@@ -171,20 +176,35 @@ class Daemon:
         playout: dict[str, Any] = {k: stats[k] for k in keys if k in stats}
         self._post(ev.PlaybackDrained(underruns_total=int(stats.get("underruns", 0)), playout=playout))
 
-    def _reload(self) -> None:
-        """SIGHUP (systemctl reload): validate the file first; on any error keep the running config."""
+    async def _reloader(self) -> None:
+        """SIGHUP (systemctl reload), one at a time: signals that arrive meanwhile make one more reload."""
+        while True:
+            await self._reload_due.wait()
+            self._reload_due.clear()
+            await self._reload()
+
+    async def _reload(self) -> None:
+        """Validate the file first, off the event loop (a reply keeps playing); on any error keep the running
+        config. In standby a good file starts afresh (it may name the missing device differently)."""
         systemd.notify("RELOADING=1", f"MONOTONIC_USEC={systemd.monotonic_usec()}")
         try:
-            new = config_mod.load(self._config_path)
-            api_key = config_mod.read_api_key(new.realtime)  # a rotated credential needs no restart
+            new, api_key, warnings = await asyncio.to_thread(self._read_config)
         except ConfigError as exc:
             self._log.warning("config.reload_failed", **log_mod.error_fields(exc))
         else:
-            if self.standby is not None:  # perhaps the device names were fixed: start afresh with the new file
+            if self.standby is not None:
                 self.standby.restart_now()
             else:
+                for warning in warnings:
+                    self._log.warning("config.plaintext_key", cause=warning)
                 self._apply(new, api_key)
         systemd.notify("READY=1", f"STATUS={self._phase()}")
+
+    def _read_config(self) -> tuple[KioskConfig, str | None, list[str]]:
+        """The config file, its key and warnings, checked as at start. Blocking: run it in a thread."""
+        new = config_mod.load(self._config_path)
+        api_key = config_mod.read_api_key(new.realtime)  # a rotated credential needs no restart
+        return new, api_key, config_mod.check_credentials(new, new.realtime.url or self._url, api_key)
 
     def _apply(self, new: KioskConfig, api_key: str | None) -> None:
         if api_key:

@@ -41,6 +41,35 @@ def test_a_missing_key_for_a_cloud_endpoint_is_a_config_error(tmp_path: Path) ->
     assert "realtime.api_key_file" in done.stderr and "OPENAI_API_KEY" in done.stderr
 
 
+def test_a_key_file_that_is_no_regular_file_exits_78_at_once(tmp_path: Path) -> None:
+    """A key file that is a FIFO or a link to /dev/zero: `run` and `check-config` (which checks the key exactly
+    as `run` does) exit 78 (EX_CONFIG, no restart loop) without reading it or hanging."""
+    import os
+
+    fifo, zero = tmp_path / "fifo", tmp_path / "zero"
+    os.mkfifo(fifo, 0o600)
+    zero.symlink_to("/dev/zero")
+    for key_file in (fifo, zero):
+        cfg = tmp_path / "kioskd.yaml"
+        cfg.write_text(f"realtime:\n  url: wss://api.openai.com/v1/realtime\n  api_key_file: {key_file}\n")
+        for args in (("run", "--config", str(cfg)), ("check-config", str(cfg))):
+            done = kioskd(*args)
+            assert done.returncode == EX_CONFIG, done.stderr
+            assert f"{key_file}: realtime.api_key_file: key file is not a regular file" in done.stderr
+
+
+def test_check_config_refuses_a_key_sent_in_plaintext(tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_text("test-key-1234567890")
+    key.chmod(0o600)
+    cfg = tmp_path / "kioskd.yaml"
+    cfg.write_text(f"realtime:\n  url: ws://203.0.113.7/v1/realtime\n  api_key_file: {key}\n")
+    done = kioskd("check-config", str(cfg))
+    assert done.returncode == EX_CONFIG
+    assert f"{cfg}:2: realtime.url: ws:// would send the API key unencrypted to 203.0.113.7" in done.stderr
+    assert "test-key-1234567890" not in done.stderr + done.stdout
+
+
 def test_devices_lists_audio_devices_by_name() -> None:
     """`kioskd devices` names the null-sink PCMs scripts/audio-env defines."""
     done = kioskd("devices")

@@ -267,7 +267,95 @@ def test_api_key_file_unreadable_is_refused(tmp_path: Path) -> None:
     path.mkdir()
     with pytest.raises(ConfigError) as info:
         config.read_api_key(realtime_with_key_file(path), environ={})
-    assert info.value.key == "realtime.api_key_file" and "cannot read key file: is a directory" in str(info.value)
+    assert info.value.key == "realtime.api_key_file" and "key file is not a regular file but a directory" in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["dev-zero link", "fifo", "big file"])
+def test_a_key_file_that_is_no_small_regular_file_is_refused_before_it_is_read(tmp_path: Path, kind: str) -> None:
+    """The descriptor is checked first: a link to /dev/zero (was: 1.3 GB read, then exit 1) and a FIFO with no
+    writer (was: start-up hung) are refused at once, as is a file larger than a key could be."""
+    path = tmp_path / "key"
+    if kind == "dev-zero link":
+        path.symlink_to("/dev/zero")
+        expected = "is not a regular file but a character device"
+    elif kind == "fifo":
+        os.mkfifo(path, 0o600)
+        expected = "is not a regular file but a FIFO"
+    else:
+        path.write_text(KEY + "x" * config.KEY_FILE_MAX_BYTES)
+        path.chmod(0o600)
+        expected = f"the limit is {config.KEY_FILE_MAX_BYTES:,}"
+    with pytest.raises(ConfigError) as info:
+        config.read_api_key(realtime_with_key_file(path), environ={})
+    assert info.value.key == "realtime.api_key_file" and expected in str(info.value), str(info.value)
+    assert KEY not in str(info.value)
+
+
+def test_a_config_file_over_the_size_limit_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "kioskd.yaml"
+    path.write_text("# padding\n" * (config.CONFIG_MAX_BYTES // 10 + 1))
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    assert str(path) in str(info.value) and f"the limit is {config.CONFIG_MAX_BYTES:,}" in str(info.value)
+
+
+def test_instructions_are_capped() -> None:
+    err = error_of('realtime:\n  instructions: "' + "a" * (config.INSTRUCTIONS_MAX_CHARS + 1) + '"\n')
+    assert (err.line, err.key) == (2, "realtime.instructions") and "the limit is 32,000" in str(err)
+    assert config.parse('realtime:\n  instructions: "' + "a" * config.INSTRUCTIONS_MAX_CHARS + '"\n', "k.yaml")
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    (f"realtime: {KEY}\n", "realtime"),  # the key pasted as the section's value
+    (f"turn:\n  reply_wait_s: {KEY}\n", "turn.reply_wait_s"),  # where a number belongs
+    (f"log:\n  level: {KEY}\n", "log.level"),  # where a choice belongs
+    (f"{KEY}: 1\n", "(a key-like name, not shown)"),  # as a section name
+    (f"audio:\n  {KEY}: 1\n", "audio.(a key-like name, not shown)"),  # as a key name
+    ("turn:\n  reply_wait_s: 0123456789abcdef0123456789abcdef\n", "turn.reply_wait_s"),  # an Azure-style key
+])
+def test_a_misplaced_key_is_never_echoed(text: str, key: str) -> None:
+    """Wherever a key lands in the YAML, the error names file, line and key but never quotes it."""
+    err = error_of(text)
+    assert err.key == key and err.line is not None
+    assert KEY not in str(err) and KEY[3:15] not in str(err) and "0123456789abcdef0123" not in str(err)
+
+
+def test_short_values_are_still_quoted_to_help() -> None:
+    assert "'loud'" in str(error_of("log:\n  level: loud\n"))
+
+
+# ---------------------------------------------------------------------------------------------------- plaintext
+
+
+def cfg_of(text: str) -> config.KioskConfig:
+    return config.parse(text, "kioskd.yaml")
+
+
+def test_a_key_never_goes_unencrypted_to_another_machine() -> None:
+    """ws:// to a remote host with a key is refused (file, line, key); loopback is fine; wss:// is fine."""
+    remote = cfg_of("realtime:\n  voice: cedar\n  url: ws://api.openai.com/v1/realtime\n")
+    with pytest.raises(ConfigError) as info:
+        config.check_credentials(remote, remote.realtime.url or "", KEY)
+    err = info.value
+    assert (err.file, err.line, err.key) == ("kioskd.yaml", 3, "realtime.url")
+    assert "unencrypted to api.openai.com" in str(err) and KEY not in str(err)
+    assert config.check_credentials(remote, remote.realtime.url or "", None) == []  # no key, nothing to leak
+    for url in ("ws://127.0.0.1:9000/v1/realtime", "ws://localhost/x", "ws://[::1]:80/x", "wss://api.openai.com/x"):
+        assert config.check_credentials(cfg_of(f"realtime:\n  url: {url}\n"), url, KEY) == []
+
+
+def test_plaintext_to_another_machine_only_when_the_config_says_so_and_then_warned() -> None:
+    url = "ws://10.0.0.2:8000/v1/realtime"
+    allowed = cfg_of(f"realtime:\n  url: {url}\n  allow_plaintext: true\n")
+    [warning] = config.check_credentials(allowed, url, KEY)
+    assert "unencrypted" in warning and "10.0.0.2" in warning and KEY not in warning
+
+
+def test_a_cloud_endpoint_without_a_key_is_refused_with_its_line() -> None:
+    cfg = cfg_of("realtime:\n  url: wss://api.openai.com/v1/realtime?model=gpt-realtime\n")
+    with pytest.raises(ConfigError) as info:
+        config.check_credentials(cfg, cfg.realtime.url or "", None)
+    assert (info.value.line, info.value.key) == (2, "realtime.url") and "OPENAI_API_KEY" in str(info.value)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")

@@ -292,8 +292,9 @@ def test_losing_the_sound_server_is_said_once_and_exits_for_a_restart(tmp_path: 
 
 
 def test_reload_keeps_the_old_config_on_error_and_applies_a_good_one(tmp_path: Path) -> None:
-    """systemctl reload (SIGHUP): a broken file is refused with file, line and key and kioskd keeps serving;
-    a good one is applied."""
+    """systemctl reload (SIGHUP): a broken file is refused with file, line and key, an oversize one by its size,
+    and kioskd keeps serving; a good one is applied (read and parsed off the event loop:
+    benchmarks/reload_stall.py)."""
     import signal
 
     thread = SimThread(SimOptions(voice="tone", reply_ms=500))
@@ -309,6 +310,11 @@ def test_reload_keeps_the_old_config_on_error_and_applies_a_good_one(tmp_path: P
         wait_for(lambda: bool(kiosk.events("config.reload_failed")), "the refused reload", 10 * UNIT_S)
         failed = kiosk.events("config.reload_failed")[0]
         assert "kioskd.yaml:" in failed["error"] and "turn.reply_wait_s" in failed["error"]
+        assert kiosk.phase() == "idle"
+        config.write_text(good + "# " + "x" * 300_000 + "\n")  # over the size limit: refused unread
+        kiosk.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: len(kiosk.events("config.reload_failed")) == 2, "the refused big file", 10 * UNIT_S)
+        assert "the limit is 262,144" in kiosk.events("config.reload_failed")[1]["error"]
         assert kiosk.phase() == "idle"
         config.write_text(good + "turn:\n  reply_wait_s: 12\n")
         kiosk.proc.send_signal(signal.SIGHUP)

@@ -175,3 +175,42 @@ def test_a_silent_dead_peer_is_noticed_by_keepalive_and_recovered(tmp_path: Path
         served(kiosk, question)
         assert thread.sim.connections == 2
     assert kiosk.stop() == 0, kiosk.tail()
+
+
+def test_a_jammed_button_shows_the_error_led_until_it_is_freed(tmp_path: Path) -> None:
+    """The button held past the hold cap (a jammed switch): the question is committed and answered, but the LED
+    shows error, not idle, for as long as it stays down: one button.stuck, `kioskctl status` says so; freed, one
+    button.unstuck and the idle LED."""
+    with running(tmp_path, SHORT_REPLIES, audio="turn:\n  hold_cap_s: 1\n") as (_, kiosk, _question):
+        kiosk.ctl("press")
+        wait_for(lambda: bool(kiosk.events("button.stuck")), "button.stuck", 10 * UNIT_S)
+        wait_for(lambda: kiosk.phase() == "idle" and bool(kiosk.events("turn.done")), "the reply", 20 * UNIT_S)
+        status = kiosk.ctl("status")
+        assert status["led"] == "error" and status["button_stuck"] is True
+        kiosk.ctl("release")
+        wait_for(lambda: bool(kiosk.events("button.unstuck")), "button.unstuck", 10 * UNIT_S)
+        wait_for(lambda: kiosk.ctl("status")["led"] == "idle", "the idle LED", 10 * UNIT_S)
+        assert len(kiosk.events("button.stuck")) == 1 and kiosk.ctl("status")["button_stuck"] is False
+
+
+def test_a_press_flood_sends_the_service_no_spam(world: World) -> None:
+    """200 press/release pairs as fast as the control socket takes them: at most PRESS_BURST of them reach the
+    service (one input_audio_buffer.clear per press and per too-short release), one turn.press_flood warning,
+    and the kiosk serves the next visitor once the window has passed."""
+    from kioskd.core.turn import PRESS_BURST, PRESS_WINDOW_S
+
+    thread, kiosk, question = world
+    clears_before = sum(e.get("type") == "input_audio_buffer.clear" for e in thread.sim.client_events)
+    for _ in range(200):
+        kiosk.ctl("press")
+        kiosk.ctl("release")
+    wait_for(lambda: bool(kiosk.events("turn.press_flood")), "turn.press_flood", 10 * UNIT_S)
+    clears = sum(e.get("type") == "input_audio_buffer.clear" for e in thread.sim.client_events) - clears_before
+    assert clears <= 2 * PRESS_BURST
+    assert len(kiosk.events("turn.press_flood")) == 1
+    assert len(kiosk.events("turn.done")) <= PRESS_BURST
+    import time
+
+    time.sleep(PRESS_WINDOW_S)
+    served(kiosk, question)
+    assert kiosk.events("turn.press_flood_over")

@@ -66,6 +66,7 @@ class Kiosk:
         self.turn = TurnMachine(settings.turn)
         self._told: tuple[bool, str] = (False, "connecting")  # what the turn last heard (its initial belief)
         self._published: Phase | None = None
+        self._stuck_shown = False
         self._serving = False
         self._bugs: list[float] = []
 
@@ -120,7 +121,7 @@ class Kiosk:
     def status(self) -> dict[str, Any]:
         """A snapshot for ``kioskctl status`` (plain data)."""
         return {"phase": self.phase.value, "link": self.link.phase.value, "turn": self.turn.phase.value,
-                "last_turn": self.turn.last_turn}
+                "button_stuck": self.turn.stuck_since_s is not None, "last_turn": self.turn.last_turn}
 
     # ------------------------------------------------------------------------------------------ coupling
 
@@ -152,14 +153,18 @@ class Kiosk:
         return ev.Availability("realtime", up, "" if up else self.link.phase.value, self.link.last_error)
 
     def _publish(self) -> list[ev.Action]:
-        phase = self._published
+        phase, stuck = self._published, self.turn.stuck_since_s is not None
         now_phase = self.phase
         if now_phase is phase:
+            if stuck is not self._stuck_shown:  # a jammed button shows the error LED whatever the phase
+                self._stuck_shown = stuck
+                return [ev.SetLed(ev.Led.ERROR if stuck else LED[now_phase])]
             return []
-        self._published = now_phase
+        self._published, self._stuck_shown = now_phase, stuck
         self._serving = self._serving or now_phase in SERVING
         fields = {"from": phase.value if phase is not None else None, "to": now_phase.value}
-        return [ev.Note("turn.phase", "info", fields), ev.SetLed(LED[now_phase]), ev.SetMic(_mic(now_phase)),
+        led = ev.Led.ERROR if stuck else LED[now_phase]
+        return [ev.Note("turn.phase", "info", fields), ev.SetLed(led), ev.SetMic(_mic(now_phase)),
                 ev.Publish(now_phase.value, self._serving)]
 
 

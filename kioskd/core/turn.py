@@ -25,12 +25,16 @@ from typing import Any, Final
 from kioskd.core import events as ev
 from kioskd.core.ledger import Ledger
 from kioskd.core.pcm import Batch, Ring, ms_to_samples, samples_to_ms
+from kioskd.core.rate import Burst
 from kioskd.core.reply import Reply
 from kioskd.core.settings import TurnSettings
 from kioskd.core.table import ANY, Key, Machine, Row, row
 from kioskd.core.turnlog import TurnLog, TurnRecord
 
 EARCON_GAP_S: Final = 1.0
+#: presses that may start a turn (or the offline prompt) within PRESS_WINDOW_S; more are a flood, refused
+PRESS_BURST: Final = 10
+PRESS_WINDOW_S: Final = 10.0
 #: the reply has been heard in full; its ``response.done`` is given this long before the turn ends without it
 DONE_GRACE_S: Final = 2.0
 
@@ -72,6 +76,8 @@ class TurnMachine(Machine[TurnPhase]):
         self._last_earcon_s: dict[ev.Earcon, float] = {}
         self._underruns_total = 0
         self._reopen_s: float | None = None  # a speaker reopen waiting for the visitor to finish
+        self._presses = Burst(PRESS_BURST, PRESS_WINDOW_S)
+        self.stuck_since_s: float | None = None  # held past the hold cap and not released since (a jammed button)
 
     # ------------------------------------------------------------------------------------------ entry points
 
@@ -217,10 +223,18 @@ class TurnMachine(Machine[TurnPhase]):
         return []  # the microphone is sent only while the button is held
 
     def _on_press_idle(self, inp: ev.Pressed, now: float) -> list[ev.Action]:
+        if not self._presses.allow(now):  # a flood (a child, a faulty switch): no turn, no request, one warning
+            flood = {"reason": "press_flood", "limit": PRESS_BURST, "window_s": PRESS_WINDOW_S}
+            first = [ev.Note("turn.press_flood", "warning", flood)] if self._presses.refused == 1 else []
+            return [*first, ev.Note("turn.rejected", "debug", {"reason": "press_flood"})]
+        out: list[ev.Action] = []
+        if refused := self._presses.end_episode():
+            out.append(ev.Note("turn.press_flood_over", "info", {"refused": refused}))
         if not self.serving:  # a refused press is not a turn
             reason = next(iter(self._down.values()))
-            return [ev.Note("turn.rejected", "warning", {"reason": reason}), *self._earcon(ev.Earcon.OFFLINE, now)]
-        return self._start_listening(now, preroll=True)
+            return [*out, ev.Note("turn.rejected", "warning", {"reason": reason}),
+                    *self._earcon(ev.Earcon.OFFLINE, now)]
+        return [*out, *self._start_listening(now, preroll=True)]
 
     def _on_press_held(self, inp: ev.Pressed, now: float) -> list[ev.Action]:
         return self.ignore(inp)
@@ -245,10 +259,15 @@ class TurnMachine(Machine[TurnPhase]):
         return self._commit(now)
 
     def _on_hold_cap(self, inp: ev.Timeout, now: float) -> list[ev.Action]:
+        """Held past the cap: the question so far is committed, and the button is taken as stuck (error LED)
+        until it is released."""
         assert self._turn is not None
+        self.stuck_since_s = self._turn.pressed_at_s
+        stuck = ev.Note("button.stuck", "warning", {"held_s": round(now - self._turn.pressed_at_s, 1)})
         if samples_to_ms(self._turn.held_samples) < self.settings.min_hold_ms:  # a dead mic: nothing to commit
-            return self._on_release_listening(ev.Released(now), now)
-        return [ev.Note("turn.hold_cap", "warning", {"hold_cap_s": self.settings.hold_cap_s}), *self._commit(now)]
+            return [stuck, *self._on_release_listening(ev.Released(now), now)]
+        return [ev.Note("turn.hold_cap", "warning", {"hold_cap_s": self.settings.hold_cap_s}), stuck,
+                *self._commit(now)]
 
     def _commit(self, now: float) -> list[ev.Action]:
         assert self._turn is not None
@@ -261,8 +280,11 @@ class TurnMachine(Machine[TurnPhase]):
                 self.arm(ev.Timer.THINKING_CUE, now + self.settings.thinking_cue_s)]
 
     def _on_release_elsewhere(self, inp: ev.Released, now: float) -> list[ev.Action]:
-        self._last_release_s = inp.at_s
-        return []  # its press was rejected, capped or bounced
+        self._last_release_s = inp.at_s  # its press was rejected, capped or bounced
+        if self.stuck_since_s is None:
+            return []
+        held_s, self.stuck_since_s = inp.at_s - self.stuck_since_s, None
+        return [ev.Note("button.unstuck", "info", {"held_s": round(held_s, 1)})]
 
     # ------------------------------------------------------------------------------------------ the reply
 

@@ -56,7 +56,8 @@ def test_begin_connects_and_arms_connect_timeout() -> None:
     assert kinds(out) == ["Connect", "Arm", "SetLed"]
     assert leds(out) == [ev.Led.OFFLINE]
     assert arms(out) == {ev.Timer.CONNECT: d.now + LINK.connect_timeout_s}
-    assert d.status() == {"phase": "connecting", "link": "connecting", "turn": "idle", "last_turn": None}
+    assert d.status() == {"phase": "connecting", "link": "connecting", "turn": "idle", "button_stuck": False,
+                          "last_turn": None}
 
 
 def test_session_created_configures_the_session() -> None:

@@ -18,7 +18,7 @@ import pytest
 from kioskd.core import events as ev
 from kioskd.core.pcm import ms_to_samples, samples_to_ms
 from kioskd.core.settings import Settings, TurnSettings
-from kioskd.core.turn import DONE_GRACE_S
+from kioskd.core.turn import DONE_GRACE_S, PRESS_BURST, PRESS_WINDOW_S
 from kioskd.errors import AuthError, ConnectionLost
 from tests.core.drive import (
     LINK, SETTINGS, Driver, appended, arms, ask, delta, done, earcons, kinds, leds, mics, note, note_names, notes,
@@ -673,18 +673,51 @@ def test_bad_events_warn_once_per_kind() -> None:
 # ================================================================================================ caps
 
 
-def test_hold_cap_commits() -> None:
-    """Timeout(hold_cap) while LISTENING → Commit and RequestReply as if released; the late release is ignored."""
+def test_hold_cap_commits_and_the_button_is_stuck_until_released() -> None:
+    """Timeout(hold_cap) while LISTENING → Commit and RequestReply as if released. The button still down is a
+    jammed button: button.stuck once and the error LED through the reply and after it (not the idle LED, which
+    would promise a kiosk that hears presses); the release says button.unstuck and the idle LED is back."""
     d = online()
     d.press(after_s=1.0)
+    pressed_at = d.now
     d.mic(300)
-    out = d.feed(ev.Timeout(ev.Timer.HOLD_CAP), after_s=TURN.hold_cap_s)
+    out = d.feed(ev.Timeout(ev.Timer.HOLD_CAP), after_s=TURN.hold_cap_s - 0.3)
     assert said_kinds(out)[-2:] == ["Commit", "RequestReply"]
     assert note(out, "turn.hold_cap").level == "warning"
-    assert leds(out) == [ev.Led.THINKING]
-    assert d.phase == "waiting"
-    assert d.release(after_s=2.0) == []
-    assert d.phase == "waiting"
+    assert note(out, "button.stuck").level == "warning" and note(out, "button.stuck").fields["held_s"] == 30.0
+    assert leds(out) == [ev.Led.ERROR] and d.phase == "waiting"
+    assert d.status()["button_stuck"] is True
+    speaking(d)
+    d.feed(ev.AudioDone("resp_1", "item_1"))
+    d.feed(done("resp_1"))
+    out = d.feed(ev.PlaybackDrained(0), after_s=1.2)
+    assert d.phase == "idle" and leds(out) == [ev.Led.ERROR]  # answered, still jammed
+    out = d.release(after_s=20.0)
+    assert note(out, "button.unstuck").fields["held_s"] == round(d.now - pressed_at, 1)
+    assert leds(out) == [ev.Led.IDLE] and d.status()["button_stuck"] is False
+    assert not notes(d.release(after_s=1.0), "button.unstuck")  # said once
+
+
+def test_a_press_flood_is_refused_past_the_burst_and_said_once() -> None:
+    """Presses in IDLE beyond PRESS_BURST within PRESS_WINDOW_S start nothing (no StartQuestion sent to the
+    service, no turn line): one turn.press_flood warning, the rest counted at debug; once the window frees, a
+    press starts a turn again and turn.press_flood_over says how many were refused."""
+    d = online()
+    sent = []
+    for _ in range(PRESS_BURST):
+        sent += said_kinds(d.press(after_s=0.1))
+        d.release(after_s=0.1)  # too short: a turn each
+    assert sent.count("StartQuestion") == PRESS_BURST
+    flood = []
+    for _ in range(50):
+        flood += d.press(after_s=0.06)
+        flood += d.release(after_s=0.06)
+    assert not [a for a in flood if isinstance(a, ev.INTENTS)] and not notes(flood, "turn.done")
+    assert [n.level for n in notes(flood, "turn.press_flood")] == ["warning"]
+    assert len(notes(flood, "turn.rejected")) == 50 and {n.level for n in notes(flood, "turn.rejected")} == {"debug"}
+    out = d.press(after_s=PRESS_WINDOW_S)
+    assert "StartQuestion" in said_kinds(out) and note(out, "turn.press_flood_over").fields == {"refused": 50}
+    assert d.phase == "listening"
 
 
 def test_hold_cap_with_a_dead_mic_is_too_short() -> None:
