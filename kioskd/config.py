@@ -325,11 +325,11 @@ def load(path: str | os.PathLike[str] | None) -> KioskConfig:
     if path is None:
         return KioskConfig()
     name = os.fspath(path)
-    text, _ = _read_text(name, None, "", CONFIG_MAX_BYTES)
+    text, _ = read_small_text(name, None, "", CONFIG_MAX_BYTES)
     return parse(text, name)
 
 
-def _read_text(path: str, key: str | None, what: str, limit_bytes: int) -> tuple[str, int]:
+def read_small_text(path: str, key: str | None, what: str, limit_bytes: int) -> tuple[str, int]:
     """A small regular UTF-8 file's text and mode bits; every failure a ConfigError naming ``path`` (and
     ``key``). The descriptor is checked before anything is read: a link to ``/dev/zero`` or a FIFO is refused at
     once (opened non-blocking, so a FIFO never hangs start-up), and at most ``limit_bytes`` are read. ``what``
@@ -647,7 +647,7 @@ def read_api_key(cfg: RealtimeConfig, environ: Mapping[str, str] = os.environ) -
 
 
 def _read_key_file(path: str, key: str | None, *, refuse_world_readable: bool) -> str:
-    text, mode = _read_text(path, key, "key file", KEY_FILE_MAX_BYTES)
+    text, mode = read_small_text(path, key, "key file", KEY_FILE_MAX_BYTES)
     if refuse_world_readable and mode & 0o004:
         raise ConfigError(path, None, key, "key file is readable by other users", f"run: chmod 600 {path}")
     value = text.strip()
