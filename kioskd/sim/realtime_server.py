@@ -8,8 +8,10 @@ What it does: the handshake (path, auth header, the retired ``OpenAI-Beta`` head
 one response at a time streamed as audio and transcript deltas on a configurable schedule (first-delta delay,
 speed-up, seeded jitter and spikes), ``response.cancel``, ``conversation.item.truncate`` checked against the
 audio sent, ``invalid_event`` for garbage, and the session lifetime (``session_expired``, close 1001).
+Function calls: with ``SimOptions.tool_call`` naming a tool the session declares, a new question is answered
+with a call (after an optional spoken preamble), and the answer follows the ``function_call_output``.
 What it does not: voice activity detection (``server_vad`` is reported as the default, but nothing is detected),
-text output, tools, transcription.
+text output, transcription.
 
 Everything a test inspects is appended to public lists on ``RealtimeSimulator``, across all connections.
 All of it runs on the event loop that called ``start()``; read the records from that loop, or after ``close()``.
@@ -85,6 +87,14 @@ class SimOptions:
     session_lifetime_s: float = 3600.0
     seed: int = 1
     faults: tuple[str, ...] = ()
+    tool_call: str | None = None
+    """When the session declares a function tool of this name, each new question is answered first with a call
+    to it (``tool_arguments``), and the answer follows the client's ``function_call_output``."""
+    tool_arguments: str = '{"query": "How old is the mosaic?"}'
+    preamble_ms: int = 0
+    """Audio the calling response says before its call ("Let me check"), in the same response; 0: none."""
+    tool_loop: bool = False
+    """The model calls the tool again after every output, unless the response says ``tool_choice: none``."""
 
     def __post_init__(self) -> None:
         if self.delta_ms <= 0 or self.speedup <= 0 or self.reply_ms <= 0 or self.session_lifetime_s <= 0:
@@ -211,6 +221,9 @@ class _Response:
     id: str
     item_id: str
     previous_item_id: str | None
+    pcm: Pcm
+    text: str
+    call: Json | None = None  # the function_call item this response ends with
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     sent_samples: int = 0
     transcript: str = ""
@@ -235,7 +248,8 @@ class _Session:
                                         int(time.time() + self.o.session_lifetime_s))
         self.conversation_id = sim.new_id("conv")
         self.buffer: list[Pcm] = []
-        self.items: dict[str, str] = {}  # item_id -> role, in conversation order
+        self.items: dict[str, str] = {}  # item_id -> role (or function_call / function_call_output), in order
+        self.calls: dict[str, str] = {}  # call_id -> output ("" until the client returns one)
         self.active: _Response | None = None
         self.expiring = False
         self.lock = asyncio.Lock()
@@ -411,11 +425,36 @@ class _Session:
         if not isinstance(event.get("response", {}), dict):
             raise _invalid("response", event["response"], "expected an object")
         started_s = asyncio.get_running_loop().time()
-        response = _Response(self.sim.new_id("resp"), self.sim.new_id("item"), self.last_item_id())
-        self.items[response.item_id] = "assistant"
-        self.sim.sent_audio_ms[response.item_id] = 0
+        response = self.plan(event.get("response") or {})
+        if response.pcm.size:
+            self.items[response.item_id] = "assistant"
+            self.sim.sent_audio_ms[response.item_id] = 0
         self.active = response
         response.task = asyncio.create_task(self.stream(response, started_s))
+
+    def plan(self, overrides: Json) -> _Response:
+        """What the simulated model does now: call the tool (after a short preamble, if configured) when the
+        session declares it and the last item is a fresh question (or, with ``tool_loop``, a tool's output);
+        otherwise answer, grounded in the tool outputs it was given."""
+        o, last = self.o, self.last_item_id()
+        choice = overrides.get("tool_choice", self.session.get("tool_choice", "auto"))
+        declared = {t.get("name") for t in self.session.get("tools") or [] if isinstance(t, dict)}
+        last_kind = self.items.get(last) if last else None
+        calling = (o.tool_call in declared and choice != "none"
+                   and (last_kind == "user" or (o.tool_loop and last_kind == "function_call_output")))
+        response = _Response(self.sim.new_id("resp"), self.sim.new_id("item"), last, self.sim.reply_pcm, o.reply_text)
+        if calling:
+            call_id = self.sim.new_id("call")
+            response.pcm = self.sim.reply_pcm[:ms_to_samples(o.preamble_ms)]
+            response.text = "Let me check."
+            response.call = {"id": self.sim.new_id("item"), "object": "realtime.item", "type": "function_call",
+                             "status": "completed", "call_id": call_id, "name": o.tool_call,
+                             "arguments": o.tool_arguments}
+        elif any(self.calls.values()):
+            told = " ".join(out for out in self.calls.values() if out)
+            response.text = f"According to the exhibit: {told}"[:500]
+            self.calls.clear()
+        return response
 
     async def response_cancel(self, event: Json, event_id: str | None) -> None:
         wanted = event.get("response_id")
@@ -428,69 +467,99 @@ class _Session:
             await asyncio.shield(response.task)
 
     async def stream(self, r: _Response, started_s: float) -> None:
-        """One response from response.created to response.done, on the delivery schedule of SimOptions."""
-        o, loop, pcm = self.o, asyncio.get_running_loop(), self.sim.reply_pcm
-        ids = {"response_id": r.id, "item_id": r.item_id, "output_index": 0, "content_index": 0}
+        """One response from response.created to response.done, on the delivery schedule of SimOptions: its
+        audio message (if it says anything), then its function call (if it makes one)."""
+        output: list[Json] = []
         try:
             await self.send("response.created", response=self.response_object(r, "in_progress", []))
             await self.send("rate_limits.updated", rate_limits=[
                 {"name": "requests", "limit": 1000, "remaining": 999, "reset_seconds": 60},
                 {"name": "tokens", "limit": 50000, "remaining": 49000, "reset_seconds": 60}])
-            item = self.assistant_item(r, "in_progress", with_content=False)
-            await self.send("response.output_item.added", response_id=r.id, output_index=0, item=item)
-            await self.send("conversation.item.added", item=item, previous_item_id=r.previous_item_id)
-            await self.send("response.content_part.added", **ids, part={"type": "audio", "transcript": ""})
-            if "bad_frames" in o.faults:
-                await self.send_raw("{this is not json")
-                await self.send_raw(json.dumps({"type": "response.output_audio.delta", "event_id": self.sim.new_id("event"),
-                                                **ids, "delta": "%%not-base64%%"}))
-                await self.send_raw(json.dumps({"type": "response.hologram.delta", "event_id": self.sim.new_id("event")}))
-                await self.send("error", error=_error_body(
-                    "server_error", "The server had an error while processing your request.", None, kind="server_error"))
-            step = ms_to_samples(o.delta_ms)
-            n_deltas = -(-pcm.size // step)
-            due_s = started_s
-            for k in range(n_deltas):
-                due_s = max(due_s, started_s + (o.first_delta_delay_ms + k * o.delta_ms / o.speedup
-                                                + self.extra_delay_ms(k)) / 1000)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(r.cancel.wait(), max(due_s - loop.time(), 0))
-                if r.cancel.is_set():
-                    break
-                if k == 2 and self.sim.take_fault("drop_mid_reply"):
-                    self.ws.transport.abort()  # a dead link: no close frame, the client sees 1006
+            if r.pcm.size:
+                if not await self.speak(r, started_s):
                     return
-                if k == 2 and self.sim.take_fault("silent_mid_reply"):
-                    self.ws.transport.pause_reading()  # no pong, no close, no reset: only keepalive notices
-                    self.sim._silenced.append(self.ws.transport)
-                    return
-                if k == 2 and self.sim.take_fault("error_mid_reply"):
-                    await self.send("error", error=_error_body(
-                        "server_error", "The server had an error while processing your request.", None,
-                        kind="server_error"))
-                words = _text_share(o.reply_text, k + 1, n_deltas)
-                if len(words) > len(r.transcript):
-                    await self.send("response.output_audio_transcript.delta", **ids,
-                                    delta=words[len(r.transcript):])
-                    r.transcript = words
-                chunk = pcm[k * step:(k + 1) * step]
-                await self.send("response.output_audio.delta", **ids, delta=pcm_to_b64(chunk))
-                if k == 0:
-                    self.sim.first_delta_delay_s[r.item_id] = loop.time() - started_s
-                r.sent_samples += chunk.size
-                self.sim.sent_audio_ms[r.item_id] = samples_to_ms(r.sent_samples)
+                output.append(self.assistant_item(r, "incomplete" if r.cancel.is_set() else "completed"))
+            if r.call is not None and not r.cancel.is_set():
+                output.append(await self.call(r, len(output)))
             status = "cancelled" if r.cancel.is_set() else "completed"
-            await self.send("response.output_audio.done", **ids)
-            await self.send("response.output_audio_transcript.done", **ids, transcript=r.transcript)
-            await self.send("response.content_part.done", **ids, part={"type": "audio", "transcript": r.transcript})
-            item = self.assistant_item(r, "completed" if status == "completed" else "incomplete")
-            await self.send("response.output_item.done", response_id=r.id, output_index=0, item=item)
-            await self.send("conversation.item.done", item=item, previous_item_id=r.previous_item_id)
-            await self.send("response.done", response=self.response_object(r, status, [item]))
+            await self.send("response.done", response=self.response_object(r, status, output))
         except ConnectionClosed:
             pass  # the session is over; run() ends it
         finally:
             self.active = None
+
+    async def speak(self, r: _Response, started_s: float) -> bool:
+        """The response's audio message item; False if the connection was cut by a fault mode."""
+        o, loop, pcm = self.o, asyncio.get_running_loop(), r.pcm
+        ids = {"response_id": r.id, "item_id": r.item_id, "output_index": 0, "content_index": 0}
+        item = self.assistant_item(r, "in_progress", with_content=False)
+        await self.send("response.output_item.added", response_id=r.id, output_index=0, item=item)
+        await self.send("conversation.item.added", item=item, previous_item_id=r.previous_item_id)
+        await self.send("response.content_part.added", **ids, part={"type": "audio", "transcript": ""})
+        if "bad_frames" in o.faults:
+            await self.send_raw("{this is not json")
+            await self.send_raw(json.dumps({"type": "response.output_audio.delta", "event_id": self.sim.new_id("event"),
+                                            **ids, "delta": "%%not-base64%%"}))
+            await self.send_raw(json.dumps({"type": "response.hologram.delta", "event_id": self.sim.new_id("event")}))
+            await self.send("error", error=_error_body(
+                "server_error", "The server had an error while processing your request.", None, kind="server_error"))
+        step = ms_to_samples(o.delta_ms)
+        n_deltas = -(-pcm.size // step)
+        due_s = started_s
+        for k in range(n_deltas):
+            due_s = max(due_s, started_s + (o.first_delta_delay_ms + k * o.delta_ms / o.speedup
+                                            + self.extra_delay_ms(k)) / 1000)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(r.cancel.wait(), max(due_s - loop.time(), 0))
+            if r.cancel.is_set():
+                break
+            if k == 2 and self.sim.take_fault("drop_mid_reply"):
+                self.ws.transport.abort()  # a dead link: no close frame, the client sees 1006
+                return False
+            if k == 2 and self.sim.take_fault("silent_mid_reply"):
+                self.ws.transport.pause_reading()  # no pong, no close, no reset: only keepalive notices
+                self.sim._silenced.append(self.ws.transport)
+                return False
+            if k == 2 and self.sim.take_fault("error_mid_reply"):
+                await self.send("error", error=_error_body(
+                    "server_error", "The server had an error while processing your request.", None,
+                    kind="server_error"))
+            words = _text_share(r.text, k + 1, n_deltas)
+            if len(words) > len(r.transcript):
+                await self.send("response.output_audio_transcript.delta", **ids, delta=words[len(r.transcript):])
+                r.transcript = words
+            chunk = pcm[k * step:(k + 1) * step]
+            await self.send("response.output_audio.delta", **ids, delta=pcm_to_b64(chunk))
+            if k == 0:
+                self.sim.first_delta_delay_s[r.item_id] = loop.time() - started_s
+            r.sent_samples += chunk.size
+            self.sim.sent_audio_ms[r.item_id] = samples_to_ms(r.sent_samples)
+        await self.send("response.output_audio.done", **ids)
+        await self.send("response.output_audio_transcript.done", **ids, transcript=r.transcript)
+        await self.send("response.content_part.done", **ids, part={"type": "audio", "transcript": r.transcript})
+        item = self.assistant_item(r, "incomplete" if r.cancel.is_set() else "completed")
+        await self.send("response.output_item.done", response_id=r.id, output_index=0, item=item)
+        await self.send("conversation.item.done", item=item, previous_item_id=r.previous_item_id)
+        return True
+
+    async def call(self, r: _Response, index: int) -> Json:
+        """The response's function_call item: added, its arguments in two deltas, done (reference
+        model-features §1.2)."""
+        assert r.call is not None
+        call, previous = r.call, self.last_item_id()
+        self.items[call["id"]] = "function_call"
+        self.calls[call["call_id"]] = ""
+        ids = {"response_id": r.id, "item_id": call["id"], "output_index": index, "call_id": call["call_id"]}
+        added = {**call, "status": "in_progress", "arguments": ""}
+        await self.send("response.output_item.added", response_id=r.id, output_index=index, item=added)
+        await self.send("conversation.item.added", item=added, previous_item_id=previous)
+        half = len(call["arguments"]) // 2
+        for part in (call["arguments"][:half], call["arguments"][half:]):
+            await self.send("response.function_call_arguments.delta", **ids, delta=part)
+        await self.send("response.function_call_arguments.done", **ids, name=call["name"], arguments=call["arguments"])
+        await self.send("response.output_item.done", response_id=r.id, output_index=index, item=call)
+        await self.send("conversation.item.done", item=call, previous_item_id=previous)
+        return dict(call)
 
     def extra_delay_ms(self, k: int) -> float:
         """Delta k's network delay: seeded jitter plus the periodic spike."""
@@ -524,7 +593,7 @@ class _Session:
         audio_in = sum(p.size for p in self.sim.committed_audio) * 10 // API_RATE_HZ
         text_in = len(str(self.session.get("instructions") or "")) // 4
         audio_out = r.sent_samples * 20 // API_RATE_HZ
-        text_out = len(r.transcript) // 4
+        text_out = (len(r.transcript) + len(r.call["arguments"] if r.call else "")) // 4
         zero = {"text_tokens": 0, "audio_tokens": 0, "image_tokens": 0}
         return {"total_tokens": audio_in + text_in + audio_out + text_out, "input_tokens": audio_in + text_in,
                 "output_tokens": audio_out + text_out,
@@ -558,6 +627,14 @@ class _Session:
         item = event.get("item")
         if not isinstance(item, dict) or not isinstance(item.get("type"), str):
             raise _ClientError("missing_required_parameter", "Missing required parameter: 'item.type'.", "item")
+        if item["type"] == "function_call_output":
+            call_id, output = item.get("call_id"), item.get("output")
+            if not isinstance(call_id, str) or call_id not in self.calls:
+                raise _invalid("item.call_id", call_id, "no function_call item with this call_id")
+            if not isinstance(output, str):
+                raise _ClientError("missing_required_parameter", "Missing required parameter: 'item.output'.",
+                                   "item.output")
+            self.calls[call_id] = output
         given = item.get("id")
         item_id = given if isinstance(given, str) else self.sim.new_id("item")
         if item_id in self.items:

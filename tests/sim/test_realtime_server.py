@@ -615,3 +615,93 @@ def test_unused_simulator_closes_cleanly() -> None:
         await sim.close()
 
     run(scenario())
+
+
+# ------------------------------------------------------------------------------------------------ function calls
+
+LOOKUP_TOOL = {"type": "function", "name": "lookup_exhibit_knowledge", "description": "Look up a fact.",
+               "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}
+
+
+async def declare(c: Client, tools: list[dict[str, Any]]) -> None:
+    await c.send("session.update", session={"type": "realtime", "tools": tools, "tool_choice": "auto"})
+    await c.expect("session.updated")
+
+
+@pytest.mark.parametrize("preamble_ms", [0, 400])
+def test_a_question_is_answered_with_a_call_then_grounded_in_its_output(preamble_ms: int) -> None:
+    """With the tool declared: the first response says the preamble (if any) then ends with a completed
+    function_call (arguments in deltas, validated against openai's types); the answer comes only after the
+    output and a response.create, and speaks what the output said."""
+
+    async def scenario() -> None:
+        async with simulator(**FAST, tool_call="lookup_exhibit_knowledge", preamble_ms=preamble_ms) as sim, \
+                client(sim.url) as c:
+            await configure(c)
+            await declare(c, [LOOKUP_TOOL])
+            events = await ask(c)
+            done = events[-1]["response"]
+            kinds = [item["type"] for item in done["output"]]
+            assert kinds == (["message", "function_call"] if preamble_ms else ["function_call"])
+            call = done["output"][-1]
+            assert call["status"] == "completed" and call["name"] == "lookup_exhibit_knowledge"
+            assert json.loads(call["arguments"]) == {"query": "How old is the mosaic?"}
+            deltas = "".join(e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta")
+            assert deltas == call["arguments"]
+            assert audio_of(events).size == ms_to_samples(preamble_ms)
+            assert [e["output_index"] for e in events if e["type"] == "response.output_item.done"][-1] == \
+                (1 if preamble_ms else 0)
+
+            await c.send("conversation.item.create", item={"type": "function_call_output", "call_id": call["call_id"],
+                                                           "output": '{"fact": "Laid around 320 AD."}'})
+            await c.until("conversation.item.done")
+            await c.send("response.create", response={})
+            answer = await c.until("response.done")
+            assert [i["type"] for i in answer[-1]["response"]["output"]] == ["message"]
+            text = "".join(e["delta"] for e in answer if e["type"] == "response.output_audio_transcript.delta")
+            assert "Laid around 320 AD." in text and audio_of(answer).size == ms_to_samples(1000)
+
+    run(scenario())
+
+
+def test_an_output_for_an_unknown_call_is_refused() -> None:
+    async def scenario() -> None:
+        async with simulator(**FAST, tool_call="lookup_exhibit_knowledge") as sim, client(sim.url) as c:
+            await configure(c)
+            event_id = await c.send("conversation.item.create", item={
+                "type": "function_call_output", "call_id": "call_nope", "output": "{}"})
+            err = error_of(await c.expect("error"))
+            assert err["param"] == "item.call_id" and err["event_id"] == event_id
+
+    run(scenario())
+
+
+def test_a_model_in_a_tool_loop_stops_when_the_follow_up_says_tool_choice_none() -> None:
+    """tool_loop: every output earns another call, unless the response.create says tool_choice none."""
+
+    async def scenario() -> None:
+        async with simulator(**FAST, tool_call="lookup_exhibit_knowledge", tool_loop=True) as sim, \
+                client(sim.url) as c:
+            await configure(c)
+            await declare(c, [LOOKUP_TOOL])
+            call = (await ask(c))[-1]["response"]["output"][-1]
+            for choice in ("auto", "none"):
+                await c.send("conversation.item.create", item={"type": "function_call_output",
+                                                               "call_id": call["call_id"], "output": "{}"})
+                await c.until("conversation.item.done")
+                await c.send("response.create", response={"tool_choice": choice})
+                output = (await c.until("response.done"))[-1]["response"]["output"]
+                assert [i["type"] for i in output] == (["function_call"] if choice == "auto" else ["message"])
+                call = output[-1]
+
+    run(scenario())
+
+
+def test_no_call_when_the_session_does_not_declare_the_tool() -> None:
+    async def scenario() -> None:
+        async with simulator(**FAST, tool_call="lookup_exhibit_knowledge") as sim, client(sim.url) as c:
+            await configure(c)
+            output = (await ask(c))[-1]["response"]["output"]
+            assert [i["type"] for i in output] == ["message"]
+
+    run(scenario())
