@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from kioskd import checks  # noqa: E402
 from kioskd import config as config_mod  # noqa: E402
 from kioskd import log as log_mod  # noqa: E402
 from kioskd.daemon import GIL_SWITCH_S, Daemon  # noqa: E402
@@ -63,7 +64,7 @@ async def worst_lateness(work: Callable[[], Awaitable[None]]) -> float:
 
 
 async def measure(path: Path) -> tuple[float, float]:
-    daemon = Daemon(config_mod.load(None), api_key=None, config_path=str(path))
+    daemon = Daemon(checks.load(None), config_path=str(path))
 
     async def kioskd() -> None:
         await daemon._reload()

@@ -13,6 +13,7 @@ import sys
 from typing import Final
 
 from kioskd import __version__
+from kioskd import checks
 from kioskd import config as config_mod
 from kioskd import log as log_mod
 from kioskd.errors import ConfigError, KioskError
@@ -40,29 +41,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(path: str | None) -> config_mod.KioskConfig:
-    return config_mod.load(path)
-
-
-def _checked(path: str | None) -> tuple[config_mod.KioskConfig, str | None, list[str]]:
-    """The config, its key and the warnings to log, checked exactly as ``run`` needs them (``check-config``
-    runs the same checks). Raises ConfigError."""
-    cfg = _load(path)
-    api_key = config_mod.read_api_key(cfg.realtime)
-    if api_key:
-        log_mod.add_secret(api_key)
-    warnings = config_mod.check_credentials(cfg, cfg.realtime.url or "", api_key)
-    return cfg, api_key, warnings
+def _checked(path: str | None) -> checks.Checked:
+    """Everything ``run`` needs, checked as ``check-config`` and a reload check it; the key is redacted from
+    every log line from here on."""
+    checked = checks.load(path)
+    if checked.api_key:
+        log_mod.add_secret(checked.api_key)
+    return checked
 
 
 def _run(path: str | None) -> int:
-    cfg, api_key, warnings = _checked(path)
-    log_mod.configure(cfg.log.level, cfg.log.format)
-    for warning in warnings:
+    checked = _checked(path)
+    log_mod.configure(checked.cfg.log.level, checked.cfg.log.format)
+    for warning in checked.warnings:
         log_mod.get_logger("kioskd").warning("config.plaintext_key", cause=warning)
     from kioskd.daemon import Daemon
 
-    daemon = Daemon(cfg, api_key=api_key, config_path=path)
+    daemon = Daemon(checked, config_path=path)
     code = asyncio.run(daemon.run())
     if daemon.restart:  # a missing audio device is back: a fresh process enumerates it (standby.py)
         from kioskd.standby import reexec
@@ -92,10 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return _run(args.config)
         if args.command == "check-config":
-            cfg, _, warnings = _checked(args.config)
-            for warning in warnings:
+            checked = _checked(args.config)
+            for warning in checked.warnings:
                 print(f"kioskd: warning: {warning}", file=sys.stderr)
-            print(json.dumps(config_mod.describe(cfg), indent=2))
+            print(json.dumps(config_mod.describe(checked.cfg), indent=2))
             return 0
         if args.command == "devices":
             from kioskd.adapters.devices import list_devices

@@ -158,6 +158,39 @@ class TurnConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ExhibitConfig:
+    name: str | None = None
+    """The exhibit's name, as the guide may say it; None: not said."""
+    language: str = "auto"
+    """The answer language (a name such as English or Deutsch); auto: the language the visitor speaks."""
+    instructions: str | None = None
+    """The guide's persona; None: realtime.instructions (where it was before this section existed)."""
+    knowledge_file: str | None = None
+    """The curator's entries (YAML list of topic / text / keywords): the guide answers facts from them alone."""
+    tools_file: str | None = None
+    """More tools (YAML list): opening_hours, and http tools that POST to the museum's own systems."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationConfig:
+    new_visitor_after_s: float = _TURN.new_visitor_after_s
+    """After this much quiet the next press starts a fresh conversation: nothing of an earlier visitor reaches
+    the model. Counted from the end of the last reply (or the last release if nothing played)."""
+    context_tokens: int = 4000
+    """The conversation kept after the instructions, in tokens: the server drops the oldest turns past this."""
+
+
+@dataclass(frozen=True, slots=True)
+class PromptsConfig:
+    offline: str | None = None
+    """A WAV file said when a press cannot be answered (no connection); None or unreadable: the offline tone."""
+    apology: str | None = None
+    """A WAV file said when a turn fails; None or unreadable: the apology tone."""
+    closed: str | None = None
+    """A WAV file said when the budget is spent ("please come back later"); None or unreadable: a tone."""
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: LogLevel = "info"
     format: LogFormat = "auto"
@@ -180,6 +213,9 @@ class KioskConfig:
     led: LedConfig = field(default_factory=LedConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     turn: TurnConfig = field(default_factory=TurnConfig)
+    exhibit: ExhibitConfig = field(default_factory=ExhibitConfig)
+    conversation: ConversationConfig = field(default_factory=ConversationConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     source: str = DEFAULT_SOURCE
@@ -309,12 +345,18 @@ CHECKS: Final[Mapping[str, Callable[[Any], str | None]]] = {
     "turn.append_ms": _between(5, 200),
     "turn.thinking_cue_s": _positive,
     "turn.usage_wait_s": _non_negative,
+    "exhibit.name": _non_empty,
+    "exhibit.language": _non_empty,
+    "exhibit.instructions": _instructions_problem,
+    "conversation.new_visitor_after_s": _positive,
+    "conversation.context_tokens": _between(500, 28000),
     "simulator.first_delta_delay_ms": _non_negative,
     "simulator.jitter_ms": _non_negative,
 }
 #: path-valued keys: "~" is expanded and relative paths are taken from the config file's directory, because
 #: the daemon's working directory is not the technician's (and lgpio chdir()s to $LG_WD)
-PATH_KEYS: Final = frozenset({"realtime.api_key_file", "control.socket"})
+PATH_KEYS: Final = frozenset({"realtime.api_key_file", "control.socket", "exhibit.knowledge_file",
+                              "exhibit.tools_file", "prompts.offline", "prompts.apology", "prompts.closed"})
 
 
 # ---------------------------------------------------------------------------------------------------- reading
@@ -597,6 +639,7 @@ def core_settings(cfg: KioskConfig, *, endpoint: str) -> Settings:
             min_hold_ms=t.min_hold_ms, append_ms=t.append_ms, preroll_ms=cfg.audio.preroll_ms,
             hold_cap_s=t.hold_cap_s, reply_wait_s=t.reply_wait_s, reply_cap_s=t.reply_cap_s, rearm_ms=t.rearm_ms,
             earcons=cfg.audio.earcons, thinking_cue_s=t.thinking_cue_s, usage_wait_s=t.usage_wait_s,
+            new_visitor_after_s=cfg.conversation.new_visitor_after_s,
         ),
     )
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
+from kioskd import checks
 from kioskd import config as config_mod
 from kioskd import log as log_mod
 from kioskd import standby as standby_mod
@@ -48,10 +49,12 @@ def core_settings(cfg: KioskConfig, url: str) -> Settings:
 class Daemon:
     """kioskd's running process. ``run()`` returns the exit code."""
 
-    def __init__(self, cfg: KioskConfig, *, api_key: str | None, config_path: str | None = None) -> None:
+    def __init__(self, checked: checks.Checked, *, config_path: str | None = None) -> None:
+        cfg = checked.cfg
         self.cfg = cfg
+        self.checked = checked
         self._config_path = config_path
-        self._api_key = api_key
+        self._api_key = checked.api_key
         self._exit_code = 0
         self._url = cfg.realtime.url or ""
         self._simulated = not self._url
@@ -188,28 +191,24 @@ class Daemon:
         config. In standby a good file starts afresh (it may name the missing device differently)."""
         systemd.notify("RELOADING=1", f"MONOTONIC_USEC={systemd.monotonic_usec()}")
         try:
-            new, api_key, warnings = await asyncio.to_thread(self._read_config)
+            checked = await asyncio.to_thread(checks.load, self._config_path, self._url)
         except ConfigError as exc:
             self._log.warning("config.reload_failed", **log_mod.error_fields(exc))
         else:
-            if self.standby is not None:
+            if self.standby is not None:  # perhaps the device names were fixed: start afresh with the new file
                 self.standby.restart_now()
             else:
-                for warning in warnings:
+                for warning in checked.warnings:
                     self._log.warning("config.plaintext_key", cause=warning)
-                self._apply(new, api_key)
+                self._apply(checked)
         systemd.notify("READY=1", f"STATUS={self._phase()}")
 
-    def _read_config(self) -> tuple[KioskConfig, str | None, list[str]]:
-        """The config file, its key and warnings, checked as at start. Blocking: run it in a thread."""
-        new = config_mod.load(self._config_path)
-        api_key = config_mod.read_api_key(new.realtime)  # a rotated credential needs no restart
-        return new, api_key, config_mod.check_credentials(new, new.realtime.url or self._url, api_key)
-
-    def _apply(self, new: KioskConfig, api_key: str | None) -> None:
+    def _apply(self, checked: checks.Checked) -> None:
+        new, api_key = checked.cfg, checked.api_key
         if api_key:
             log_mod.add_secret(api_key)
         self._api_key = api_key
+        self.checked = checked
         restart = [s for s in RESTART_SECTIONS if getattr(new, s) != getattr(self.cfg, s)]
         if new.realtime.url is not None:
             self._url = new.realtime.url

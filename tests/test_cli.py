@@ -99,3 +99,22 @@ def test_simulate_serves_on_the_port_it_prints() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_the_exhibit_files_are_checked_as_run_checks_them(tmp_path: Path) -> None:
+    """A broken knowledge file stops `check-config` and `run` with exit 78 and its own file:line: key; the
+    shipped example exhibit's files pass."""
+    knowledge = tmp_path / "knowledge.yaml"
+    knowledge.write_text("- topic: Age\n  text: Made around 320 AD.\n- topic: Size\n")
+    cfg = tmp_path / "kioskd.yaml"
+    cfg.write_text("exhibit:\n  knowledge_file: knowledge.yaml\n")
+    for args in (("run", "--config", str(cfg)), ("check-config", str(cfg))):
+        done = kioskd(*args)
+        assert done.returncode == EX_CONFIG
+        assert f"{knowledge}:3: [2]: has no text" in done.stderr
+    examples = Path(__file__).resolve().parent.parent / "config" / "examples"
+    cfg.write_text(f"exhibit:\n  knowledge_file: {examples / 'knowledge.yaml'}\n"
+                   f"  tools_file: {examples / 'tools.yaml'}\n")
+    done = kioskd("check-config", str(cfg))
+    assert done.returncode == 0, done.stderr
+    assert '"knowledge_file": "' + str(examples / "knowledge.yaml") in done.stdout

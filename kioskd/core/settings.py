@@ -57,6 +57,9 @@ class TurnSettings:
     earcons: bool = True
     thinking_cue_s: float = 1.5
     """No reply audio this long after release: a soft "still thinking" sound."""
+    new_visitor_after_s: float = 45.0
+    """Quiet this long (from the end of the last reply, or the last release) makes the next press a new
+    visitor: a fresh conversation."""
     usage_wait_s: float = 5.0
     """How long an ended turn waits for its responses' late ``response.done`` (their usage) before it is logged
     with the usage missing."""

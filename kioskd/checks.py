@@ -1,0 +1,33 @@
+"""What ``kioskd run``, ``kioskd check-config`` and a reload read and check, in one place so the three never
+differ: the config file, the API key, where the key may be sent, and the exhibit's own files. Blocking (file
+reads): a reload runs it in a thread."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kioskd import config as config_mod
+from kioskd import exhibit
+from kioskd.core.knowledge import Knowledge
+
+
+@dataclass(frozen=True)
+class Checked:
+    cfg: config_mod.KioskConfig
+    api_key: str | None
+    knowledge: Knowledge | None = None
+    tools: exhibit.Tools = field(default_factory=exhibit.Tools)
+    warnings: tuple[str, ...] = ()
+    """Things to log as ``config.plaintext_key`` (a key allowed over plaintext)."""
+
+
+def load(path: str | None, url: str = "") -> Checked:
+    """Read and check everything; ``url``: the endpoint in use when the file names none (the embedded
+    simulator's). Raises ConfigError naming file, line and key."""
+    cfg = config_mod.load(path)
+    api_key = config_mod.read_api_key(cfg.realtime)
+    warnings = config_mod.check_credentials(cfg, cfg.realtime.url or url, api_key)
+    e = cfg.exhibit
+    knowledge = exhibit.load_knowledge(e.knowledge_file) if e.knowledge_file else None
+    tools = exhibit.load_tools(e.tools_file) if e.tools_file else exhibit.Tools()
+    return Checked(cfg, api_key, knowledge, tools, tuple(warnings))
