@@ -13,6 +13,14 @@ def kioskd(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "kioskd", *args], capture_output=True, text=True, timeout=60)
 
 
+def refused_by_run_and_check_config(cfg: Path, message: str) -> None:
+    """`run` and `check-config` both exit 78 (EX_CONFIG) on ``cfg``, saying ``message``."""
+    for args in (("run", "--config", str(cfg)), ("check-config", str(cfg))):
+        done = kioskd(*args)
+        assert done.returncode == EX_CONFIG, done.stderr
+        assert message in done.stderr, done.stderr
+
+
 def test_check_config_prints_the_effective_config() -> None:
     """The shipped config validates and prints as JSON with every section."""
     done = kioskd("check-config", "config/kioskd.yaml")
@@ -25,10 +33,8 @@ def test_a_broken_config_refuses_to_start_naming_file_line_and_key(tmp_path: Pat
     """`kioskd run` with a misspelt key exits 78 (EX_CONFIG) with file:line: key and the closest valid key."""
     bad = tmp_path / "kioskd.yaml"
     bad.write_text("audio:\n  block_ms: 20\n  output_devcie: USB\n")
-    for args in (("run", "--config", str(bad)), ("check-config", str(bad))):
-        done = kioskd(*args)
-        assert done.returncode == EX_CONFIG
-        assert f"{bad}:3: audio.output_devcie: unknown key (did you mean audio.output_device?)" in done.stderr
+    refused_by_run_and_check_config(
+        bad, f"{bad}:3: audio.output_devcie: unknown key (did you mean audio.output_device?)")
 
 
 def test_a_missing_key_for_a_cloud_endpoint_is_a_config_error(tmp_path: Path) -> None:
@@ -52,10 +58,7 @@ def test_a_key_file_that_is_no_regular_file_exits_78_at_once(tmp_path: Path) -> 
     for key_file in (fifo, zero):
         cfg = tmp_path / "kioskd.yaml"
         cfg.write_text(f"realtime:\n  url: wss://api.openai.com/v1/realtime\n  api_key_file: {key_file}\n")
-        for args in (("run", "--config", str(cfg)), ("check-config", str(cfg))):
-            done = kioskd(*args)
-            assert done.returncode == EX_CONFIG, done.stderr
-            assert f"{key_file}: realtime.api_key_file: key file is not a regular file" in done.stderr
+        refused_by_run_and_check_config(cfg, f"{key_file}: realtime.api_key_file: key file is not a regular file")
 
 
 def test_check_config_refuses_a_key_sent_in_plaintext(tmp_path: Path) -> None:
@@ -108,10 +111,7 @@ def test_the_exhibit_files_are_checked_as_run_checks_them(tmp_path: Path) -> Non
     knowledge.write_text("- topic: Age\n  text: Made around 320 AD.\n- topic: Size\n")
     cfg = tmp_path / "kioskd.yaml"
     cfg.write_text("exhibit:\n  knowledge_file: knowledge.yaml\n")
-    for args in (("run", "--config", str(cfg)), ("check-config", str(cfg))):
-        done = kioskd(*args)
-        assert done.returncode == EX_CONFIG
-        assert f"{knowledge}:3: [2]: has no text" in done.stderr
+    refused_by_run_and_check_config(cfg, f"{knowledge}:3: [2]: has no text")
     examples = Path(__file__).resolve().parent.parent / "config" / "examples"
     cfg.write_text(f"exhibit:\n  knowledge_file: {examples / 'knowledge.yaml'}\n"
                    f"  tools_file: {examples / 'tools.yaml'}\n")
