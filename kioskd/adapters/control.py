@@ -2,8 +2,8 @@
 
 Request ``{"cmd": "status"}``; reply ``{"ok": true, ...fields}`` or ``{"ok": false, "error": "<message>"}``.
 A well-formed request with an unknown command, or one whose handler fails, gets an error reply and the
-connection stays open. A malformed line (not JSON, not an object, over ``MAX_LINE_BYTES``) gets an error reply
-and the connection is closed. Nothing a client sends stops the server.
+connection stays open. A malformed line (not JSON, nested too deeply, not an object, over ``MAX_LINE_BYTES``)
+gets an error reply and the connection is closed. Nothing a client sends stops the server.
 
 ``ControlServer`` runs on the daemon's loop; ``request()`` is the blocking client that kioskctl and the test
 harness use.
@@ -122,6 +122,10 @@ class ControlServer:
                 await _reply(writer, await self._dispatch(request))
         except (TimeoutError, ConnectionError):
             return  # an idle or vanished client: nothing to answer
+        except asyncio.CancelledError:
+            # close() cancels and then awaits this task; it ends normally because Python 3.11's stream callback
+            # calls task.exception() on it and would log the cancellation as an error with a traceback
+            return
         finally:
             self._connections.discard(task)
             writer.close()
@@ -150,6 +154,8 @@ def _parse(line: bytes) -> dict[str, Any]:
         value = json.loads(line)
     except ValueError as exc:  # includes UnicodeDecodeError
         raise _Malformed(f"request is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # e.g. 60,000 "[": json's C decoder stops at the interpreter's recursion limit
+        raise _Malformed("request is nested too deeply") from exc
     if not isinstance(value, dict):
         raise _Malformed(f"request must be a JSON object, got {type(value).__name__}")
     return value
@@ -198,7 +204,7 @@ def request(path: str, cmd: str, timeout_s: float = 5.0) -> dict[str, Any]:
         raise KioskError(f"kioskd at {path}: closed the connection without a reply")
     try:
         reply = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise KioskError(f"kioskd at {path}: reply is not JSON: {exc}") from exc
     if not isinstance(reply, dict):
         raise KioskError(f"kioskd at {path}: reply is not a JSON object")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import socket
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from kioskd import log
 from kioskd.adapters.control import COMMANDS, MAX_LINE_BYTES, ControlServer, request
 from kioskd.errors import KioskError
 from tests.conftest import UNIT_S, run
@@ -24,6 +26,19 @@ def sock_dir() -> Iterator[Path]:
     """A short directory: a Unix socket path must fit in 108 bytes, and pytest's tmp_path may not."""
     with tempfile.TemporaryDirectory(prefix="kctl-", dir="/tmp") as d:
         yield Path(d)
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    """kioskd's log (and asyncio's, through the bridge) as JSON lines in memory."""
+    stream = io.StringIO()
+    log.configure("debug", "json", stream=stream, environ={})
+    yield stream
+    log.reset()
+
+
+def log_lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
 class Recorder:
@@ -149,10 +164,16 @@ def test_missing_cmd_is_an_error_reply(sock_dir: Path) -> None:
         (b'["status"]\n', "request must be a JSON object, got list"),
         (b"x" * (MAX_LINE_BYTES + 10) + b"\n", f"request line over {MAX_LINE_BYTES} bytes"),
         (b"x" * (MAX_LINE_BYTES * 2), f"request line over {MAX_LINE_BYTES} bytes"),
+        (b"[" * 5_000 + b"\n", "request is nested too deeply"),
+        (b'{"cmd": "status", "x": ' * 2_500 + b"\n", "request is nested too deeply"),
+        (b"[" * 100_000 + b"\n", f"request line over {MAX_LINE_BYTES} bytes"),
     ],
-    ids=["bare-word", "truncated", "not-utf8", "list", "oversized", "oversized-no-newline"],
+    ids=["bare-word", "truncated", "not-utf8", "list", "oversized", "oversized-no-newline", "nested-5000",
+         "nested-objects", "nested-100000"],
 )
-def test_malformed_request_gets_an_error_and_is_closed(sock_dir: Path, payload: bytes, message: str) -> None:
+def test_malformed_request_gets_an_error_and_is_closed(sock_dir: Path, log_stream: io.StringIO, payload: bytes,
+                                                      message: str) -> None:
+    """An error reply, the connection closed, the server serving on, and nothing in the log (no traceback)."""
     path = str(sock_dir / "control.sock")
 
     async def main() -> tuple[list[dict[str, Any]], bytes, dict[str, Any]]:
@@ -169,6 +190,7 @@ def test_malformed_request_gets_an_error_and_is_closed(sock_dir: Path, payload: 
     assert replies[0]["error"].startswith(message)
     assert rest == b"", "the connection is closed after the error reply"
     assert after["ok"] is True, "the server keeps serving"
+    assert log_lines(log_stream) == []
 
 
 def test_handler_exception_is_an_error_reply(sock_dir: Path) -> None:
