@@ -7,12 +7,14 @@ the file, the 1-based line, the dotted key and the problem, and unknown names co
 Units are in the key names; ``None`` (YAML ``null``) means off or "pick for me". The YAML names a key *file*,
 never a key: ``read_api_key`` reads it later, and no message ever includes it.
 
-Everything here is synchronous and side-effect free apart from reading the named files; call it from any thread
-(the daemon reads at start and on reload, before touching the running config).
+Everything here is synchronous and side-effect free apart from reading the named files and creating the
+last-resort control socket directory (``private_dir``); call it from any thread (the daemon reads at start and on
+reload, before touching the running config).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import ipaddress
@@ -623,6 +625,9 @@ def _suggest(name: str, valid: list[str], prefix: str = "") -> str:
 
 #: systemd's RuntimeDirectory=kioskd
 SERVICE_RUNTIME_DIR: Final = "/run/kioskd"
+#: where the last-resort socket directory kioskd-<uid> goes (see ``private_dir``)
+FALLBACK_SOCKET_ROOT: Final = "/tmp"
+PRIVATE_DIR_MODE: Final = 0o700
 
 
 def core_settings(cfg: KioskConfig, *, endpoint: str) -> Settings:
@@ -648,7 +653,8 @@ def control_socket_path(cfg: ControlConfig, environ: Mapping[str, str] = os.envi
     """The control socket's path: the configured one, else $RUNTIME_DIRECTORY/control.sock (systemd's
     ``RuntimeDirectory=``; the first entry if several), else /run/kioskd/control.sock when that directory
     exists (the installed service, seen from a technician's shell), else $XDG_RUNTIME_DIR/kioskd.sock, else
-    /tmp/kioskd-<uid>/control.sock (the server creates that directory with mode 700). kioskctl calls this too."""
+    /tmp/kioskd-<uid>/control.sock, whose directory ``private_dir`` creates (0700) or refuses. kioskctl calls
+    this too, so neither trusts a directory another user made. Raises ConfigError for such a directory."""
     if cfg.socket:
         return cfg.socket
     runtime = environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
@@ -659,7 +665,37 @@ def control_socket_path(cfg: ControlConfig, environ: Mapping[str, str] = os.envi
     xdg = environ.get("XDG_RUNTIME_DIR", "")
     if xdg:
         return os.path.join(xdg, "kioskd.sock")
-    return f"/tmp/kioskd-{os.getuid()}/control.sock"
+    directory = os.path.join(FALLBACK_SOCKET_ROOT, f"kioskd-{os.getuid()}")
+    private_dir(directory)
+    return os.path.join(directory, "control.sock")
+
+
+def private_dir(path: str) -> None:
+    """Make sure ``path`` is a directory only this user can change, creating it (``PRIVATE_DIR_MODE``) when
+    absent. In a shared /tmp anyone may have made it first, and a socket they put there would answer kioskctl
+    in kioskd's place; so raise ConfigError, naming the directory, when it is a symbolic link or not a
+    directory, is owned by another user, or is writable by its group or by others."""
+    hint = "remove it, or set control.socket"
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, PRIVATE_DIR_MODE)  # never follows a symbolic link; the umask can only narrow it
+        st = os.lstat(path)
+    except OSError as exc:
+        raise ConfigError(path, None, None, f"cannot create the control socket directory: {exc.strerror}",
+                          hint) from exc
+    uid = os.geteuid()
+    if stat.S_ISLNK(st.st_mode):
+        problem = "is a symbolic link"
+    elif not stat.S_ISDIR(st.st_mode):
+        problem = "is not a directory"
+    elif st.st_uid != uid:
+        problem = f"is owned by uid {st.st_uid}, not by this user (uid {uid})"
+    elif st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        problem = f"is writable by other users (mode {stat.S_IMODE(st.st_mode):04o})"
+    else:
+        return
+    raise ConfigError(path, None, None, f"control socket directory {problem}: a socket there could be another "
+                      "user's, answering in kioskd's place", hint)
 
 
 def effective_auth(cfg: RealtimeConfig) -> Literal["bearer", "api-key"]:

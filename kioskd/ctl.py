@@ -2,7 +2,8 @@
 
     kioskctl [--socket PATH] [--config FILE] press|release|status
 
-Exit codes: 0 the reply says ok; 1 an error reply; 2 a usage or config error; 3 no daemon answered.
+Exit codes: 0 the reply says ok; 1 an error reply (also kioskd's busy reply, after the client's retries); 2 a
+usage or config error, or a fallback socket directory another user controls; 3 no daemon answered.
 """
 
 from __future__ import annotations

@@ -59,6 +59,7 @@ class Daemon:
         self._url = cfg.realtime.url or ""
         self._simulated = not self._url
         self._log = log_mod.get_logger("kioskd")
+        self._control_socket = config_mod.control_socket_path(cfg.control)  # ConfigError: an untrusted directory
         self._started_s = time.monotonic()
         self._stop = asyncio.Event()
         self._reload_due = asyncio.Event()  # SIGHUP; the reloader task takes it
@@ -116,11 +117,11 @@ class Daemon:
                                 publish=lambda p: service.publish(p.phase, p.serving),
                                 reopen_speaker=supervisor.reopen)
             self.executor = executor
-            control = ControlServer(config_mod.control_socket_path(self.cfg.control), self._control)
+            control = ControlServer(self._control_socket, self._control)
             await control.start()
             stack.push_async_callback(control.close)
             self._log.info("daemon.started", url=realtime_ws.endpoint_of(self._url), button=self.cfg.button.kind,
-                           control_socket=config_mod.control_socket_path(self.cfg.control))
+                           control_socket=self._control_socket)
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(self._serve(executor), name="executor"),
                          group.create_task(supervisor.health(), name="audio-health"),
@@ -143,7 +144,7 @@ class Daemon:
         queries = {"input": self.cfg.audio.input_device, "output": self.cfg.audio.output_device}
         self.standby = standby_mod.Standby(missing, queries, poll_s=self.cfg.audio.device_poll_s,
                                            set_led=self.button.set_led, log=log_mod.get_logger("kioskd.audio"))
-        control = ControlServer(config_mod.control_socket_path(self.cfg.control), self._control)
+        control = ControlServer(self._control_socket, self._control)
         await control.start()
         stack.push_async_callback(control.close)
         async with asyncio.TaskGroup() as group:

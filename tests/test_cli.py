@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from kioskd.cli import EX_CONFIG
 
@@ -118,3 +121,28 @@ def test_the_exhibit_files_are_checked_as_run_checks_them(tmp_path: Path) -> Non
     done = kioskd("check-config", str(cfg))
     assert done.returncode == 0, done.stderr
     assert '"knowledge_file": "' + str(examples / "knowledge.yaml") in done.stdout
+
+
+def test_run_refuses_a_fallback_socket_directory_others_can_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`kioskd run` with no socket configured and no runtime directory uses /tmp/kioskd-<uid>; one others can
+    write to is refused with exit 78 before anything opens. In-process, to move that /tmp root here."""
+    from kioskd import config, log
+    from kioskd.cli import main
+
+    if os.path.isdir(config.SERVICE_RUNTIME_DIR):
+        pytest.skip(f"{config.SERVICE_RUNTIME_DIR} exists here: kioskd would use it, not the fallback")
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(config, "FALLBACK_SOCKET_ROOT", str(tmp_path))
+    hostile = tmp_path / f"kioskd-{os.getuid()}"
+    hostile.mkdir()
+    os.chmod(hostile, 0o777)
+    try:
+        assert main(["run"]) == EX_CONFIG
+    finally:
+        log.reset()
+    assert capsys.readouterr().err == (
+        f"kioskd: {hostile}: control socket directory is writable by other users (mode 0777): a socket there could "
+        "be another user's, answering in kioskd's place (remove it, or set control.socket)\n")
+    assert os.listdir(hostile) == []

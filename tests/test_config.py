@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -389,14 +390,70 @@ def test_no_api_key_anywhere_is_none() -> None:
 # ---------------------------------------------------------------------------------------------------- derived
 
 
-def test_control_socket_path_resolution() -> None:
+def test_control_socket_path_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if os.path.isdir(config.SERVICE_RUNTIME_DIR):
+        pytest.skip(f"{config.SERVICE_RUNTIME_DIR} exists here: it comes before $XDG_RUNTIME_DIR and /tmp")
+    assert config.FALLBACK_SOCKET_ROOT == "/tmp"
+    monkeypatch.setattr(config, "FALLBACK_SOCKET_ROOT", str(tmp_path))  # the last resort's directory is made
     none = config.ControlConfig()
     assert config.control_socket_path(config.ControlConfig("/srv/k.sock"), {"RUNTIME_DIRECTORY": "/run/x"}) \
         == "/srv/k.sock"
     assert config.control_socket_path(none, {"RUNTIME_DIRECTORY": "/run/kioskd:/run/other",
                                              "XDG_RUNTIME_DIR": "/run/user/1"}) == "/run/kioskd/control.sock"
     assert config.control_socket_path(none, {"XDG_RUNTIME_DIR": "/run/user/1"}) == "/run/user/1/kioskd.sock"
-    assert config.control_socket_path(none, {}) == f"/tmp/kioskd-{os.getuid()}/control.sock"
+    assert config.control_socket_path(none, {}) == f"{tmp_path}/kioskd-{os.getuid()}/control.sock"
+    assert stat.S_IMODE(os.stat(tmp_path / f"kioskd-{os.getuid()}").st_mode) == 0o700
+
+
+def private_dir_error(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        config.private_dir(str(path))
+    return str(info.value)
+
+
+def test_private_dir_is_created_for_this_user_alone(tmp_path: Path) -> None:
+    path = tmp_path / "kioskd-0"
+    old = os.umask(0o022)
+    try:
+        config.private_dir(str(path))
+        config.private_dir(str(path))  # and accepted as it is, the next time
+    finally:
+        os.umask(old)
+    st = os.lstat(path)
+    assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.geteuid()
+    os.chmod(path, 0o755)  # readable by others is fine: the socket's own mode guards it
+    config.private_dir(str(path))
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o770, 0o702])
+def test_private_dir_refuses_a_directory_others_can_write(tmp_path: Path, mode: int) -> None:
+    path = tmp_path / "kioskd-0"
+    path.mkdir()
+    os.chmod(path, mode)
+    assert private_dir_error(path) == (
+        f"{path}: control socket directory is writable by other users (mode {mode & 0o7777:04o}): a socket there "
+        "could be another user's, answering in kioskd's place (remove it, or set control.socket)")
+    assert stat.S_IMODE(os.lstat(path).st_mode) == mode, "refused, and left as it was"
+
+
+def test_private_dir_refuses_a_symbolic_link_and_a_file(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o700)
+    link = tmp_path / "kioskd-0"
+    link.symlink_to(mine)
+    assert "control socket directory is a symbolic link" in private_dir_error(link)
+    file = tmp_path / "kioskd-1"
+    file.write_text("")
+    assert private_dir_error(file).startswith(f"{file}: control socket directory is not a directory")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a directory to another user (os.chown)")
+def test_private_dir_refuses_a_directory_another_user_made(tmp_path: Path) -> None:
+    path = tmp_path / "kioskd-0"
+    path.mkdir(mode=0o700)
+    os.chown(path, 65534, 65534)  # what `nobody` running `mkdir /tmp/kioskd-0` first leaves
+    assert private_dir_error(path).startswith(
+        f"{path}: control socket directory is owned by uid 65534, not by this user (uid 0): a socket there")
 
 
 def test_describe_is_plain_data_without_the_key(tmp_path: Path) -> None:

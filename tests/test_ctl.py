@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import stat
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -13,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from kioskd import config as config_mod
 from kioskd.adapters.control import MAX_LINE_BYTES, ControlServer
 from kioskd.ctl import main
 from kioskd.errors import KioskError
@@ -179,3 +182,76 @@ def test_broken_config_exits_2(sock_dir: Path, capsys: pytest.CaptureFixture[str
     assert main(["--config", str(config), "status"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("kioskctl: ") and "control.sockett" in err
+
+
+# ------------------------------------------------------------------------------ the last-resort socket directory
+
+
+class FakeKioskd:
+    """Someone else's socket in the fallback directory, answering like kioskd: what kioskctl must never show."""
+
+    def __init__(self, path: Path) -> None:
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        self.listener.listen()
+        self.listener.settimeout(0)
+
+    def was_asked(self) -> bool:
+        try:
+            self.listener.accept()[0].close()
+        except BlockingIOError:
+            return False
+        return True
+
+
+@pytest.fixture
+def fallback_root(sock_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """kioskctl with no --socket, no config and none of the runtime directories: the /tmp fallback, moved here."""
+    if os.path.isdir(config_mod.SERVICE_RUNTIME_DIR):
+        pytest.skip(f"{config_mod.SERVICE_RUNTIME_DIR} exists here: kioskctl would use it, not the fallback")
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr(config_mod, "FALLBACK_SOCKET_ROOT", str(sock_dir))
+    return sock_dir
+
+
+def hostile_dir(root: Path, how: str) -> Path:
+    """The fallback directory as another user (or a careless one) left it, with a fake kioskd inside."""
+    path = root / f"kioskd-{os.getuid()}"
+    target = root / "elsewhere" if how == "symlink" else path
+    target.mkdir(mode=0o700)
+    if how == "symlink":
+        path.symlink_to(target)
+    elif how == "world-writable":
+        os.chmod(path, 0o777)
+    elif how == "other-user":
+        os.chown(path, 65534, 65534)
+    return target
+
+
+@pytest.mark.parametrize(("how", "problem"), [
+    ("world-writable", "is writable by other users (mode 0777)"),
+    ("symlink", "is a symbolic link"),
+    pytest.param("other-user", f"is owned by uid 65534, not by this user (uid {os.geteuid()})",
+                 marks=pytest.mark.skipif(os.geteuid() != 0, reason="only root can chown to another user")),
+])
+def test_a_fallback_directory_others_control_is_refused(fallback_root: Path, capsys: pytest.CaptureFixture[str],
+                                                        how: str, problem: str) -> None:
+    fake = FakeKioskd(hostile_dir(fallback_root, how) / "control.sock")
+    try:
+        assert main(["status"]) == 2
+        assert not fake.was_asked()
+    finally:
+        fake.listener.close()
+    captured = capsys.readouterr()
+    assert captured.out == "", "no reply shown"
+    assert captured.err.startswith(f"kioskctl: {fallback_root}/kioskd-{os.getuid()}: control socket directory "
+                                   f"{problem}: ")
+    assert captured.err.rstrip().endswith("(remove it, or set control.socket)")
+
+
+def test_a_missing_fallback_directory_is_made_private(fallback_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status"]) == 3
+    made = fallback_root / f"kioskd-{os.getuid()}"
+    assert f"no kioskd at {made}/control.sock" in capsys.readouterr().err
+    assert stat.S_IMODE(os.lstat(made).st_mode) == 0o700 and os.lstat(made).st_uid == os.geteuid()

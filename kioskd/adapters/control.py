@@ -2,8 +2,13 @@
 
 Request ``{"cmd": "status"}``; reply ``{"ok": true, ...fields}`` or ``{"ok": false, "error": "<message>"}``.
 A well-formed request with an unknown command, or one whose handler fails, gets an error reply and the
-connection stays open. A malformed line (not JSON, not an object, over ``MAX_LINE_BYTES``) gets an error reply
-and the connection is closed. Nothing a client sends stops the server.
+connection stays open. A malformed line (not JSON, nested too deeply, not an object, over ``MAX_LINE_BYTES``)
+gets an error reply and the connection is closed. Nothing a client sends stops the server.
+
+What a local client can take is bounded: ``MAX_CLIENTS`` connections at once (one more is answered
+``{"ok": false, "error": "kioskd is busy: ...", "busy": true}`` and closed at once; ``control.busy`` is logged at
+most once a minute), ``IDLE_TIMEOUT_S`` for each request to arrive and be answered, ``MAX_LINE_BYTES`` a request,
+and one request per ``REQUEST_GAP_S`` on a connection, so a pipelined flood cannot hold the event loop.
 
 ``ControlServer`` runs on the daemon's loop; ``request()`` is the blocking client that kioskctl and the test
 harness use.
@@ -17,9 +22,11 @@ import json
 import os
 import socket
 import stat
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
+from kioskd import log as log_mod
 from kioskd.errors import KioskError
 
 Handler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -27,8 +34,16 @@ Handler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 COMMANDS: Final = ("press", "release", "status")
 MAX_LINE_BYTES: Final = 64 * 1024
-#: a connection that sends nothing for this long is closed, so idle clients cannot pile up
+#: a connection whose next request has not arrived and been answered within this long is closed
 IDLE_TIMEOUT_S: Final = 60.0
+#: control connections served at once (kioskctl uses one per command); one more gets a busy reply and is closed
+MAX_CLIENTS: Final = 16
+#: the pause after each reply on a connection: at most 100 requests a second each, and the loop runs in between
+REQUEST_GAP_S: Final = 0.01
+#: at most one ``control.busy`` line in this long
+BUSY_LOG_S: Final = 60.0
+#: what kioskctl's client waits before each retry of a refused connection (backlog full, or a busy reply)
+RETRY_DELAYS_S: Final = (0.05, 0.1, 0.2, 0.4, 0.8)
 #: how long start() waits for an existing socket to answer before calling it stale
 PROBE_TIMEOUT_S: Final = 1.0
 DIR_MODE: Final = 0o750
@@ -47,11 +62,14 @@ class ControlServer:
     awaits their tasks and removes the socket file.
     """
 
-    def __init__(self, path: str, handler: Handler) -> None:
+    def __init__(self, path: str, handler: Handler, log: log_mod.Logger | None = None) -> None:
         self.path = path
         self._handler = handler
+        self._log = log or log_mod.get_logger("kioskd.control")
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task[Any]] = set()
+        self._refused = 0  # busy replies since the last control.busy line
+        self._busy_logged_s: float | None = None
 
     async def start(self) -> None:
         parent = os.path.dirname(self.path) or "."
@@ -59,7 +77,10 @@ class ControlServer:
             os.makedirs(parent, exist_ok=True)
             os.chmod(parent, DIR_MODE)  # explicit: makedirs' mode is masked by the umask
         await self._clear_stale()
-        self._server = await asyncio.start_unix_server(self._serve, path=self.path, limit=MAX_LINE_BYTES)
+        # backlog: a flood of connects waits in the kernel (or gets EAGAIN, which the client retries) instead of
+        # being accepted a hundred at a time
+        self._server = await asyncio.start_unix_server(self._serve, path=self.path, limit=MAX_LINE_BYTES,
+                                                       backlog=MAX_CLIENTS)
         # created under the daemon's umask (0077 under systemd), then widened to the group for kioskctl users
         os.chmod(self.path, SOCKET_MODE)
 
@@ -99,34 +120,61 @@ class ControlServer:
     # ------------------------------------------------------------------------------------------ connections
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._connections) >= MAX_CLIENTS:
+            self._refuse(writer)
+            return
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
         try:
             while True:
-                try:
-                    async with asyncio.timeout(IDLE_TIMEOUT_S):
-                        line = await reader.readline()
-                except ValueError:  # the stream's limit: a line over MAX_LINE_BYTES
-                    await _reply(writer, _error(f"request line over {MAX_LINE_BYTES} bytes"))
+                async with asyncio.timeout(IDLE_TIMEOUT_S):  # one deadline to read, answer and send a request
+                    reply, close = await self._answer(reader)
+                    if reply is not None:
+                        await _reply(writer, reply)
+                if close:
                     return
-                if not line:
-                    return
-                if not line.strip():
-                    continue
-                try:
-                    request = _parse(line)
-                except _Malformed as exc:
-                    await _reply(writer, _error(str(exc)))
-                    return
-                await _reply(writer, await self._dispatch(request))
+                await asyncio.sleep(REQUEST_GAP_S)
         except (TimeoutError, ConnectionError):
-            return  # an idle or vanished client: nothing to answer
+            return  # an idle, stuck or vanished client: nothing to answer
+        except asyncio.CancelledError:
+            # close() cancels and then awaits this task; it ends normally because Python 3.11's stream callback
+            # calls task.exception() on it and would log the cancellation as an error with a traceback
+            return
         finally:
             self._connections.discard(task)
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+
+    async def _answer(self, reader: asyncio.StreamReader) -> tuple[dict[str, Any] | None, bool]:
+        """The reply to the next request, and whether to close the connection after it (None: end of input)."""
+        line = b""
+        while not line.strip():
+            try:
+                line = await reader.readline()
+            except ValueError:  # the stream's limit: a line over MAX_LINE_BYTES
+                return _error(f"request line over {MAX_LINE_BYTES} bytes"), True
+            if not line:
+                return None, True
+        try:
+            request = _parse(line)
+        except _Malformed as exc:
+            return _error(str(exc)), True
+        return await self._dispatch(request), False
+
+    def _refuse(self, writer: asyncio.StreamWriter) -> None:
+        """Answer a connection beyond MAX_CLIENTS with the busy reply and close it at once; log once a minute."""
+        self._refused += 1
+        now = time.monotonic()
+        if self._busy_logged_s is None or now - self._busy_logged_s >= BUSY_LOG_S:
+            self._log.warning("control.busy", limit=MAX_CLIENTS, refused=self._refused)
+            self._busy_logged_s, self._refused = now, 0
+        reply = _error(f"kioskd is busy: {MAX_CLIENTS} control connections are open, the most it serves; "
+                       "try again")
+        reply["busy"] = True
+        writer.write(json.dumps(reply).encode() + b"\n")  # a few bytes: the socket buffer takes them at once
+        writer.close()
 
     async def _dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
         cmd = request.get("cmd")
@@ -150,6 +198,8 @@ def _parse(line: bytes) -> dict[str, Any]:
         value = json.loads(line)
     except ValueError as exc:  # includes UnicodeDecodeError
         raise _Malformed(f"request is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # e.g. 60,000 "[": json's C decoder stops at the interpreter's recursion limit
+        raise _Malformed("request is nested too deeply") from exc
     if not isinstance(value, dict):
         raise _Malformed(f"request must be a JSON object, got {type(value).__name__}")
     return value
@@ -174,13 +224,38 @@ async def _reply(writer: asyncio.StreamWriter, reply: dict[str, Any]) -> None:
 def request(path: str, cmd: str, timeout_s: float = 5.0) -> dict[str, Any]:
     """Send one command and return the daemon's reply (``ok`` true or false). Blocking; any thread.
 
-    Raises KioskError when no reply can be had: nothing listens at ``path``, access is denied, the daemon
-    does not answer within ``timeout_s``, or the reply is not a JSON object.
+    A connection the daemon cannot take yet (its backlog is full: EAGAIN) or answers busy is tried again after
+    each of ``RETRY_DELAYS_S``; the last busy reply is returned as it is. Raises KioskError when no reply can
+    be had: nothing listens at ``path``, access is denied, the backlog stays full, the daemon does not answer
+    within ``timeout_s``, or the reply is not a JSON object.
     """
+    for delay_s in RETRY_DELAYS_S:
+        try:
+            reply = _request_once(path, cmd, timeout_s)
+        except _Backlogged:
+            pass
+        else:
+            if reply.get("busy") is not True:
+                return reply
+        time.sleep(delay_s)
+    try:
+        return _request_once(path, cmd, timeout_s)  # the last try: a busy reply is returned as it is
+    except _Backlogged as exc:
+        raise KioskError(f"control socket {path}: kioskd takes no more connections now (its backlog stayed "
+                         f"full for {sum(RETRY_DELAYS_S):g} s); try again") from exc
+
+
+class _Backlogged(KioskError):
+    """connect() failed with EAGAIN: the listener's backlog is full."""
+
+
+def _request_once(path: str, cmd: str, timeout_s: float) -> dict[str, Any]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout_s)
         try:
             sock.connect(path)
+        except BlockingIOError as exc:  # a non-blocking (timeout) connect to a full backlog fails with EAGAIN
+            raise _Backlogged(str(exc)) from exc
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise KioskError(f"no kioskd at {path}: is it running?") from exc
         except PermissionError as exc:
@@ -188,7 +263,8 @@ def request(path: str, cmd: str, timeout_s: float = 5.0) -> dict[str, Any]:
         except OSError as exc:
             raise KioskError(f"control socket {path}: {exc}") from exc
         try:
-            sock.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+            with contextlib.suppress(BrokenPipeError):  # the daemon answered busy and closed first: read that
+                sock.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
             data = _read_line(sock)
         except TimeoutError as exc:
             raise KioskError(f"kioskd at {path}: no reply within {timeout_s:g} s") from exc
@@ -198,7 +274,7 @@ def request(path: str, cmd: str, timeout_s: float = 5.0) -> dict[str, Any]:
         raise KioskError(f"kioskd at {path}: closed the connection without a reply")
     try:
         reply = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise KioskError(f"kioskd at {path}: reply is not JSON: {exc}") from exc
     if not isinstance(reply, dict):
         raise KioskError(f"kioskd at {path}: reply is not a JSON object")

@@ -127,6 +127,7 @@ def test_unit_has_the_service_contract() -> None:
     assert keys["StartLimitIntervalSec"] == ["0"] and "StartLimitBurst" not in keys
     assert keys["LoadCredential"] == ["openai_api_key:/etc/credstore/kioskd.openai_api_key"]
     assert "LG_WD=%t/kioskd" in keys["Environment"][0].split()
+    assert keys["LimitNOFILE"] == ["1024"]  # soft = hard: the descriptor budget is stated, not inherited
 
 
 def test_unit_leaves_out_what_breaks_kioskd() -> None:
