@@ -4,7 +4,9 @@ Theory of operation. ``LinkMachine`` is one of the two machines ``core/kiosk.py`
 visitor's turn, ``core/turn.py``). It opens a session (``Connect``), configures it (``ConfigureSession``) and is
 READY once the service confirms; a lost session goes OFFLINE with the next jittered backoff delay, or to FAULT
 when ``errors.classify`` says retrying cannot help (bad key, no quota, unknown model, a refused configuration, or
-the quick-failure rule: sessions that die again and again within seconds of becoming ready). Sessions are renewed
+the quick-failure rule: sessions that die again and again within seconds of becoming ready). A server error
+whose code is fatal but which names one request of a ready session (not its configuration) does not end the
+session: ``claims`` leaves it to the turn. Sessions are renewed
 a margin before the server's ``expires_at``, and after a reload that changed the session, but only while no
 visitor is mid-turn (``turn_busy``, kept up to date by the coupling).
 
@@ -77,11 +79,17 @@ class LinkMachine(Machine[LinkPhase]):
         return self._connect(now)
 
     def claims(self, err: ev.ServerError) -> bool:
-        """This server error ends the session (FAULT): it refuses the session's own configuration, or retrying
-        cannot help. Anything else is the turn's business."""
-        if self.phase is LinkPhase.CONNECTING and err.event_id is not None and err.event_id == self._config_ref:
+        """This server error ends the session (FAULT). While connecting: any error refusing the session's own
+        configuration, or one whose code says retrying cannot help (``errors.classify``). While ready: a code
+        that says so only if the error names the configuration or no client event at all (a key revoked, the
+        quota gone); one that names another client event refuses that request, not the session, and is the
+        turn's business (a warning; a turn it leaves without a reply ends as failed)."""
+        names_config = err.event_id is not None and err.event_id == self._config_ref
+        if self.phase is LinkPhase.CONNECTING and names_config:
             return True
         if err.code in BENIGN_CODES or self.phase not in (LinkPhase.CONNECTING, LinkPhase.READY):
+            return False
+        if self.phase is LinkPhase.READY and err.event_id is not None and not names_config:
             return False
         return classify(ServerRejected(err.code, err.message, err.event_id, err.error_type)) == "fatal"
 

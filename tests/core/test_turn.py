@@ -606,6 +606,35 @@ def test_benign_server_error_is_only_a_warning(code: str, reach: Callable[[Drive
     assert d.phase == phase
 
 
+@pytest.mark.parametrize("code", ["unknown_parameter", "insufficient_quota", "invalid_api_key"])
+@pytest.mark.parametrize("reach", [stay_idle, reach_listening, reach_waiting, reach_speaking])
+def test_a_fatal_code_naming_one_request_of_a_ready_session_is_only_a_warning(
+        code: str, reach: Callable[[Driver], None]) -> None:
+    """An error with a code that would be fatal, naming a client event other than the session's configuration
+    (one append of the question): one warning; the session stays up and the turn goes on."""
+    d = online()
+    reach(d)
+    phase = d.phase
+    out = d.feed(ev.ServerError(code, "Unknown parameter: 'audio.foo'.", "invalid_request_error", "evt_7"))
+    assert [(a.name, a.level) for a in out if isinstance(a, ev.Note)] == [("ws.server_error", "warning")]
+    assert kinds(out, publish=True) == []
+    assert d.phase == phase and d.status()["link"] == "ready"
+
+
+def test_a_fatal_code_naming_the_reply_request_fails_the_turn_and_keeps_the_session() -> None:
+    """unknown_parameter naming the turn's RequestReply: the turn fails at once with the apology, as any refused
+    reply request does; the session is not closed, and the next question is answered on it."""
+    d = online()
+    ask(d)
+    out = d.feed(ev.ServerError("unknown_parameter", "Unknown parameter: 'response.foo'.", "invalid_request_error",
+                                "req_1"))
+    assert note(out, "ws.server_error").level == "error" and "ws.fault" not in note_names(out)
+    assert "Close" not in kinds(out) and d.status()["link"] == "ready"
+    assert earcons(out) == [ev.Earcon.APOLOGY] and d.phase == "idle"
+    assert note(out, "turn.done").fields["outcome"] == "failed"
+    assert said(ask(d))[-1] == ev.RequestReply("req_2")
+
+
 def test_server_error_naming_the_request_fails_the_turn_at_once() -> None:
     """An error naming the turn's RequestReply ref while WAITING → apology, turn.done failed, IDLE; the next
     question's RequestReply goes out at once and its reply plays."""
