@@ -235,12 +235,18 @@ class Unknown:
     type: str
 
 
+#: why a server frame could not be used, in kioskd's own words (never the server's text)
+BadReason = Literal["binary", "not_json", "not_an_event", "missing_field", "bad_field", "bad_audio", "too_much_audio"]
+
+
 @dataclass(frozen=True, slots=True)
 class BadEvent:
-    """A server frame kioskd could not use (malformed JSON, bad base64, missing fields)."""
+    """A server frame kioskd could not use. ``event_type`` is one kioskd parses, ``(unparsed)`` or ``(binary)``;
+    ``reason`` is kioskd's word for what was wrong; ``detail`` says more and may quote the server."""
 
     event_type: str
-    reason: str
+    reason: BadReason
+    detail: str = ""
 
 
 Input = (

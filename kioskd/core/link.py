@@ -34,8 +34,11 @@ BENIGN_CODES: Final = frozenset(
 )
 #: the session lifetimes kioskd believes (seconds): outside this the local clock is wrong, not the server
 LIFETIME_RANGE_S: Final = (30.0, 3600.0)
-#: distinct (type, reason) pairs of bad server frames remembered for "said once" (then all are counted only)
+#: distinct (type, reason) pairs of bad server frames remembered for "said once" (then all are counted only);
+#: the type is one kioskd parses and the reason kioskd's own word, so there are fewer than this in practice
 BAD_KINDS_MAX: Final = 64
+#: a bad event's type is cut to this many characters before it becomes a key
+BAD_TYPE_KEY_CHARS: Final = 64
 
 
 class LinkPhase(str, Enum):
@@ -217,13 +220,14 @@ class LinkMachine(Machine[LinkPhase]):
         return []
 
     def _on_bad_event(self, inp: ev.BadEvent, now: float) -> list[ev.Action]:
-        """One warning per (type, reason), for at most BAD_KINDS_MAX kinds; repeats are debug, counted."""
-        key = (inp.event_type, inp.reason)
+        """One warning per kind, (type, reason), for at most BAD_KINDS_MAX kinds; repeats are debug, counted.
+        The detail (which may quote the server) is logged but never part of the kind."""
+        key = (inp.event_type[:BAD_TYPE_KEY_CHARS], inp.reason)
+        fields = {"type": key[0], "reason": inp.reason, "detail": inp.detail}
         if key not in self._bad_seen and len(self._bad_seen) >= BAD_KINDS_MAX:
-            return [ev.Note("ws.bad_event", "debug", {"type": inp.event_type, "reason": inp.reason})]
+            return [ev.Note("ws.bad_event", "debug", fields)]
         seen = self._bad_seen[key] = self._bad_seen.get(key, 0) + 1
-        return [ev.Note("ws.bad_event", "warning" if seen == 1 else "debug",
-                        {"type": inp.event_type, "reason": inp.reason, "count": seen})]
+        return [ev.Note("ws.bad_event", "warning" if seen == 1 else "debug", {**fields, "count": seen})]
 
     def _on_unknown(self, inp: ev.Unknown, now: float) -> list[ev.Action]:
         return [ev.Note("ws.unknown_event", "debug", {"type": inp.type})]

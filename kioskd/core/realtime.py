@@ -4,8 +4,10 @@ This is the only module that turns wire JSON into kioskd values, and kioskd's in
 ``shared/reference/realtime.md`` (GA shape): ``session.type: "realtime"``, ``audio.input.format`` objects,
 ``response.output_audio.delta`` and so on. It never sends the beta header and never builds a beta field.
 
-Parsing is total: a frame that cannot be used becomes ``BadEvent(type, reason)``; a type kioskd does not know
-becomes ``Unknown(type)``. ``error`` frames are parsed leniently (a recorded one lacks ``event_id``).
+Parsing is total: a frame that cannot be used becomes ``BadEvent(type, reason, detail)``, its reason one of
+kioskd's own words (``events.BadReason``); a type kioskd does not know becomes ``Unknown(type)``. Every server
+event is a JSON text frame: a binary frame is a bad event, never decoded. ``error`` frames are parsed leniently
+(a recorded one lacks ``event_id``).
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def _audio_delta(d: dict[str, Any]) -> ev.Input:
     try:
         pcm = b64_to_pcm(_str(d, "delta"))
     except ValueError as exc:
-        return ev.BadEvent("response.output_audio.delta", str(exc))
+        return ev.BadEvent("response.output_audio.delta", "bad_audio", str(exc))
     return ev.AudioDelta(response_id=_str(d, "response_id"), item_id=_str(d, "item_id"), pcm=pcm)
 
 
@@ -128,13 +130,16 @@ _PARSERS: Final[dict[str, Callable[[dict[str, Any]], ev.Input]]] = {
 
 
 def parse_server_event(frame: str | bytes) -> ev.Input:
-    """Parse one WebSocket text frame from the server into a typed input. Never raises."""
+    """Parse one WebSocket frame from the server into a typed input. Never raises. Server events are JSON text
+    frames: a binary frame (``bytes``) is a bad event and is not decoded."""
+    if not isinstance(frame, str):
+        return ev.BadEvent("(binary)", "binary", f"a binary frame of {len(frame)} bytes")
     try:
         data = json.loads(frame)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        return ev.BadEvent("(unparsed)", f"not JSON: {exc}")
+    except (ValueError, RecursionError) as exc:
+        return ev.BadEvent("(unparsed)", "not_json", str(exc))
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
-        return ev.BadEvent("(unparsed)", "not an object with a string 'type'")
+        return ev.BadEvent("(unparsed)", "not_an_event", "not an object with a string 'type'")
     kind: str = data["type"]
     parser = _PARSERS.get(kind)
     if parser is None:
@@ -142,9 +147,9 @@ def parse_server_event(frame: str | bytes) -> ev.Input:
     try:
         return parser(data)
     except _Missing as exc:
-        return ev.BadEvent(kind, f"missing field {exc}")
+        return ev.BadEvent(kind, "missing_field", str(exc))
     except (TypeError, ValueError, OverflowError) as exc:
-        return ev.BadEvent(kind, f"bad field: {exc}")
+        return ev.BadEvent(kind, "bad_field", str(exc))
 
 
 class RealtimeEncoder:

@@ -353,7 +353,7 @@ LINK_ROWS: list[tuple[str, ev.Input, str]] = [
     ("offline", ev.Reloaded(SETTINGS), "connecting"),
     ("offline", ev.TurnEnded(answered=False), "offline"),
     ("offline", ev.Disconnected(ConnectionLost(1006)), "offline"),  # no row: remote, ignored
-    ("offline", ev.BadEvent("x", "y"), "offline"),
+    ("offline", ev.BadEvent("(unparsed)", "not_json"), "offline"),
     ("fault", ev.Timeout(ev.Timer.RECONNECT), "connecting"),
     ("fault", ev.Reloaded(SETTINGS), "connecting"),
     ("ready", ev.Timeout(ev.Timer.RECYCLE), "connecting"),

@@ -110,7 +110,7 @@ def samples(w: Walk) -> dict[str, ev.Input]:
         "ServerError(fatal, request)": ev.ServerError("unknown_parameter", "unknown", None, "req_1"),
         "ServerEvent": ev.ServerEvent("rate_limits.updated"),
         "Unknown": ev.Unknown("response.new_thing"),
-        "BadEvent": ev.BadEvent("response.output_audio.delta", "bad base64"),
+        "BadEvent": ev.BadEvent("response.output_audio.delta", "bad_audio", "bad base64"),
         **{f"Timeout({t.value})": ev.Timeout(t) for t in ev.Timer},
     }
 

@@ -674,7 +674,7 @@ def test_an_unnamed_refusal_holds_the_next_request_at_most_usage_wait() -> None:
     ev.Unknown("response.mcp_call.in_progress"), ev.ServerEvent("rate_limits.updated"), ev.Connected(),
     ev.InputCommitted("item_u"), ev.TranscriptDone("resp_1", "item_1", "hello"), ev.ItemTruncated("item_1", 300),
     ev.AudioDone("resp_x", "item_x"), done("resp_x"), delta("resp_x", "item_x", 20),
-    ev.BadEvent("response.output_audio.delta", "bad base64 audio"),
+    ev.BadEvent("response.output_audio.delta", "bad_audio", "bad base64 audio"),
 ], ids=lambda inp: type(inp).__name__)
 @pytest.mark.parametrize("reach", [stay_idle, reach_listening, reach_waiting, reach_speaking])
 def test_stray_server_inputs_change_nothing(stray: ev.Input, reach: Callable[[Driver], None]) -> None:
@@ -689,12 +689,14 @@ def test_stray_server_inputs_change_nothing(stray: ev.Input, reach: Callable[[Dr
 
 
 def test_bad_events_warn_once_per_kind() -> None:
-    """BadEvent: a warning the first time a (type, reason) is seen, then debug lines that count it."""
+    """BadEvent: a warning the first time a (type, reason) is seen, then debug lines that count it; the detail,
+    which may quote the server, is said but is no part of the kind."""
     d = online()
-    bad = ev.BadEvent("response.output_audio.delta", "bad base64 audio")
-    lines = [note(d.feed(bad), "ws.bad_event") for _ in range(3)]
+    lines = [note(d.feed(ev.BadEvent("conversation.item.truncated", "bad_field", f"not a number: 'soon-{i}'")),
+                  "ws.bad_event") for i in range(3)]
     assert [(n.level, n.fields["count"]) for n in lines] == [("warning", 1), ("debug", 2), ("debug", 3)]
-    other = note(d.feed(ev.BadEvent("error", "not JSON")), "ws.bad_event")
+    assert lines[0].fields["detail"] == "not a number: 'soon-0'"
+    other = note(d.feed(ev.BadEvent("(unparsed)", "not_json")), "ws.bad_event")
     assert (other.level, other.fields["count"]) == ("warning", 1)
     assert note(d.feed(ev.Unknown("response.mcp_call.in_progress")), "ws.unknown_event").level == "debug"
 
