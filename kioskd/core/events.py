@@ -37,6 +37,7 @@ class Timer(str, Enum):
     REPLY_CAP = "reply_cap"
     THINKING_CUE = "thinking_cue"
     USAGE_WAIT = "usage_wait"
+    LOG_SUMMARY = "log_summary"  # the kiosk's, not a machine's: say what core/bound.py held back
 
 
 class Mic(str, Enum):
