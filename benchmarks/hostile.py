@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from kioskd.sim.harness import NULL_SINK_AUDIO, KioskdProcess
-from kioskd.sim.hostile import Attack, HostileServer, Peer, error_event
+from kioskd.sim.hostile import Attack, HostileServer, Peer, deflated_frame, error_event
 
 MB = 10**6
 
@@ -50,6 +50,11 @@ async def big_mismatch(peer: Peer) -> None:
     await peer.configure({"type": "server_vad", "junk": "y" * 2 * MB} if peer.number == 1 else None)
 
 
+async def mismatch_200k(peer: Peer) -> None:
+    """`session.updated` reporting a 200 KB turn_detection object (a frame under kioskd's cap)."""
+    await peer.configure({"type": "server_vad", "junk": "y" * 200_000} if peer.number == 1 else None)
+
+
 async def binary_frames(peer: Peer) -> None:
     """1,000 binary frames, each carrying a JSON event."""
     await peer.configure()
@@ -58,8 +63,8 @@ async def binary_frames(peer: Peer) -> None:
             await peer.send_raw(json.dumps({"type": "rate_limits.updated", "event_id": "e", "rate_limits": []}).encode())
 
 
-def _huge_delta(n_bytes: int) -> str:
-    audio = base64.b64encode(bytes(n_bytes // 4 * 3)).decode()
+def _huge_delta(base64_chars: int) -> str:
+    audio = base64.b64encode(bytes(base64_chars // 4 * 3)).decode()
     return json.dumps({"type": "response.output_audio.delta", "event_id": "e", "response_id": "resp_x",
                        "item_id": "item_x", "output_index": 0, "content_index": 0, "delta": audio})
 
@@ -73,6 +78,23 @@ async def huge_deltas(peer: Peer) -> None:
             await peer.send_raw(frame)
 
 
+async def long_deltas(peer: Peer) -> None:
+    """1,000 audio deltas of 3 s each (192 KB frames, under kioskd's frame cap)."""
+    await peer.configure()
+    if peer.number == 1:
+        frame = _huge_delta(192_000)  # base64 of 3 s of PCM
+        for _ in range(1000):
+            await peer.send_raw(frame)
+
+
+async def deflate_bomb(peer: Peer) -> None:
+    """3,000 compressed frames written at once, each 269 bytes on the wire and a 200 KB delta inflated (a frame
+    under kioskd's cap): valid only if kioskd agreed to permessage-deflate."""
+    await peer.configure()
+    if peer.number == 1:
+        peer.ws.transport.write(deflated_frame(_huge_delta(200_000)) * 3000)
+
+
 async def fatal_code_naming_an_event(peer: Peer) -> None:
     """One `error` with code unknown_parameter naming a client event (not the session's configuration)."""
     await peer.configure()
@@ -81,13 +103,14 @@ async def fatal_code_naming_an_event(peer: Peer) -> None:
 
 
 SCENARIOS: dict[str, Attack] = {
-    "error_flood": error_flood, "bad_flood": bad_flood, "big_mismatch": big_mismatch,
-    "binary_frames": binary_frames, "huge_deltas": huge_deltas, "fatal_code_naming_an_event": fatal_code_naming_an_event,
+    "error_flood": error_flood, "bad_flood": bad_flood, "big_mismatch": big_mismatch, "mismatch_200k": mismatch_200k,
+    "binary_frames": binary_frames, "huge_deltas": huge_deltas, "long_deltas": long_deltas, "deflate_bomb": deflate_bomb,
+    "fatal_code_naming_an_event": fatal_code_naming_an_event,
 }
 
 
 #: attacks whose lines kioskd holds back over their rate (the benchmark waits for the count to be said)
-FLOODS = frozenset({"error_flood", "bad_flood", "binary_frames"})
+FLOODS = frozenset({"error_flood", "bad_flood", "binary_frames", "long_deltas"})
 
 
 class ServerThread:

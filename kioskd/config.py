@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl, urlsplit
 import yaml  # type: ignore[import-untyped]
 
 from kioskd.errors import ConfigError
+from kioskd.core.realtime import INSTRUCTIONS_MAX_BYTES
 from kioskd.core.settings import LinkSettings, Settings, TurnSettings
 
 Auth = Literal["auto", "bearer", "api-key"]
@@ -228,6 +229,14 @@ def _non_empty(value: str) -> str | None:
     return None if value.strip() else "must not be empty"
 
 
+def _instructions_problem(text: str) -> str | None:
+    size = len(text.encode())
+    if size <= INSTRUCTIONS_MAX_BYTES:
+        return None
+    return (f"is {size} bytes long (UTF-8), more than {INSTRUCTIONS_MAX_BYTES}: the service echoes them in every "
+            "session update, and kioskd reads no frame over 256 KiB")
+
+
 def _url_problem(url: str) -> str | None:
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss"):
@@ -261,6 +270,7 @@ CHECKS: Final[Mapping[str, Callable[[Any], str | None]]] = {
     "realtime.url": _url_problem,
     "realtime.api_key_file": _key_file_problem,
     "realtime.voice": _non_empty,
+    "realtime.instructions": _instructions_problem,
     "realtime.connect_timeout_s": _positive,
     "realtime.keepalive_s": _positive,
     "realtime.recycle_margin_s": _non_negative,

@@ -167,6 +167,8 @@ def test_misspelt_key_names_file_line_key_and_suggestion() -> None:
         ("realtime:\n  url: https://api.openai.com/v1/realtime\n", 2, "realtime.url", ["ws:// or wss://"]),
         ("realtime:\n  url: wss://\n", 2, "realtime.url", ["no host"]),
         ("control:\n  socket: /" + "x" * 120 + "\n", 2, "control.socket", ["107 bytes"]),
+        ("realtime:\n  instructions: " + "é" * 16_385 + "\n", 2, "realtime.instructions",
+         ["32770 bytes long (UTF-8), more than 32768", "256 KiB"]),
         ("button:\n  pin: 5\nled:\n  pin: 5\n", 4, "led.pin", ["same pin as button.pin"]),
         ("button:\n  pin: 27\n", 2, "button.pin", ["same pin as led.pin"]),
         # syntax and shape

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from kioskd.core import events as ev
-from kioskd.core.pcm import API_RATE_HZ, Pcm, b64_to_pcm, pcm_to_b64
+from kioskd.core.pcm import API_RATE_HZ, BYTES_PER_SAMPLE, Pcm, b64_to_pcm, ms_to_samples, pcm_to_b64, samples_to_ms
 
 #: GA server events that kioskd accepts and that change nothing in a turn
 ACKNOWLEDGED: Final = frozenset(
@@ -34,6 +34,13 @@ ACKNOWLEDGED: Final = frozenset(
 )
 
 AUDIO_FORMAT: Final = {"type": "audio/pcm", "rate": API_RATE_HZ}
+#: the most audio one delta may carry. Deltas are tens to a few hundred ms (a few KB of base64, reference §8);
+#: a longer one is a bad event, not played (one 15 MB delta would be four minutes of audio).
+MAX_DELTA_MS: Final = 2000
+_MAX_DELTA_B64_CHARS: Final = -(-ms_to_samples(MAX_DELTA_MS) * BYTES_PER_SAMPLE // 3) * 4
+#: the longest instructions kioskd sends (UTF-8 bytes): the server echoes them in every session.created /
+#: session.updated, the largest events it sends kioskd, so they bound adapters/realtime_ws.MAX_FRAME_BYTES
+INSTRUCTIONS_MAX_BYTES: Final = 32 * 1024
 
 
 class _Missing(Exception):
@@ -78,8 +85,13 @@ def _session_updated(d: dict[str, Any]) -> ev.Input:
 
 
 def _audio_delta(d: dict[str, Any]) -> ev.Input:
+    text = _str(d, "delta")
+    if len(text) > _MAX_DELTA_B64_CHARS:  # judged before decoding: the audio is never made
+        ms = samples_to_ms(len(text) * 3 // 4 // BYTES_PER_SAMPLE)
+        return ev.BadEvent("response.output_audio.delta", "too_much_audio",
+                           f"{ms} ms of audio in one delta, more than {MAX_DELTA_MS} ms")
     try:
-        pcm = b64_to_pcm(_str(d, "delta"))
+        pcm = b64_to_pcm(text)
     except ValueError as exc:
         return ev.BadEvent("response.output_audio.delta", "bad_audio", str(exc))
     return ev.AudioDelta(response_id=_str(d, "response_id"), item_id=_str(d, "item_id"), pcm=pcm)

@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import struct
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
@@ -30,6 +32,15 @@ def error_event(code: str, message: str, event_id: str | None = None, kind: str 
     """An ``error`` server event (reference §9.1)."""
     return {"type": "error", "event_id": "event_hostile",
             "error": {"type": kind, "code": code, "message": message, "param": None, "event_id": event_id}}
+
+
+def deflated_frame(text: str) -> bytes:
+    """A server text frame compressed with permessage-deflate on its own (it needs no earlier frame), unmasked:
+    bytes to write straight to the socket. Valid only if the client agreed to permessage-deflate."""
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    data = (deflate.compress(text.encode()) + deflate.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    size = bytes([len(data)]) if len(data) < 126 else bytes([126]) + struct.pack("!H", len(data))
+    return bytes([0xC1]) + size + data  # FIN, RSV1 (compressed), text
 
 
 class Peer:

@@ -11,7 +11,7 @@ import pytest
 
 from kioskd.core import events as ev
 from kioskd.core.pcm import b64_to_pcm, tone
-from kioskd.core.realtime import ACKNOWLEDGED, RealtimeEncoder, parse_server_event
+from kioskd.core.realtime import ACKNOWLEDGED, MAX_DELTA_MS, RealtimeEncoder, parse_server_event
 from tests.realtime_schema import validate_client, validate_server
 
 # ------------------------------------------------------------------------------------------------ reference frames
@@ -319,6 +319,24 @@ def test_bad_audio_is_a_bad_event(delta: str, why: str) -> None:
     assert why in inp.detail
 
 
+def _delta_of(samples: int) -> str:
+    d = json.loads(AUDIO_DELTA)
+    d["delta"] = base64.b64encode(bytes(samples * 2)).decode()
+    return frame(d)
+
+
+def test_a_delta_of_more_audio_than_the_cap_is_a_bad_event_not_audio() -> None:
+    """MAX_DELTA_MS of audio in one delta plays; one sample more is BadEvent too_much_audio, judged before the
+    audio is decoded (a 15 MB delta, four minutes of audio, never becomes an array)."""
+    most = MAX_DELTA_MS * 24
+    assert isinstance(parse_server_event(_delta_of(most)), ev.AudioDelta)
+    over = parse_server_event(_delta_of(most + 1))
+    assert isinstance(over, ev.BadEvent)
+    assert (over.event_type, over.reason) == ("response.output_audio.delta", "too_much_audio")
+    huge = parse_server_event(_delta_of(15 * 10**6 // 2))
+    assert isinstance(huge, ev.BadEvent) and huge.reason == "too_much_audio" and "312500 ms" in huge.detail
+
+
 def test_infinite_number_is_a_bad_event() -> None:
     """conversation.item.truncated with audio_end_ms 1e400 (parsed as inf) → BadEvent, not an exception."""
     d = ITEM_TRUNCATED.replace('"audio_end_ms":1500', '"audio_end_ms":1e400')
@@ -326,7 +344,7 @@ def test_infinite_number_is_a_bad_event() -> None:
 
 
 def test_deeply_nested_json_is_a_bad_event() -> None:
-    """A frame nested 100 000 deep (100 KB, under the 1 MiB frame limit) → BadEvent, not RecursionError."""
+    """A frame nested 100 000 deep (100 KB, under the 256 KiB frame limit) → BadEvent, not RecursionError."""
     assert isinstance(parse_server_event("[" * 100_000), ev.BadEvent)
 
 
