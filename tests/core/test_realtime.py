@@ -327,7 +327,7 @@ def _delta_of(samples: int) -> str:
 
 def test_a_delta_of_more_audio_than_the_cap_is_a_bad_event_not_audio() -> None:
     """MAX_DELTA_MS of audio in one delta plays; one sample more is BadEvent too_much_audio, judged before the
-    audio is decoded (a 15 MB delta, four minutes of audio, never becomes an array)."""
+    audio is decoded (15 MB of audio in one delta, five minutes, never becomes an array)."""
     most = MAX_DELTA_MS * 24
     assert isinstance(parse_server_event(_delta_of(most)), ev.AudioDelta)
     over = parse_server_event(_delta_of(most + 1))
