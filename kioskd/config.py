@@ -30,6 +30,7 @@ from urllib.parse import parse_qsl, urlsplit
 import yaml  # type: ignore[import-untyped]
 
 from kioskd.errors import ConfigError
+from kioskd.core.realtime import INSTRUCTIONS_MAX_BYTES
 from kioskd.core.settings import LinkSettings, Settings, TurnSettings
 
 Auth = Literal["auto", "bearer", "api-key"]
@@ -48,8 +49,6 @@ MAX_SOCKET_PATH_BYTES: Final = 107
 CONFIG_MAX_BYTES: Final = 256 * 1024
 #: a key is ~200 characters; the file holds only the key
 KEY_FILE_MAX_BYTES: Final = 4096
-#: instructions go to the model with every session: more than this crowds the 32,768-token context
-INSTRUCTIONS_MAX_CHARS: Final = 32_000
 
 
 _LINK: Final = LinkSettings()
@@ -279,6 +278,14 @@ def _non_empty(value: str) -> str | None:
     return None if value.strip() else "must not be empty"
 
 
+def _instructions_problem(text: str) -> str | None:
+    size = len(text.encode())
+    if size <= INSTRUCTIONS_MAX_BYTES:
+        return None
+    return (f"is {size:,} bytes long (UTF-8); the limit is {INSTRUCTIONS_MAX_BYTES:,}: the service echoes them in "
+            "every session update, and kioskd reads no frame over 256 KiB")
+
+
 def _url_problem(url: str) -> str | None:
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss"):
@@ -288,13 +295,6 @@ def _url_problem(url: str) -> str | None:
     if parts.username or parts.password or any(k.lower() in ("api-key", "api_key", "key")
                                                for k, _ in parse_qsl(parts.query)):
         return "carries a credential; put the key in a file named by realtime.api_key_file"
-    return None
-
-
-def _instructions_problem(text: str) -> str | None:
-    if len(text) > INSTRUCTIONS_MAX_CHARS:
-        return (f"is {len(text):,} characters; the limit is {INSTRUCTIONS_MAX_CHARS:,} (they are sent with every "
-                "session and would crowd out the conversation)")
     return None
 
 

@@ -27,8 +27,9 @@ class LogSink:
 
 
 class StatusSink:
-    """Counters for ``kioskctl status``: every note by name, turns by outcome, refused presses by reason (a
-    refused press is not a turn), the usage of every turn summed, and the last turn's summary."""
+    """Counters for ``kioskctl status``: every note by name (those the core held back over their rate counted
+    when their ``log.suppressed`` summary comes), turns by outcome, refused presses by reason (a refused press is
+    not a turn), the usage of every turn summed, and the last turn's summary."""
 
     def __init__(self) -> None:
         self.events: Counter[str] = Counter()
@@ -47,6 +48,8 @@ class StatusSink:
             self.last_turn = note.fields
         elif note.name == "turn.rejected":
             self.rejected[str(note.fields.get("reason"))] += 1
+        elif note.name == "log.suppressed":
+            self.events[str(note.fields.get("name"))] += int(note.fields.get("count", 0))
 
     def status(self) -> dict[str, Any]:
         return {"turns": dict(self.turns), "rejected": dict(self.rejected), "usage": self.usage,

@@ -13,6 +13,8 @@ import yaml
 
 from kioskd import config
 from kioskd.config import KioskConfig
+from kioskd.core.realtime import INSTRUCTIONS_MAX_BYTES
+from kioskd.core.realtime import INSTRUCTIONS_MAX_BYTES
 from kioskd.errors import ConfigError, classify
 
 
@@ -168,6 +170,8 @@ def test_misspelt_key_names_file_line_key_and_suggestion() -> None:
         ("realtime:\n  url: https://api.openai.com/v1/realtime\n", 2, "realtime.url", ["ws:// or wss://"]),
         ("realtime:\n  url: wss://\n", 2, "realtime.url", ["no host"]),
         ("control:\n  socket: /" + "x" * 120 + "\n", 2, "control.socket", ["107 bytes"]),
+        ("realtime:\n  instructions: " + "é" * 16_385 + "\n", 2, "realtime.instructions",
+         ["32,770 bytes long (UTF-8); the limit is 32,768", "256 KiB"]),
         ("button:\n  pin: 5\nled:\n  pin: 5\n", 4, "led.pin", ["same pin as button.pin"]),
         ("button:\n  pin: 27\n", 2, "button.pin", ["same pin as led.pin"]),
         # syntax and shape
@@ -301,9 +305,11 @@ def test_a_config_file_over_the_size_limit_is_refused(tmp_path: Path) -> None:
 
 
 def test_instructions_are_capped() -> None:
-    err = error_of('realtime:\n  instructions: "' + "a" * (config.INSTRUCTIONS_MAX_CHARS + 1) + '"\n')
-    assert (err.line, err.key) == (2, "realtime.instructions") and "the limit is 32,000" in str(err)
-    assert config.parse('realtime:\n  instructions: "' + "a" * config.INSTRUCTIONS_MAX_CHARS + '"\n', "k.yaml")
+    err = error_of('realtime:\n  instructions: "' + "a" * (INSTRUCTIONS_MAX_BYTES + 1) + '"\n')
+    assert (err.line, err.key) == (2, "realtime.instructions") and "the limit is 32,768" in str(err)
+    assert config.parse('realtime:\n  instructions: "' + "a" * INSTRUCTIONS_MAX_BYTES + '"\n', "k.yaml")
+    err = error_of('exhibit:\n  instructions: "' + "é" * (INSTRUCTIONS_MAX_BYTES // 2 + 1) + '"\n')
+    assert err.key == "exhibit.instructions" and "bytes long (UTF-8)" in str(err)
 
 
 @pytest.mark.parametrize(("text", "key"), [

@@ -13,11 +13,28 @@ from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.frames import CloseCode
 
 from kioskd.errors import AuthError, ConnectionLost, HandshakeError
 
-#: conversation.item.retrieved can exceed websockets' 1 MiB default (reference §2)
-MAX_FRAME_BYTES: Final = 16 * 2**20
+#: The largest frame kioskd reads from the server; a larger one ends the session (close 1009) before its payload
+#: is read. The largest events the server sends kioskd (reference §5, §11): session.created / session.updated,
+#: which echo the instructions (at most core.realtime.INSTRUCTIONS_MAX_BYTES, 32 KiB of UTF-8, at most 192 KiB
+#: even if every byte were JSON-escaped as \u00XX) with about 2 KB of configuration; and response.done,
+#: response.output_item.done and response.output_audio_transcript.done, which carry a reply's transcript (at
+#: most 4,096 output tokens: tens of KB) and never its audio. Audio deltas are a few KB; the most kioskd plays
+#: from one, core.realtime.MAX_DELTA_MS (2 s), is 128,000 characters of base64. The one event that carries a
+#: whole item's audio, conversation.item.retrieved (why the reference suggests 16 MiB), answers a request
+#: kioskd never sends. So: 256 KiB, with room to spare for every event kioskd asks for.
+MAX_FRAME_BYTES: Final = 256 * 1024
+#: frames websockets buffers before it stops reading the socket (its own default, said here): with the frame
+#: cap, at most 4 MiB of a server's frames wait in memory for the reader
+MAX_QUEUE_FRAMES: Final = 16
+#: No permessage-deflate. websockets inflates every frame of a TCP read before its flow control (max_queue) can
+#: pause, so a compressed stream defeats both caps: 3,000 frames of 269 bytes, each inflating to a 200 KB delta,
+#: took a kioskd with the 256 KiB cap from 69 to 228 MiB (benchmarks/hostile.py deflate_bomb). Uncompressed,
+#: a spoken reply costs about 1.6x the downlink (65 KB/s of base64 instead of about 40): nothing for a kiosk.
+COMPRESSION: Final = None
 
 Auth = Literal["auto", "bearer", "api-key"]
 
@@ -47,6 +64,8 @@ async def open_session(url: str, *, auth: Auth, api_key: str | None, open_timeou
             url,
             additional_headers=auth_headers(url, auth, api_key),
             max_size=MAX_FRAME_BYTES,
+            max_queue=MAX_QUEUE_FRAMES,
+            compression=COMPRESSION,
             ping_interval=keepalive_s,
             ping_timeout=keepalive_s,
             open_timeout=open_timeout_s,
@@ -75,6 +94,9 @@ async def frames(conn: ClientConnection) -> AsyncIterator[str | bytes]:
     except ConnectionClosed:
         pass
     sent, rcvd = conn.protocol.close_sent, conn.protocol.close_rcvd
+    if sent is not None and sent.code == CloseCode.MESSAGE_TOO_BIG:  # websockets refused an oversize frame
+        raise ConnectionLost(sent.code, f"the server sent a frame over kioskd's {MAX_FRAME_BYTES // 1024} KiB "
+                                        f"limit; kioskd closed the session ({sent.reason})")
     if rcvd is None and sent is not None and sent.reason:  # kioskd gave up on a silent link (keepalive)
         raise ConnectionLost(conn.close_code, f"no close frame from the server; kioskd closed it: {sent.reason}")
     raise ConnectionLost(conn.close_code, conn.close_reason or "")

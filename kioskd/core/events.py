@@ -37,6 +37,7 @@ class Timer(str, Enum):
     REPLY_CAP = "reply_cap"
     THINKING_CUE = "thinking_cue"
     USAGE_WAIT = "usage_wait"
+    LOG_SUMMARY = "log_summary"  # the kiosk's, not a machine's: say what core/bound.py held back
 
 
 class Mic(str, Enum):
@@ -235,12 +236,18 @@ class Unknown:
     type: str
 
 
+#: why a server frame could not be used, in kioskd's own words (never the server's text)
+BadReason = Literal["binary", "not_json", "not_an_event", "missing_field", "bad_field", "bad_audio", "too_much_audio"]
+
+
 @dataclass(frozen=True, slots=True)
 class BadEvent:
-    """A server frame kioskd could not use (malformed JSON, bad base64, missing fields)."""
+    """A server frame kioskd could not use. ``event_type`` is one kioskd parses, ``(unparsed)`` or ``(binary)``;
+    ``reason`` is kioskd's word for what was wrong; ``detail`` says more and may quote the server."""
 
     event_type: str
-    reason: str
+    reason: BadReason
+    detail: str = ""
 
 
 Input = (

@@ -10,7 +10,9 @@ status`` and systemd see, is the turn's phase during a turn and the link's other
 
     turn idle + link ready → IDLE;  turn idle + link connecting / offline / fault → that;  else the turn's phase
 
-Only this module turns a public phase into an LED pattern, a microphone gate and systemd's READY.
+Only this module turns a public phase into an LED pattern, a microphone gate and systemd's READY. Every action
+list the core returns leaves through ``_bounded``: the notes a server can cause are rate-limited and every
+note's fields are cut to a few hundred characters (``core/bound.py``), whichever machine made them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from enum import Enum
 from typing import Any, Final
 
 from kioskd.core import events as ev
+from kioskd.core.bound import NoteLimiter, cut_note
 from kioskd.core.link import LinkMachine, LinkPhase
 from kioskd.core.settings import Settings
 from kioskd.core.turn import TurnMachine, TurnPhase
@@ -69,6 +72,7 @@ class Kiosk:
         self._stuck_shown = False
         self._serving = False
         self._bugs: list[float] = []
+        self._limiter = NoteLimiter()  # outlives the machines: a bug that replaces them resets no count
 
     @property
     def phase(self) -> Phase:
@@ -77,9 +81,11 @@ class Kiosk:
         return Phase.IDLE if self.link.phase is LinkPhase.READY else Phase(self.link.phase.value)
 
     def begin(self, now: float) -> list[ev.Action]:
-        return [*self.link.begin(now), *self._sync(now, busy_was=False)]
+        return self._bounded([*self.link.begin(now), *self._sync(now, busy_was=False)], now)
 
     def handle(self, inp: ev.Input, now: float) -> list[ev.Action]:
+        if isinstance(inp, ev.Timeout) and inp.timer is ev.Timer.LOG_SUMMARY:
+            return self._bounded(self._limiter.summary(now), now)
         busy_was = self.turn.busy
         out: list[ev.Action] = []
         if isinstance(inp, ev.Timeout):
@@ -96,7 +102,7 @@ class Kiosk:
         out += self._sync(now, busy_was)
         if isinstance(inp, ev.Pressed) and not any(isinstance(a, ev.SetMic) for a in out):
             out.append(ev.SetMic(_mic(self.phase)))  # the adapter opened the microphone as the press was queued
-        return out
+        return self._bounded(out, now)
 
     def recover(self, now: float, cause: BaseException) -> list[ev.Action]:
         """After a kioskd bug (an exception from ``handle``): account the turns the old machines still held,
@@ -110,13 +116,13 @@ class Kiosk:
             pass
         if len(self._bugs) >= BUG_LIMIT:
             reason = f"{len(self._bugs)} kioskd bugs within {BUG_WINDOW_S:.0f} s"
-            return [*out, ev.Interrupt(), ev.Note("daemon.bug_limit", "error", {"cause": reason}),
-                    ev.Exit(1, reason)]
+            return self._bounded([*out, ev.Interrupt(), ev.Note("daemon.bug_limit", "error", {"cause": reason}),
+                                  ev.Exit(1, reason)], now)
         self.link = LinkMachine(self.settings.link, rand=self._rand, carry=self.link)
         self.turn = TurnMachine(self.settings.turn)
         self._told = (False, "connecting")
         apology = [ev.PlayEarcon(ev.Earcon.APOLOGY)] if self.settings.turn.earcons else []
-        return [*out, ev.Interrupt(), *apology, ev.Close(), *self.begin(now)]
+        return [*self._bounded([*out, ev.Interrupt(), *apology, ev.Close()], now), *self.begin(now)]
 
     def status(self) -> dict[str, Any]:
         """A snapshot for ``kioskctl status`` (plain data)."""
@@ -124,6 +130,10 @@ class Kiosk:
                 "button_stuck": self.turn.stuck_since_s is not None, "last_turn": self.turn.last_turn}
 
     # ------------------------------------------------------------------------------------------ coupling
+
+    def _bounded(self, actions: list[ev.Action], now: float) -> list[ev.Action]:
+        """What the core says, bounded: server-caused notes held back over their rate, every note's fields cut."""
+        return [cut_note(a) if isinstance(a, ev.Note) else a for a in self._limiter.limit(actions, now)]
 
     def _link(self, inp: ev.Input, now: float) -> list[ev.Action]:
         self.link.turn_busy = self.turn.busy

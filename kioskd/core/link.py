@@ -4,7 +4,9 @@ Theory of operation. ``LinkMachine`` is one of the two machines ``core/kiosk.py`
 visitor's turn, ``core/turn.py``). It opens a session (``Connect``), configures it (``ConfigureSession``) and is
 READY once the service confirms; a lost session goes OFFLINE with the next jittered backoff delay, or to FAULT
 when ``errors.classify`` says retrying cannot help (bad key, no quota, unknown model, a refused configuration, or
-the quick-failure rule: sessions that die again and again within seconds of becoming ready). Sessions are renewed
+the quick-failure rule: sessions that die again and again within seconds of becoming ready). A server error
+whose code is fatal but which names one request of a ready session (not its configuration) does not end the
+session: ``claims`` leaves it to the turn. Sessions are renewed
 a margin before the server's ``expires_at``, and after a reload that changed the session, but only while no
 visitor is mid-turn (``turn_busy``, kept up to date by the coupling).
 
@@ -32,8 +34,11 @@ BENIGN_CODES: Final = frozenset(
 )
 #: the session lifetimes kioskd believes (seconds): outside this the local clock is wrong, not the server
 LIFETIME_RANGE_S: Final = (30.0, 3600.0)
-#: distinct (type, reason) pairs of bad server frames remembered for "said once" (then all are counted only)
+#: distinct (type, reason) pairs of bad server frames remembered for "said once" (then all are counted only);
+#: the type is one kioskd parses and the reason kioskd's own word, so there are fewer than this in practice
 BAD_KINDS_MAX: Final = 64
+#: a bad event's type is cut to this many characters before it becomes a key
+BAD_TYPE_KEY_CHARS: Final = 64
 
 
 class LinkPhase(str, Enum):
@@ -77,11 +82,17 @@ class LinkMachine(Machine[LinkPhase]):
         return self._connect(now)
 
     def claims(self, err: ev.ServerError) -> bool:
-        """This server error ends the session (FAULT): it refuses the session's own configuration, or retrying
-        cannot help. Anything else is the turn's business."""
-        if self.phase is LinkPhase.CONNECTING and err.event_id is not None and err.event_id == self._config_ref:
+        """This server error ends the session (FAULT). While connecting: any error refusing the session's own
+        configuration, or one whose code says retrying cannot help (``errors.classify``). While ready: a code
+        that says so only if the error names the configuration or no client event at all (a key revoked, the
+        quota gone); one that names another client event refuses that request, not the session, and is the
+        turn's business (a warning; a turn it leaves without a reply ends as failed)."""
+        names_config = err.event_id is not None and err.event_id == self._config_ref
+        if self.phase is LinkPhase.CONNECTING and names_config:
             return True
         if err.code in BENIGN_CODES or self.phase not in (LinkPhase.CONNECTING, LinkPhase.READY):
+            return False
+        if self.phase is LinkPhase.READY and err.event_id is not None and not names_config:
             return False
         return classify(ServerRejected(err.code, err.message, err.event_id, err.error_type)) == "fatal"
 
@@ -209,13 +220,14 @@ class LinkMachine(Machine[LinkPhase]):
         return []
 
     def _on_bad_event(self, inp: ev.BadEvent, now: float) -> list[ev.Action]:
-        """One warning per (type, reason), for at most BAD_KINDS_MAX kinds; repeats are debug, counted."""
-        key = (inp.event_type, inp.reason)
+        """One warning per kind, (type, reason), for at most BAD_KINDS_MAX kinds; repeats are debug, counted.
+        The detail (which may quote the server) is logged but never part of the kind."""
+        key = (inp.event_type[:BAD_TYPE_KEY_CHARS], inp.reason)
+        fields = {"type": key[0], "reason": inp.reason, "detail": inp.detail}
         if key not in self._bad_seen and len(self._bad_seen) >= BAD_KINDS_MAX:
-            return [ev.Note("ws.bad_event", "debug", {"type": inp.event_type, "reason": inp.reason})]
+            return [ev.Note("ws.bad_event", "debug", fields)]
         seen = self._bad_seen[key] = self._bad_seen.get(key, 0) + 1
-        return [ev.Note("ws.bad_event", "warning" if seen == 1 else "debug",
-                        {"type": inp.event_type, "reason": inp.reason, "count": seen})]
+        return [ev.Note("ws.bad_event", "warning" if seen == 1 else "debug", {**fields, "count": seen})]
 
     def _on_unknown(self, inp: ev.Unknown, now: float) -> list[ev.Action]:
         return [ev.Note("ws.unknown_event", "debug", {"type": inp.type})]

@@ -4,8 +4,10 @@ This is the only module that turns wire JSON into kioskd values, and kioskd's in
 ``shared/reference/realtime.md`` (GA shape): ``session.type: "realtime"``, ``audio.input.format`` objects,
 ``response.output_audio.delta`` and so on. It never sends the beta header and never builds a beta field.
 
-Parsing is total: a frame that cannot be used becomes ``BadEvent(type, reason)``; a type kioskd does not know
-becomes ``Unknown(type)``. ``error`` frames are parsed leniently (a recorded one lacks ``event_id``).
+Parsing is total: a frame that cannot be used becomes ``BadEvent(type, reason, detail)``, its reason one of
+kioskd's own words (``events.BadReason``); a type kioskd does not know becomes ``Unknown(type)``. Every server
+event is a JSON text frame: a binary frame is a bad event, never decoded. ``error`` frames are parsed leniently
+(a recorded one lacks ``event_id``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from kioskd.core import events as ev
-from kioskd.core.pcm import API_RATE_HZ, Pcm, b64_to_pcm, pcm_to_b64
+from kioskd.core.pcm import API_RATE_HZ, BYTES_PER_SAMPLE, Pcm, b64_to_pcm, ms_to_samples, pcm_to_b64, samples_to_ms
 
 #: GA server events that kioskd accepts and that change nothing in a turn
 ACKNOWLEDGED: Final = frozenset(
@@ -32,6 +34,13 @@ ACKNOWLEDGED: Final = frozenset(
 )
 
 AUDIO_FORMAT: Final = {"type": "audio/pcm", "rate": API_RATE_HZ}
+#: the most audio one delta may carry. Deltas are tens to a few hundred ms (a few KB of base64, reference §8);
+#: a longer one is a bad event, not played (one 15 MB delta would be four minutes of audio).
+MAX_DELTA_MS: Final = 2000
+_MAX_DELTA_B64_CHARS: Final = -(-ms_to_samples(MAX_DELTA_MS) * BYTES_PER_SAMPLE // 3) * 4
+#: the longest instructions kioskd sends (UTF-8 bytes): the server echoes them in every session.created /
+#: session.updated, the largest events it sends kioskd, so they bound adapters/realtime_ws.MAX_FRAME_BYTES
+INSTRUCTIONS_MAX_BYTES: Final = 32 * 1024
 
 
 class _Missing(Exception):
@@ -76,10 +85,15 @@ def _session_updated(d: dict[str, Any]) -> ev.Input:
 
 
 def _audio_delta(d: dict[str, Any]) -> ev.Input:
+    text = _str(d, "delta")
+    if len(text) > _MAX_DELTA_B64_CHARS:  # judged before decoding: the audio is never made
+        ms = samples_to_ms(len(text) * 3 // 4 // BYTES_PER_SAMPLE)
+        return ev.BadEvent("response.output_audio.delta", "too_much_audio",
+                           f"{ms} ms of audio in one delta, more than {MAX_DELTA_MS} ms")
     try:
-        pcm = b64_to_pcm(_str(d, "delta"))
+        pcm = b64_to_pcm(text)
     except ValueError as exc:
-        return ev.BadEvent("response.output_audio.delta", str(exc))
+        return ev.BadEvent("response.output_audio.delta", "bad_audio", str(exc))
     return ev.AudioDelta(response_id=_str(d, "response_id"), item_id=_str(d, "item_id"), pcm=pcm)
 
 
@@ -128,13 +142,16 @@ _PARSERS: Final[dict[str, Callable[[dict[str, Any]], ev.Input]]] = {
 
 
 def parse_server_event(frame: str | bytes) -> ev.Input:
-    """Parse one WebSocket text frame from the server into a typed input. Never raises."""
+    """Parse one WebSocket frame from the server into a typed input. Never raises. Server events are JSON text
+    frames: a binary frame (``bytes``) is a bad event and is not decoded."""
+    if not isinstance(frame, str):
+        return ev.BadEvent("(binary)", "binary", f"a binary frame of {len(frame)} bytes")
     try:
         data = json.loads(frame)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        return ev.BadEvent("(unparsed)", f"not JSON: {exc}")
+    except (ValueError, RecursionError) as exc:
+        return ev.BadEvent("(unparsed)", "not_json", str(exc))
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
-        return ev.BadEvent("(unparsed)", "not an object with a string 'type'")
+        return ev.BadEvent("(unparsed)", "not_an_event", "not an object with a string 'type'")
     kind: str = data["type"]
     parser = _PARSERS.get(kind)
     if parser is None:
@@ -142,9 +159,9 @@ def parse_server_event(frame: str | bytes) -> ev.Input:
     try:
         return parser(data)
     except _Missing as exc:
-        return ev.BadEvent(kind, f"missing field {exc}")
+        return ev.BadEvent(kind, "missing_field", str(exc))
     except (TypeError, ValueError, OverflowError) as exc:
-        return ev.BadEvent(kind, f"bad field: {exc}")
+        return ev.BadEvent(kind, "bad_field", str(exc))
 
 
 class RealtimeEncoder:

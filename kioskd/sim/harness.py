@@ -128,7 +128,8 @@ NULL_SINK_AUDIO = "audio:\n  input_device: kiosk_microphone\n  output_device: ki
 
 
 class KioskdProcess:
-    """``kioskd run --config FILE`` as a child process, its JSON log lines collected with arrival times."""
+    """``kioskd run --config FILE`` as a child process, its JSON log lines collected with arrival times (``_t``)
+    and their length in bytes as written (``_bytes``)."""
 
     def __init__(self, workdir: Path, config_yaml: str, env: dict[str, str] | None = None) -> None:
         self.socket = str(workdir / "control.sock")
@@ -153,6 +154,7 @@ class KioskdProcess:
             if not isinstance(line, dict):
                 line = {"event": "raw", "text": raw.rstrip()}
             line["_t"] = time.monotonic() - self.t0
+            line["_bytes"] = len(raw.rstrip("\n").encode())
             self.lines.append(line)
 
     def ctl(self, cmd: str) -> dict[str, Any]:
@@ -195,7 +197,7 @@ class KioskdProcess:
         return [line for line in self.lines if line.get("event") == name]
 
     def tail(self, n: int = 15) -> str:
-        return "\n".join(json.dumps({k: v for k, v in line.items() if k != "_t"}) for line in self.lines[-n:])
+        return "\n".join(json.dumps({k: v for k, v in line.items() if k not in ("_t", "_bytes")}) for line in self.lines[-n:])
 
     def stop(self, timeout_s: float = 15.0) -> int:
         if self.proc.poll() is None:

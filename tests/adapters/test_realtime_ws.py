@@ -82,3 +82,17 @@ def test_server_close_ends_frames_with_its_close_code() -> None:
             assert any("session_expired" in str(f) for f in seen)
 
     run(scenario())
+
+
+def test_no_compression_is_offered() -> None:
+    """kioskd's handshake offers no permessage-deflate, so no server can send it frames that inflate past the
+    frame cap by the thousand in one read."""
+
+    async def scenario() -> None:
+        async with RealtimeSimulator(SimOptions()) as sim:
+            conn = await realtime_ws.open_session(sim.url, auth="auto", api_key=None, open_timeout_s=5)
+            await conn.close()
+            assert "sec-websocket-extensions" not in sim.request_headers[-1]
+            assert conn.protocol.extensions == []
+
+    run(scenario())

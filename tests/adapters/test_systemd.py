@@ -130,6 +130,13 @@ def test_unit_has_the_service_contract() -> None:
     assert keys["LimitNOFILE"] == ["1024"]  # soft = hard: the descriptor budget is stated, not inherited
 
 
+def test_unit_bounds_memory_and_tasks() -> None:
+    """A runaway kioskd is killed inside its cgroup and restarted, not left to swap the Pi or exhaust its tasks."""
+    keys = _unit_keys()
+    assert keys["MemoryMax"] == ["192M"] and keys["MemorySwapMax"] == ["0"]
+    assert keys["TasksMax"] == ["64"]
+
+
 def test_unit_leaves_out_what_breaks_kioskd() -> None:
     keys = _unit_keys()
     for key in ("MemoryDenyWriteExecute", "PrivateDevices", "PrivateUsers", "ProcSubset"):

@@ -354,7 +354,7 @@ LINK_ROWS: list[tuple[str, ev.Input, str]] = [
     ("offline", ev.Reloaded(SETTINGS), "connecting"),
     ("offline", ev.TurnEnded(answered=False), "offline"),
     ("offline", ev.Disconnected(ConnectionLost(1006)), "offline"),  # no row: remote, ignored
-    ("offline", ev.BadEvent("x", "y"), "offline"),
+    ("offline", ev.BadEvent("(unparsed)", "not_json"), "offline"),
     ("fault", ev.Timeout(ev.Timer.RECONNECT), "connecting"),
     ("fault", ev.Reloaded(SETTINGS), "connecting"),
     ("ready", ev.Timeout(ev.Timer.RECYCLE), "connecting"),
@@ -394,16 +394,21 @@ def test_link_renews_only_between_visitors() -> None:
 
 @pytest.mark.parametrize(("phase", "code", "event_id", "claimed"), [
     ("ready", "invalid_api_key", None, True),
-    ("ready", "insufficient_quota", "req_1", True),
+    ("ready", "insufficient_quota", None, True),
+    ("ready", "unknown_parameter", "cfg_1", True),  # a late refusal of the session's configuration
+    ("ready", "unknown_parameter", "evt_5", False),  # refuses one request, not the session
+    ("ready", "insufficient_quota", "req_1", False),
     ("ready", "server_error", None, False),
     ("ready", "conversation_already_has_active_response", "req_2", False),
     ("connecting", "invalid_value", "cfg_1", True),
     ("connecting", "invalid_value", "evt_9", False),
+    ("connecting", "unknown_parameter", "evt_9", True),
     ("offline", "invalid_api_key", None, False),
 ])
 def test_link_claims_errors_that_end_the_session(phase: str, code: str, event_id: str | None,
                                                  claimed: bool) -> None:
-    """claims(): fatal codes and refusals of the session's own configuration are the link's; others the turn's."""
+    """claims(): while connecting, fatal codes and refusals of the session's configuration are the link's; while
+    ready, a fatal code only when it names the configuration or no client event; everything else the turn's."""
     m = link_in(phase)
     if phase == "connecting":
         m.handle(ev.SessionCreated("sess_1", None), 0.1)

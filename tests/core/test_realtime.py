@@ -11,7 +11,7 @@ import pytest
 
 from kioskd.core import events as ev
 from kioskd.core.pcm import b64_to_pcm, tone
-from kioskd.core.realtime import ACKNOWLEDGED, RealtimeEncoder, parse_server_event
+from kioskd.core.realtime import ACKNOWLEDGED, MAX_DELTA_MS, RealtimeEncoder, parse_server_event
 from tests.realtime_schema import validate_client, validate_server
 
 # ------------------------------------------------------------------------------------------------ reference frames
@@ -238,13 +238,13 @@ def test_unknown_types_become_unknown(kind: str) -> None:
 # ------------------------------------------------------------------------------------------------ bad frames
 
 
-@pytest.mark.parametrize("text", ["", "{", "not json", "{'type': 'error'}", b"\xff\xfe\x00garbage"],
-                         ids=["empty", "truncated", "text", "single-quotes", "bad-utf8"])
-def test_malformed_json_is_a_bad_event(text: str | bytes) -> None:
-    """Malformed JSON → BadEvent with a reason; parsing never raises."""
+@pytest.mark.parametrize("text", ["", "{", "not json", "{'type': 'error'}"],
+                         ids=["empty", "truncated", "text", "single-quotes"])
+def test_malformed_json_is_a_bad_event(text: str) -> None:
+    """Malformed JSON → BadEvent not_json, the parser's complaint as the detail; parsing never raises."""
     inp = parse_server_event(text)
     assert isinstance(inp, ev.BadEvent)
-    assert inp.reason
+    assert (inp.event_type, inp.reason) == ("(unparsed)", "not_json") and inp.detail
 
 
 @pytest.mark.parametrize("text", ["[]", "42", '"session.created"', "null", '{"event_id": "e"}', '{"type": 5}'],
@@ -252,12 +252,14 @@ def test_malformed_json_is_a_bad_event(text: str | bytes) -> None:
 def test_non_object_or_typeless_is_a_bad_event(text: str) -> None:
     """A JSON value that is not an object with a string type → BadEvent."""
     inp = parse_server_event(text)
-    assert isinstance(inp, ev.BadEvent) and inp.reason
+    assert isinstance(inp, ev.BadEvent) and inp.reason == "not_an_event"
 
 
-def test_bytes_frames_parse() -> None:
-    """A frame delivered as UTF-8 bytes parses the same as text."""
-    assert parse_server_event(ITEM_TRUNCATED.encode()) == ev.ItemTruncated("item_002", 1500)
+@pytest.mark.parametrize("data", [ITEM_TRUNCATED.encode(), b"\xff\xfe\x00garbage", b""],
+                         ids=["json-event", "bad-utf8", "empty"])
+def test_binary_frames_are_bad_events_never_decoded(data: bytes) -> None:
+    """Server events are JSON text frames: a binary frame is a bad event, even one whose bytes are an event."""
+    assert parse_server_event(data) == ev.BadEvent("(binary)", "binary", f"a binary frame of {len(data)} bytes")
 
 
 def _without(text: str, *path: str) -> str:
@@ -284,15 +286,15 @@ def _without(text: str, *path: str) -> str:
     (frame({"type": "input_audio_buffer.committed", "event_id": "e"}), "item_id"),
 ])
 def test_missing_field_is_a_bad_event(text: str, field: str) -> None:
-    """A known event without a field kioskd needs → BadEvent(type, reason naming the field)."""
+    """A known event without a field kioskd needs → BadEvent(type, missing_field, naming the field)."""
     inp = parse_server_event(text)
     assert isinstance(inp, ev.BadEvent), inp
-    assert inp.event_type == json.loads(text)["type"]
-    assert field.split(".")[-1] in inp.reason
+    assert (inp.event_type, inp.reason) == (json.loads(text)["type"], "missing_field")
+    assert field.split(".")[-1] in inp.detail
 
 
 @pytest.mark.parametrize(("d", "kind"), [
-    ({"response_id": 7, "item_id": "i", "delta": "AAAA"}, "response.output_audio.delta"),
+    ({"response_id": 7, "item_id": "i", "delta": "AAAAAA=="}, "response.output_audio.delta"),
     ({"response_id": "r", "item_id": "i", "delta": 12}, "response.output_audio.delta"),
     ({"item_id": "i", "content_index": 0, "audio_end_ms": "soon"}, "conversation.item.truncated"),
     ({"item_id": "i", "content_index": 0, "audio_end_ms": None}, "conversation.item.truncated"),
@@ -302,7 +304,7 @@ def test_wrong_field_types_are_bad_events(d: dict[str, Any], kind: str) -> None:
     """Fields of the wrong type → BadEvent, never an exception."""
     inp = parse_server_event(frame({"type": kind, "event_id": "e", **d}))
     assert isinstance(inp, ev.BadEvent), inp
-    assert inp.event_type == kind and inp.reason
+    assert inp.event_type == kind and inp.reason in ("missing_field", "bad_field")
 
 
 @pytest.mark.parametrize(("delta", "why"), [("AAA", "base64"), ("A@==", "base64"), ("AAAA", "bytes")],
@@ -313,8 +315,26 @@ def test_bad_audio_is_a_bad_event(delta: str, why: str) -> None:
     d["delta"] = delta
     inp = parse_server_event(frame(d))
     assert isinstance(inp, ev.BadEvent)
-    assert inp.event_type == "response.output_audio.delta"
-    assert why in inp.reason
+    assert (inp.event_type, inp.reason) == ("response.output_audio.delta", "bad_audio")
+    assert why in inp.detail
+
+
+def _delta_of(samples: int) -> str:
+    d = json.loads(AUDIO_DELTA)
+    d["delta"] = base64.b64encode(bytes(samples * 2)).decode()
+    return frame(d)
+
+
+def test_a_delta_of_more_audio_than_the_cap_is_a_bad_event_not_audio() -> None:
+    """MAX_DELTA_MS of audio in one delta plays; one sample more is BadEvent too_much_audio, judged before the
+    audio is decoded (15 MB of audio in one delta, five minutes, never becomes an array)."""
+    most = MAX_DELTA_MS * 24
+    assert isinstance(parse_server_event(_delta_of(most)), ev.AudioDelta)
+    over = parse_server_event(_delta_of(most + 1))
+    assert isinstance(over, ev.BadEvent)
+    assert (over.event_type, over.reason) == ("response.output_audio.delta", "too_much_audio")
+    huge = parse_server_event(_delta_of(15 * 10**6 // 2))
+    assert isinstance(huge, ev.BadEvent) and huge.reason == "too_much_audio" and "312500 ms" in huge.detail
 
 
 def test_infinite_number_is_a_bad_event() -> None:
@@ -324,7 +344,7 @@ def test_infinite_number_is_a_bad_event() -> None:
 
 
 def test_deeply_nested_json_is_a_bad_event() -> None:
-    """A frame nested 100 000 deep (100 KB, under the 1 MiB frame limit) → BadEvent, not RecursionError."""
+    """A frame nested 100 000 deep (100 KB, under the 256 KiB frame limit) → BadEvent, not RecursionError."""
     assert isinstance(parse_server_event("[" * 100_000), ev.BadEvent)
 
 

@@ -107,9 +107,10 @@ def samples(w: Walk) -> dict[str, ev.Input]:
         "ServerError(benign)": ev.ServerError("response_cancel_not_active", "no active response", None, None),
         "ServerError(fatal)": ev.ServerError("insufficient_quota", "quota", "insufficient_quota", None),
         "ServerError(names request)": ev.ServerError("server_error", "failed", "server_error", "req_1"),
+        "ServerError(fatal, request)": ev.ServerError("unknown_parameter", "unknown", None, "req_1"),
         "ServerEvent": ev.ServerEvent("rate_limits.updated"),
         "Unknown": ev.Unknown("response.new_thing"),
-        "BadEvent": ev.BadEvent("response.output_audio.delta", "bad base64"),
+        "BadEvent": ev.BadEvent("response.output_audio.delta", "bad_audio", "bad base64"),
         **{f"Timeout({t.value})": ev.Timeout(t) for t in ev.Timer},
     }
 

@@ -606,6 +606,35 @@ def test_benign_server_error_is_only_a_warning(code: str, reach: Callable[[Drive
     assert d.phase == phase
 
 
+@pytest.mark.parametrize("code", ["unknown_parameter", "insufficient_quota", "invalid_api_key"])
+@pytest.mark.parametrize("reach", [stay_idle, reach_listening, reach_waiting, reach_speaking])
+def test_a_fatal_code_naming_one_request_of_a_ready_session_is_only_a_warning(
+        code: str, reach: Callable[[Driver], None]) -> None:
+    """An error with a code that would be fatal, naming a client event other than the session's configuration
+    (one append of the question): one warning; the session stays up and the turn goes on."""
+    d = online()
+    reach(d)
+    phase = d.phase
+    out = d.feed(ev.ServerError(code, "Unknown parameter: 'audio.foo'.", "invalid_request_error", "evt_7"))
+    assert [(a.name, a.level) for a in out if isinstance(a, ev.Note)] == [("ws.server_error", "warning")]
+    assert kinds(out, publish=True) == []
+    assert d.phase == phase and d.status()["link"] == "ready"
+
+
+def test_a_fatal_code_naming_the_reply_request_fails_the_turn_and_keeps_the_session() -> None:
+    """unknown_parameter naming the turn's RequestReply: the turn fails at once with the apology, as any refused
+    reply request does; the session is not closed, and the next question is answered on it."""
+    d = online()
+    ask(d)
+    out = d.feed(ev.ServerError("unknown_parameter", "Unknown parameter: 'response.foo'.", "invalid_request_error",
+                                "req_1"))
+    assert note(out, "ws.server_error").level == "error" and "ws.fault" not in note_names(out)
+    assert "Close" not in kinds(out) and d.status()["link"] == "ready"
+    assert earcons(out) == [ev.Earcon.APOLOGY] and d.phase == "idle"
+    assert note(out, "turn.done").fields["outcome"] == "failed"
+    assert said(ask(d))[-1] == ev.RequestReply("req_2")
+
+
 def test_server_error_naming_the_request_fails_the_turn_at_once() -> None:
     """An error naming the turn's RequestReply ref while WAITING → apology, turn.done failed, IDLE; the next
     question's RequestReply goes out at once and its reply plays."""
@@ -645,7 +674,7 @@ def test_an_unnamed_refusal_holds_the_next_request_at_most_usage_wait() -> None:
     ev.Unknown("response.mcp_call.in_progress"), ev.ServerEvent("rate_limits.updated"), ev.Connected(),
     ev.InputCommitted("item_u"), ev.TranscriptDone("resp_1", "item_1", "hello"), ev.ItemTruncated("item_1", 300),
     ev.AudioDone("resp_x", "item_x"), done("resp_x"), delta("resp_x", "item_x", 20),
-    ev.BadEvent("response.output_audio.delta", "bad base64 audio"),
+    ev.BadEvent("response.output_audio.delta", "bad_audio", "bad base64 audio"),
 ], ids=lambda inp: type(inp).__name__)
 @pytest.mark.parametrize("reach", [stay_idle, reach_listening, reach_waiting, reach_speaking])
 def test_stray_server_inputs_change_nothing(stray: ev.Input, reach: Callable[[Driver], None]) -> None:
@@ -660,12 +689,14 @@ def test_stray_server_inputs_change_nothing(stray: ev.Input, reach: Callable[[Dr
 
 
 def test_bad_events_warn_once_per_kind() -> None:
-    """BadEvent: a warning the first time a (type, reason) is seen, then debug lines that count it."""
+    """BadEvent: a warning the first time a (type, reason) is seen, then debug lines that count it; the detail,
+    which may quote the server, is said but is no part of the kind."""
     d = online()
-    bad = ev.BadEvent("response.output_audio.delta", "bad base64 audio")
-    lines = [note(d.feed(bad), "ws.bad_event") for _ in range(3)]
+    lines = [note(d.feed(ev.BadEvent("conversation.item.truncated", "bad_field", f"not a number: 'soon-{i}'")),
+                  "ws.bad_event") for i in range(3)]
     assert [(n.level, n.fields["count"]) for n in lines] == [("warning", 1), ("debug", 2), ("debug", 3)]
-    other = note(d.feed(ev.BadEvent("error", "not JSON")), "ws.bad_event")
+    assert lines[0].fields["detail"] == "not a number: 'soon-0'"
+    other = note(d.feed(ev.BadEvent("(unparsed)", "not_json")), "ws.bad_event")
     assert (other.level, other.fields["count"]) == ("warning", 1)
     assert note(d.feed(ev.Unknown("response.mcp_call.in_progress")), "ws.unknown_event").level == "debug"
 
