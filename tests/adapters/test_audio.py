@@ -160,6 +160,32 @@ def test_reply_tone_comes_out_of_the_speaker() -> None:
     run(main())
 
 
+def test_full_scale_noise_reaches_the_speaker_limited_to_the_ceiling() -> None:
+    """A hostile server's full-scale noise as reply audio: at the speaker's monitor it peaks at the limiter's
+    ceiling (-1 dBFS), not at 32 768 — resampling's own overshoot included, because the limiter comes after it."""
+    from kioskd.core.limiter import PeakLimiter
+
+    noise = np.random.default_rng(3).integers(-32768, 32768, API_RATE_HZ).astype(np.int16)
+
+    async def main() -> None:
+        rec = await started_recorder("kiosk_speaker_monitor", 48000)
+        audio, _, drained, _ = new_audio()
+        try:
+            await audio.start()
+            for chunk in np.array_split(noise, 10):
+                audio.play(chunk, "item_1")
+            audio.end_of_reply()
+            await wait_until(lambda: bool(drained), "the noise to drain")
+            await wait_until(lambda: loud_ms(rec.data(), 48000, level=10000) > 300, "the noise at the monitor")
+        finally:
+            await audio.close()
+            rec.close()
+        peak = int(np.max(np.abs(rec.data().astype(np.int32))))
+        assert PeakLimiter(48000).ceiling - 300 <= peak <= PeakLimiter(48000).ceiling
+
+    run(main())
+
+
 def test_interrupt_silences_the_speaker_and_reports_what_was_handed() -> None:
     """Interrupt mid-tone: silence follows, played_ms <= pushed, and it matches what the monitor heard."""
     async def main() -> None:
