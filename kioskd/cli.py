@@ -47,6 +47,9 @@ def _load(path: str | None) -> config_mod.KioskConfig:
 def _run(path: str | None) -> int:
     cfg = _load(path)
     log_mod.configure(cfg.log.level, cfg.log.format)
+    from kioskd.adapters import alsa
+
+    alsa.install(log_mod.get_logger("kioskd.audio"))  # before PortAudio is loaded: it lists devices at once
     api_key = config_mod.read_api_key(cfg.realtime)
     if api_key:
         log_mod.add_secret(api_key)

@@ -28,6 +28,7 @@ from typing import Any, Final
 import numpy as np
 import soxr  # type: ignore[import-untyped]
 
+from kioskd.adapters import alsa
 from kioskd.adapters.devices import DeviceChoice, Kind, choose
 from kioskd.adapters.resample import DTYPE, PlaybackResampler
 from kioskd.config import AudioConfig
@@ -123,8 +124,9 @@ class AudioIO:
         Raises DeviceError when a device is missing, busy or refuses every rate.
         """
         self._loop = asyncio.get_running_loop()
-        inp = await asyncio.to_thread(self._chooser, self._queries["input"], "input")
-        out = await asyncio.to_thread(self._chooser, self._queries["output"], "output")
+        with alsa.probing():  # PortAudio opens every PCM and probes rates: ALSA's complaints are expected
+            inp = await asyncio.to_thread(self._chooser, self._queries["input"], "input")
+            out = await asyncio.to_thread(self._chooser, self._queries["output"], "output")
         self._choices = {"input": inp, "output": out}
         for direction, choice in self._choices.items():
             if choice.others:  # e.g. a second identical USB adapter plugged in: the first is used, every time
@@ -146,6 +148,10 @@ class AudioIO:
         self._last_in_s = self._last_out_s = now  # a grace period before the first callbacks
 
     def _open(self, direction: Kind, choice: DeviceChoice) -> None:
+        with alsa.probing():  # a refusal is raised as a DeviceError, naming PortAudio's reason
+            self._open_stream(direction, choice)
+
+    def _open_stream(self, direction: Kind, choice: DeviceChoice) -> None:
         import sounddevice as sd  # type: ignore[import-untyped]
 
         # the speaker's block sets how soon a reply or a barge-in fade reaches the device; the microphone's only
