@@ -293,7 +293,8 @@ def test_losing_the_sound_server_is_said_once_and_exits_for_a_restart(tmp_path: 
 
 def test_reload_keeps_the_old_config_on_error_and_applies_a_good_one(tmp_path: Path) -> None:
     """systemctl reload (SIGHUP): a broken file is refused with file, line and key and kioskd keeps serving;
-    a good one is applied."""
+    a good one is applied. A longer reply cap applies at once but says it needs a restart: the speaker's playout
+    buffer was sized for the old one at start."""
     import signal
 
     thread = SimThread(SimOptions(voice="tone", reply_ms=500))
@@ -310,9 +311,10 @@ def test_reload_keeps_the_old_config_on_error_and_applies_a_good_one(tmp_path: P
         failed = kiosk.events("config.reload_failed")[0]
         assert "kioskd.yaml:" in failed["error"] and "turn.reply_wait_s" in failed["error"]
         assert kiosk.phase() == "idle"
-        config.write_text(good + "turn:\n  reply_wait_s: 12\n")
+        config.write_text(good + "turn:\n  reply_wait_s: 12\n  reply_cap_s: 120\n")
         kiosk.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: bool(kiosk.events("config.reloaded")), "the applied reload", 10 * UNIT_S)
+        assert kiosk.events("config.reloaded")[0]["needs_restart"] == ["turn.reply_cap_s"]
         assert kiosk.phase() == "idle"
     finally:
         code = kiosk.stop()
