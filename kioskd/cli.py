@@ -55,6 +55,9 @@ def _run(path: str | None) -> int:
     log_mod.configure(checked.cfg.log.level, checked.cfg.log.format)
     for warning in checked.warnings:
         log_mod.get_logger("kioskd").warning("config.plaintext_key", cause=warning)
+    from kioskd.adapters import alsa
+
+    alsa.install(log_mod.get_logger("kioskd.audio"))  # before PortAudio is loaded: it lists devices at once
     from kioskd.daemon import Daemon
 
     daemon = Daemon(checked, config_path=path)

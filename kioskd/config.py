@@ -148,6 +148,8 @@ class TurnConfig:
     reply_wait_s: float = _TURN.reply_wait_s
     """From commit to the first reply audio."""
     reply_cap_s: float = _TURN.reply_cap_s
+    """The longest reply that plays (then it is cut, outcome capped). The speaker's playout buffer is sized for it
+    at start (90 s at 48 kHz: 8.8 MB), so a longer cap set by a reload applies fully only after a restart."""
     rearm_ms: int = _TURN.rearm_ms
     """A press this soon after a release is a bounce."""
     append_ms: int = _TURN.append_ms
@@ -342,7 +344,7 @@ CHECKS: Final[Mapping[str, Callable[[Any], str | None]]] = {
     "turn.min_hold_ms": _non_negative,
     "turn.hold_cap_s": _positive,
     "turn.reply_wait_s": _positive,
-    "turn.reply_cap_s": _positive,
+    "turn.reply_cap_s": _between(1, 600),  # the playout ring is sized for it: 600 s is 58 MB at 48 kHz
     "turn.rearm_ms": _non_negative,
     "turn.append_ms": _between(5, 200),
     "turn.thinking_cue_s": _positive,

@@ -95,7 +95,7 @@ class Daemon:
                 block_ms=self.cfg.audio.block_ms, latency_s=self.cfg.audio.latency_s,
                 prebuffer_ms=self.cfg.audio.prebuffer_ms, prebuffer_min_ms=self.cfg.audio.prebuffer_min_ms,
                 prebuffer_max_ms=self.cfg.audio.prebuffer_max_ms, preroll_ms=self.cfg.audio.preroll_ms,
-                log=log_mod.get_logger("kioskd.audio"),
+                reply_cap_s=self.cfg.turn.reply_cap_s, log=log_mod.get_logger("kioskd.audio"),
             )
             try:
                 await audio.start()
@@ -172,13 +172,14 @@ class Daemon:
         return RealtimeLink(LinkOptions(self._url, auth=r.auth, api_key=self._api_key,
                                         connect_timeout_s=r.connect_timeout_s, keepalive_s=r.keepalive_s), post)
 
-    def _on_drained(self) -> None:
+    def _on_drained(self, dropped_ms: int) -> None:
         assert self.audio is not None
         stats = self.audio.stats()
         keys = ("target_ms", "depth_ms", "jitter_ms", "late_pushes", "late_ms", "overflows", "heard_underflows",
                 "output_latency_s")
         playout: dict[str, Any] = {k: stats[k] for k in keys if k in stats}
-        self._post(ev.PlaybackDrained(underruns_total=int(stats.get("underruns", 0)), playout=playout))
+        self._post(ev.PlaybackDrained(underruns_total=int(stats.get("underruns", 0)), playout=playout,
+                                      dropped_ms=dropped_ms))
 
     async def _reloader(self) -> None:
         """SIGHUP (systemctl reload), one at a time: signals that arrive meanwhile make one more reload."""
@@ -211,6 +212,8 @@ class Daemon:
         self._api_key = api_key
         self.checked = checked
         restart = [s for s in RESTART_SECTIONS if getattr(new, s) != getattr(self.cfg, s)]
+        if self.audio is not None and new.turn.reply_cap_s > self.audio.reply_cap_s:
+            restart.append("turn.reply_cap_s")  # the longer cap applies now; the playout ring grows at restart
         if new.realtime.url is not None:
             self._url = new.realtime.url
         self.cfg = new

@@ -43,7 +43,8 @@ def timeline(lines: list[dict[str, Any]], start: float) -> None:
         elif event == "turn.done":
             tokens = (line.get("usage") or {}).get("total_tokens")
             print(f"  {t}  turn {line.get('turn')} done, {line.get('outcome')}: {tokens} tokens; "
-                  f"{line.get('reply_ms')} ms of reply audio received; release → first delta "
+                  f"{line.get('reply_ms')} ms of reply audio heard of {line.get('reply_received_ms')} ms received; "
+                  f"release → first delta "
                   f"{line.get('release_to_first_delta_ms')} ms, → first sound {line.get('release_to_first_sound_ms')} ms; "
                   f"underruns {line.get('underruns')}")
         elif event == "turn.barge_in":

@@ -167,6 +167,7 @@ def test_misspelt_key_names_file_line_key_and_suggestion() -> None:
         ("realtime:\n  connect_timeout_s: 0\n", 2, "realtime.connect_timeout_s", ["greater than 0"]),
         ("turn:\n  reply_wait_s: -3\n", 2, "turn.reply_wait_s", ["greater than 0"]),
         ("turn:\n  reply_cap_s: .nan\n", 2, "turn.reply_cap_s", ["finite"]),
+        ("turn:\n  reply_cap_s: 3600\n", 2, "turn.reply_cap_s", ["between 1 and 600"]),  # the ring is sized for it
         ("realtime:\n  url: https://api.openai.com/v1/realtime\n", 2, "realtime.url", ["ws:// or wss://"]),
         ("realtime:\n  url: wss://\n", 2, "realtime.url", ["no host"]),
         ("control:\n  socket: /" + "x" * 120 + "\n", 2, "control.socket", ["107 bytes"]),

@@ -294,7 +294,8 @@ def test_losing_the_sound_server_is_said_once_and_exits_for_a_restart(tmp_path: 
 def test_reload_keeps_the_old_config_on_error_and_applies_a_good_one(tmp_path: Path) -> None:
     """systemctl reload (SIGHUP): a broken file is refused with file, line and key, an oversize one by its size,
     and kioskd keeps serving; a good one is applied (read and parsed off the event loop:
-    benchmarks/reload_stall.py)."""
+    benchmarks/reload_stall.py). A longer reply cap applies at once but says it needs a restart: the speaker's
+    playout buffer was sized for the old one at start."""
     import signal
 
     thread = SimThread(SimOptions(voice="tone", reply_ms=500))
@@ -316,9 +317,10 @@ def test_reload_keeps_the_old_config_on_error_and_applies_a_good_one(tmp_path: P
         wait_for(lambda: len(kiosk.events("config.reload_failed")) == 2, "the refused big file", 10 * UNIT_S)
         assert "the limit is 262,144" in kiosk.events("config.reload_failed")[1]["error"]
         assert kiosk.phase() == "idle"
-        config.write_text(good + "turn:\n  reply_wait_s: 12\n")
+        config.write_text(good + "turn:\n  reply_wait_s: 12\n  reply_cap_s: 120\n")
         kiosk.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: bool(kiosk.events("config.reloaded")), "the applied reload", 10 * UNIT_S)
+        assert kiosk.events("config.reloaded")[0]["needs_restart"] == ["turn.reply_cap_s"]
         assert kiosk.phase() == "idle"
     finally:
         code = kiosk.stop()

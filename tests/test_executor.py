@@ -83,8 +83,8 @@ async def rig(kiosk: Kiosk | None = None, set_led: Callable[[ev.Led], None] | No
     sink = ListSink()
     holder: list[Executor] = []
     audio = AudioIO(input_device="kiosk_microphone", output_device="kiosk_speaker",
-                    on_mic=lambda pcm: holder[0].post(ev.MicBlock(pcm)), on_drained=lambda: holder[0].post(
-                        ev.PlaybackDrained(0)), log=log_mod.get_logger("kioskd.audio"))
+                    on_mic=lambda pcm: holder[0].post(ev.MicBlock(pcm)), on_drained=lambda dropped_ms: holder[0].post(
+                        ev.PlaybackDrained(0, dropped_ms=dropped_ms)), log=log_mod.get_logger("kioskd.audio"))
     await audio.start()
     leds: list[ev.Led] = []
     executor = Executor(kiosk or Kiosk(SETTINGS, rand=random.random), audio=audio, set_led=set_led or leds.append,

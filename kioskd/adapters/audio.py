@@ -28,32 +28,43 @@ from typing import Any, Final
 import numpy as np
 import soxr  # type: ignore[import-untyped]
 
+from kioskd.adapters import alsa
 from kioskd.adapters.devices import DeviceChoice, Kind, choose
 from kioskd.adapters.resample import DTYPE, PlaybackResampler
 from kioskd.config import AudioConfig
 from kioskd.core.jitter import PlayoutBuffer
 from kioskd.core.events import Mic
-from kioskd.core.pcm import API_RATE_HZ, Pcm, Ring
+from kioskd.core.pcm import API_RATE_HZ, Pcm, Ring, samples_to_ms
+from kioskd.core.settings import TurnSettings
 from kioskd.errors import DeviceError
 
 MIC_BLOCK_MS: Final = 20
+#: the playout ring holds the longest reply kioskd lets play plus this: earcons queued ahead of it, the prebuffer
+#: and what the playback resampler holds back
+PLAYOUT_SLACK_S: Final = 2.0
 _DEFAULTS: Final = AudioConfig()
 
 
 class AudioIO:
     """Microphone in (→ ``on_mic`` with 24 kHz mono int16) and speaker out (``play`` → ``PlayoutBuffer``).
 
-    ``on_mic``, ``on_drained`` and ``on_started(at_s)`` are called on the loop thread. ``at_s`` is the monotonic
-    (loop clock) time at which the first frame of a new reply item becomes audible, estimated from PortAudio's
-    output timing. ``chooser`` picks a device's name, rate and channels (default: by probing).
+    ``on_mic``, ``on_drained(dropped_ms)`` and ``on_started(at_s)`` are called on the loop thread. ``dropped_ms`` is
+    the audio the playout buffer had no room for since the previous drain or interrupt (0 unless it overflowed;
+    each overflow is one ``audio.overflow`` warning). ``at_s`` is the monotonic (loop clock) time at which the
+    first frame of a new reply item becomes audible, estimated from PortAudio's output timing. ``chooser`` picks a
+    device's name, rate and channels (default: by probing).
+
+    ``reply_cap_s`` is the longest reply kioskd lets play (``turn.reply_cap_s``): the playout ring is sized for it
+    once, at start (``PLAYOUT_SLACK_S`` more), so a reply delivered far faster than real time is queued whole —
+    90 s at 48 kHz mono int16 is 8.8 MB. Reading the socket slower instead would leave keepalive pongs unread.
     """
 
     def __init__(self, *, input_device: str | None, output_device: str | None, on_mic: Callable[[Pcm], None],
-                 on_drained: Callable[[], None], on_started: Callable[[float], None] | None = None,
+                 on_drained: Callable[[int], None], on_started: Callable[[float], None] | None = None,
                  block_ms: int = _DEFAULTS.block_ms, latency_s: float | str = _DEFAULTS.latency_s,
                  prebuffer_ms: float = _DEFAULTS.prebuffer_ms, prebuffer_min_ms: float = _DEFAULTS.prebuffer_min_ms,
                  prebuffer_max_ms: float = _DEFAULTS.prebuffer_max_ms, preroll_ms: int = _DEFAULTS.preroll_ms,
-                 log: Any = None,
+                 reply_cap_s: float = TurnSettings().reply_cap_s, log: Any = None,
                  chooser: Callable[[str | None, Kind], DeviceChoice] = choose) -> None:
         if log is None:
             import structlog
@@ -69,6 +80,7 @@ class AudioIO:
         self._prebuffer_ms = prebuffer_ms
         self._prebuffer_bounds_ms = (prebuffer_min_ms, prebuffer_max_ms)
         self._preroll_ms = preroll_ms
+        self.reply_cap_s: Final = reply_cap_s
         self._chooser = chooser
 
         self._lock = threading.Lock()  # guards _buffer between the loop thread and the output callback
@@ -99,6 +111,7 @@ class AudioIO:
         self._echo_until_s = 0.0  # monotonic: until then the microphone may still pick up what the speaker played
         self._seen_drained = 0
         self._seen_started = 0
+        self._reported_overflow = (0, 0)  # the buffer's (overflow samples, overflowing pushes) last reported
         self._out_latency_s = 0.0
         self._in_latency_s = 0.0
         self._out_ahead_s = 0.0  # the last callback's outputBufferDacTime - currentTime (the reported latency if none)
@@ -111,16 +124,17 @@ class AudioIO:
         Raises DeviceError when a device is missing, busy or refuses every rate.
         """
         self._loop = asyncio.get_running_loop()
-        inp = await asyncio.to_thread(self._chooser, self._queries["input"], "input")
-        out = await asyncio.to_thread(self._chooser, self._queries["output"], "output")
+        with alsa.probing():  # PortAudio opens every PCM and probes rates: ALSA's complaints are expected
+            inp = await asyncio.to_thread(self._chooser, self._queries["input"], "input")
+            out = await asyncio.to_thread(self._chooser, self._queries["output"], "output")
         self._choices = {"input": inp, "output": out}
         for direction, choice in self._choices.items():
             if choice.others:  # e.g. a second identical USB adapter plugged in: the first is used, every time
                 self._log.warning("audio.device_ambiguous", direction=direction, query=self._queries[direction],
                                   chosen=choice.name, others=list(choice.others))
         low_ms, high_ms = self._prebuffer_bounds_ms
-        self._buffer = PlayoutBuffer(out.rate_hz, out.channels, prebuffer_ms=self._prebuffer_ms, min_ms=low_ms,
-                                     max_ms=high_ms)
+        self._buffer = PlayoutBuffer(out.rate_hz, out.channels, capacity_s=self.reply_cap_s + PLAYOUT_SLACK_S,
+                                     prebuffer_ms=self._prebuffer_ms, min_ms=low_ms, max_ms=high_ms)
         self._mic_rs = soxr.ResampleStream(inp.rate_hz, API_RATE_HZ, 1, dtype=DTYPE, quality="LQ")
         self._mic_ring = Ring(inp.rate_hz * self._preroll_ms // 1000)
         self._play_rs = PlaybackResampler(out.rate_hz)
@@ -134,6 +148,10 @@ class AudioIO:
         self._last_in_s = self._last_out_s = now  # a grace period before the first callbacks
 
     def _open(self, direction: Kind, choice: DeviceChoice) -> None:
+        with alsa.probing():  # a refusal is raised as a DeviceError, naming PortAudio's reason
+            self._open_stream(direction, choice)
+
+    def _open_stream(self, direction: Kind, choice: DeviceChoice) -> None:
         import sounddevice as sd  # type: ignore[import-untyped]
 
         # the speaker's block sets how soon a reply or a barge-in fade reaches the device; the microphone's only
@@ -231,7 +249,30 @@ class AudioIO:
         with self._lock:
             result = self._buffer.interrupt()
         self._play_rs.clear()
+        self._report_overflow("interrupted")
         return result
+
+    def _drained(self) -> None:
+        """The buffer played out (posted by the output callback): say what it dropped, then tell the daemon."""
+        self._on_drained(self._report_overflow("drained"))
+
+    def _report_overflow(self, end: str) -> int:
+        """Milliseconds of audio the buffer dropped since the last report (a drain or an interrupt, so once per
+        reply); a warning when any was. Loop thread."""
+        buffer = self._buffer
+        if buffer is None:
+            return 0
+        with self._lock:
+            now = (buffer.overflow_samples, buffer.overflows)
+        (samples, pushes), self._reported_overflow = self._reported_overflow, now
+        dropped = now[0] - samples
+        if dropped <= 0:
+            return 0
+        dropped_ms = samples_to_ms(dropped, buffer.rate_hz)
+        self._log.warning("audio.overflow", dropped_ms=dropped_ms, pushes=now[1] - pushes, end=end,
+                          capacity_s=round(buffer.capacity_s, 1), reply_cap_s=self.reply_cap_s,
+                          cause="more audio was queued than the playout buffer holds: it was dropped, never heard")
+        return dropped_ms
 
     def _queue(self, pieces: list[tuple[Pcm, str | None]]) -> None:
         assert self._buffer is not None
@@ -273,6 +314,7 @@ class AudioIO:
             queued_ms = round(self._out_ahead_s * 1000) if out["depth_ms"] else 0  # after the drain it all played
             out["playing_item"] = item
             out["heard_ms"] = max(0, handed_ms - queued_ms)
+            out["capacity_s"] = round(self._buffer.capacity_s, 1)
         for direction, choice in self._choices.items():
             out[f"{direction}_device"] = choice.name
             out[f"{direction}_rate_hz"] = choice.rate_hz
@@ -373,7 +415,7 @@ class AudioIO:
                 self._out_ahead_s = ahead_s
             if drained != self._seen_drained:
                 self._seen_drained = drained
-                self._post(self._on_drained)
+                self._post(self._drained)
             if started != self._seen_started:
                 self._seen_started = started
                 if self._on_started is not None:

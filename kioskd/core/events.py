@@ -105,13 +105,16 @@ class Played:
 
 @dataclass(frozen=True, slots=True)
 class PlaybackDrained:
-    """The playout buffer ran dry after ``EndOfReply``: the reply has been heard in full.
+    """The playout buffer ran dry after ``EndOfReply``: the reply has been heard in full, all but ``dropped_ms``.
 
     ``underruns_total`` is the buffer's running underrun count, so the core can tell how many fell in this turn.
+    ``dropped_ms`` is audio the buffer had no room for since the previous drain or interrupt (never heard; the
+    audio adapter has logged it as ``audio.overflow``).
     """
 
     underruns_total: int = 0
     playout: dict[str, Any] = field(default_factory=dict)  # the buffer's stats when it drained (target, depth…)
+    dropped_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -248,6 +248,21 @@ class PlayoutBuffer:
         return self._items_started
 
     @property
+    def capacity_s(self) -> float:
+        """How much audio the ring holds (queued, not yet handed to the device)."""
+        return self._capacity_samples / self.rate_hz
+
+    @property
+    def overflow_samples(self) -> int:
+        """Counter: samples dropped because the ring was full (the newest of each push that did not fit)."""
+        return self._overflow_samples
+
+    @property
+    def overflows(self) -> int:
+        """Counter: pushes that did not fit whole."""
+        return self._overflows
+
+    @property
     def target_samples(self) -> int:
         """The prebuffer target now in force: ``clamp(max(jitter + margin, floor), min, max)``."""
         return self._clamp(max(int(self._jitter_samples) + self._margin_samples, self._floor_samples))

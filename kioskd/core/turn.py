@@ -168,7 +168,10 @@ class TurnMachine(Machine[TurnPhase]):
         turn, self._turn = self._turn, None
         if turn is None:
             return []
-        turn.reply_samples = self._reply.samples
+        if turn.released_at_s is not None:  # a question was committed: this turn's reply is self._reply
+            turn.reply_received_ms = self._reply.received_ms
+            turn.reply_ms = self._reply.heard_ms
+            turn.awaiting_played = self._interrupting  # the Interrupt just sent will say how much was heard
         return self._log.end(turn, outcome, now, cause) or self._usage_timer()
 
     def _settle(self, turn_id: int | None) -> list[ev.Action]:
@@ -350,7 +353,7 @@ class TurnMachine(Machine[TurnPhase]):
         self._turn.playout = inp.playout or None
         if not self._reply.ended:
             return []  # an earcon ran out, not the reply
-        self._reply.drained = True
+        self._reply.played_out(inp.dropped_ms)
         if self._ledger.open_for(self._turn.id):  # heard in full; its response.done is late
             return [self.arm(ev.Timer.REPLY_WAIT, now + DONE_GRACE_S)]
         return self._answered(now)
@@ -407,17 +410,22 @@ class TurnMachine(Machine[TurnPhase]):
         return out + self._start_listening(now, preroll=False)
 
     def _on_played(self, inp: ev.Played, now: float) -> list[ev.Action]:
-        """After an Interrupt: truncate the item to what the visitor heard, then start the question."""
+        """After an Interrupt: truncate the item to what the visitor heard, then start the question; the turn the
+        Interrupt ended has its line (what was heard is now known)."""
         if not self._interrupting:
             return []
         self._interrupting = False
+        self._reply.stopped_at(inp.item_id, inp.played_ms)
+        lines = self._log.played(self._reply.heard_ms)
+        if lines:
+            lines += self._usage_timer()
         if not self.serving:
-            return []
+            return lines
         out = self._reply.cut(inp.item_id, inp.played_ms)
         if self.phase is TurnPhase.LISTENING:
             out.append(ev.StartQuestion())
             out += self._flush_appends()
-        return out
+        return out + lines
 
     # ------------------------------------------------------------------------------------------ server errors
 

@@ -2,8 +2,10 @@
 
 A turn that ends while some of its responses are still open (a cancelled reply whose ``response.done`` has not
 come yet) waits here, closed but not yet logged. Its line goes out when the last of those responses reports, or
-``usage_wait_s`` after the turn ended, saying how many never did. Pure: the turn machine arms the one
-``USAGE_WAIT`` timer at ``deadline()``.
+``usage_wait_s`` after the turn ended, saying how many never did. A turn whose reply an ``Interrupt`` stopped
+also waits for the speaker's ``Played``, which says how much of the reply was heard (it follows at once: the
+executor feeds it before any other input). Pure: the turn machine arms the one ``USAGE_WAIT`` timer at
+``deadline()``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ class TurnRecord:
     first_delta_at_s: float | None = None
     first_sound_at_s: float | None = None
     held_samples: int = 0
-    reply_samples: int = 0
+    reply_received_ms: int = 0
+    reply_ms: int | None = 0  # heard; None: the speaker never said (its Interrupt failed, or a bug intervened)
+    awaiting_played: bool = False  # an Interrupt stopped the reply: the line waits for its Played
     underruns_at_start: int = 0
     underruns: int = 0
     playout: dict[str, Any] | None = None
@@ -51,7 +55,7 @@ class TurnRecord:
             "held_ms": samples_to_ms(self.held_samples),
             "release_to_first_delta_ms": since_release(self.first_delta_at_s),
             "release_to_first_sound_ms": since_release(self.first_sound_at_s),
-            "reply_ms": samples_to_ms(self.reply_samples),
+            "reply_ms": self.reply_ms, "reply_received_ms": self.reply_received_ms,
             "underruns": self.underruns, "playout": self.playout,
             **bill.fields(),
         }
@@ -73,15 +77,24 @@ class TurnLog:
         """``turn`` is over: its line now, or nothing yet if responses of it are open (see ``deadline``)."""
         turn.outcome, turn.cause, turn.ended_at_s = outcome, cause, now
         self.last_outcome = outcome
-        if self._ledger.open_for(turn.id):
+        if self._ledger.open_for(turn.id) or turn.awaiting_played:
             self._closing[turn.id] = turn
             return []
         return [self._line(turn)]
 
+    def played(self, heard_ms: int | None) -> list[ev.Action]:
+        """The speaker said how much of the interrupted reply was heard: the turn waiting for that has its
+        ``reply_ms``, and its line if nothing of it is open."""
+        for turn in self._closing.values():
+            if turn.awaiting_played:
+                turn.reply_ms, turn.awaiting_played = heard_ms, False
+                return self.settle(turn.id)
+        return []
+
     def settle(self, turn_id: int | None) -> list[ev.Action]:
         """A response of ``turn_id`` reported: if that turn has ended and nothing of it is open, log it."""
         turn = self._closing.get(turn_id) if turn_id is not None else None
-        if turn is None or self._ledger.open_for(turn.id):
+        if turn is None or self._ledger.open_for(turn.id) or turn.awaiting_played:
             return []
         del self._closing[turn.id]
         return [self._line(turn)]
@@ -104,7 +117,7 @@ class TurnLog:
 
     @property
     def waiting(self) -> bool:
-        """Some ended turn is still waiting for its responses' usage."""
+        """Some ended turn is still waiting for its responses' usage (or, for a moment, for its ``Played``)."""
         return bool(self._closing)
 
     def deadline(self, wait_s: float) -> float | None:

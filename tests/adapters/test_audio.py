@@ -120,11 +120,12 @@ def speaking(pcm: Pcm, *, repeat: bool = False) -> Iterator[None]:
 
 
 def new_audio(**kwargs: Any) -> tuple[AudioIO, list[Pcm], list[int], Lines]:
+    """An AudioIO on the null sinks; ``drained`` gets each drain's ``dropped_ms``."""
     mic: list[Pcm] = []
     drained: list[int] = []
     lines = Lines()
     options: dict[str, Any] = {"input_device": "kiosk_microphone", "output_device": "kiosk_speaker", **kwargs}
-    audio = AudioIO(on_mic=mic.append, on_drained=lambda: drained.append(1), log=lines, **options)
+    audio = AudioIO(on_mic=mic.append, on_drained=drained.append, log=lines, **options)
     return audio, mic, drained, lines
 
 
@@ -159,6 +160,32 @@ def test_reply_tone_comes_out_of_the_speaker() -> None:
     run(main())
 
 
+def test_full_scale_noise_reaches_the_speaker_limited_to_the_ceiling() -> None:
+    """A hostile server's full-scale noise as reply audio: at the speaker's monitor it peaks at the limiter's
+    ceiling (-1 dBFS), not at 32 768 — resampling's own overshoot included, because the limiter comes after it."""
+    from kioskd.core.limiter import PeakLimiter
+
+    noise = np.random.default_rng(3).integers(-32768, 32768, API_RATE_HZ).astype(np.int16)
+
+    async def main() -> None:
+        rec = await started_recorder("kiosk_speaker_monitor", 48000)
+        audio, _, drained, _ = new_audio()
+        try:
+            await audio.start()
+            for chunk in np.array_split(noise, 10):
+                audio.play(chunk, "item_1")
+            audio.end_of_reply()
+            await wait_until(lambda: bool(drained), "the noise to drain")
+            await wait_until(lambda: loud_ms(rec.data(), 48000, level=10000) > 300, "the noise at the monitor")
+        finally:
+            await audio.close()
+            rec.close()
+        peak = int(np.max(np.abs(rec.data().astype(np.int32))))
+        assert PeakLimiter(48000).ceiling - 300 <= peak <= PeakLimiter(48000).ceiling
+
+    run(main())
+
+
 def test_interrupt_silences_the_speaker_and_reports_what_was_handed() -> None:
     """Interrupt mid-tone: silence follows, played_ms <= pushed, and it matches what the monitor heard."""
     async def main() -> None:
@@ -186,6 +213,57 @@ def test_interrupt_silences_the_speaker_and_reports_what_was_handed() -> None:
         # while playing, status shows the handed count minus what the device still queues: never ahead of it
         assert playing["playing_item"] == "item_1" and 0 <= playing["heard_ms"] <= played_ms
         assert {"jitter_ms", "late_ms", "target_ms", "underruns"} <= set(playing)
+
+    run(main())
+
+
+def test_a_60_s_reply_delivered_at_once_is_queued_whole() -> None:
+    """A 60 s reply arriving in 100 ms deltas as fast as they can be pushed (far faster than real time): the
+    playout buffer, sized for turn.reply_cap_s (90 s) at the device rate, holds all of it — nothing dropped, no
+    audio.overflow — while the speaker starts on it. (The old 30 s ring dropped half of it.) Hearing all 60 s
+    takes a minute of real time: benchmarks/long_reply.py records it."""
+    async def main() -> None:
+        audio, _, _, lines = new_audio()
+        try:
+            await audio.start()
+            for chunk in np.array_split(tone(1000, 60000), 600):
+                audio.play(chunk, "item_1")
+            audio.end_of_reply()
+            queued = audio.stats()
+            await wait_until(lambda: int(audio.stats()["items_started"]) == 1, "the reply to start playing")
+            item_id, played_ms = audio.interrupt()
+        finally:
+            await audio.close()
+        assert queued["capacity_s"] == 92.0 and audio.reply_cap_s == 90.0
+        assert (queued["overflows"], queued["overflow_ms"]) == (0, 0)
+        assert queued["depth_ms"] >= 59000  # all of it queued, less what already went to the device
+        assert item_id == "item_1" and 0 < played_ms < 59000
+        assert not [f for e, f in lines.lines if e == "audio.overflow"]
+
+    run(main())
+
+
+def test_an_overflow_is_one_warning_per_reply_and_the_drain_says_how_much_was_dropped() -> None:
+    """With a ring far shorter than the reply (reply_cap_s 0.5 s: a 2.5 s ring), 4 s pushed at once: the end of
+    the reply is dropped, the drain reports it to the daemon (dropped_ms, which the turn's reply_ms leaves out)
+    and one audio.overflow warning says how much, however many pushes overflowed."""
+    async def main() -> None:
+        audio, _, drained, lines = new_audio(reply_cap_s=0.5)
+        try:
+            await audio.start()
+            for chunk in np.array_split(tone(1000, 4000), 40):
+                audio.play(chunk, "item_1")
+            audio.end_of_reply()
+            await wait_until(lambda: bool(drained), "the reply to drain")
+            stats = audio.stats()
+        finally:
+            await audio.close()
+        warnings = [f for e, f in lines.lines if e == "audio.overflow"]
+        assert len(warnings) == 1 and warnings[0]["end"] == "drained" and warnings[0]["capacity_s"] == 2.5
+        assert warnings[0]["pushes"] == stats["overflows"] > 1
+        dropped_ms = warnings[0]["dropped_ms"]
+        assert drained == [dropped_ms] and abs(dropped_ms - stats["overflow_ms"]) <= 1
+        assert 1000 <= dropped_ms <= 1500  # 4 s into 2.5 s, less what played while it was pushed
 
     run(main())
 

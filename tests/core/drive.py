@@ -103,6 +103,14 @@ def usage_of(total: int) -> dict[str, Any]:
             "input_token_details": {"audio_tokens": total // 2, "cached_tokens": 0}}
 
 
+def then_played(d: Driver, out: list[ev.Action], played_ms: int, item: str = "item_1") -> list[ev.Action]:
+    """``out``, plus what the core answers to the ``Played(item, played_ms)`` the executor feeds right after an
+    ``Interrupt`` in it (before any other input)."""
+    if ev.Interrupt() not in out:
+        return out
+    return out + d.feed(ev.Played(item, played_ms))
+
+
 # ------------------------------------------------------------------------------------------------ action views
 
 

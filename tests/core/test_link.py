@@ -21,7 +21,7 @@ from kioskd.core.table import Machine, row
 from kioskd.errors import AuthError, ConnectionLost, LocalProtocolError
 from tests.core.drive import (
     LINK, SETTINGS, Driver, arms, ask, delta, done, earcons, kinds, leds, note, note_names, notes, online, reconnect,
-    said, speaking, usage_of,
+    said, speaking, then_played, usage_of,
 )
 
 FAULT_RETRY_S = LINK.fault_retry_s
@@ -170,7 +170,7 @@ def finish_capped(d: Driver) -> list[ev.Action]:
     d.mic(300)
     d.release()
     speaking(d)
-    out = d.feed(ev.Timeout(ev.Timer.REPLY_CAP), after_s=SETTINGS.turn.reply_cap_s)
+    out = then_played(d, d.feed(ev.Timeout(ev.Timer.REPLY_CAP), after_s=SETTINGS.turn.reply_cap_s), 1200)
     assert d.phase == "idle" and ev.Close() not in out and not notes(out, "turn.done")
     return d.feed(done("resp_1", "cancelled", usage_of(321)), after_s=0.3)
 

@@ -22,7 +22,7 @@ from kioskd.core.turn import DONE_GRACE_S, PRESS_BURST, PRESS_WINDOW_S
 from kioskd.errors import AuthError, ConnectionLost
 from tests.core.drive import (
     LINK, SETTINGS, Driver, appended, arms, ask, delta, done, earcons, kinds, leds, mics, note, note_names, notes,
-    online, plays, reconnect, said, said_kinds, speaking, usage_of,
+    online, plays, reconnect, said, said_kinds, speaking, then_played, usage_of,
 )
 
 TURN = SETTINGS.turn
@@ -232,7 +232,8 @@ def test_response_done_then_drained_ends_turn_with_summary() -> None:
     assert line.level == "info"
     assert line.fields | {"usage": None} == {
         "turn": 1, "outcome": "answered", "held_ms": 300, "release_to_first_delta_ms": 110,
-        "release_to_first_sound_ms": 250, "reply_ms": 1200, "underruns": 2, "playout": {"target_ms": 60},
+        "release_to_first_sound_ms": 250, "reply_ms": 1200, "reply_received_ms": 1200, "underruns": 2,
+        "playout": {"target_ms": 60},
         "responses": 1, "usage": None}
     assert line.fields["usage"] == usage
     assert ev.Disarm(ev.Timer.REPLY_CAP) in out
@@ -320,6 +321,73 @@ def test_response_done_without_audio(status: str, outcome: str, apology: bool) -
     assert said(out) == []
     assert note(out, "turn.done").fields["outcome"] == outcome
     assert d.phase == "idle"
+
+
+# ================================================================================================ what was heard
+
+
+def test_reply_ms_is_what_played_when_a_barge_in_cuts_the_reply() -> None:
+    """3 s of reply received, the visitor barges in 1.2 s into it: ``reply_ms`` is the 1 200 ms the speaker says
+    it played (``Played``), ``reply_received_ms`` the 3 000 ms that arrived. The line waits for the cancelled
+    response's usage as before."""
+    d, out = barge_in_speaking(received_ms=3000)
+    assert not notes(out, "turn.done")
+    assert not notes(d.feed(ev.Played("item_1", 1200)), "turn.done")  # the cancelled response still owes usage
+    line = note(d.feed(done("resp_1", "cancelled", usage_of(50)), after_s=0.2), "turn.done").fields
+    assert line["outcome"] == "interrupted"
+    assert (line["reply_ms"], line["reply_received_ms"]) == (1200, 3000)
+
+
+def test_reply_ms_counts_earlier_items_in_full_and_the_cut_one_to_where_it_stopped() -> None:
+    """Two audio items: the first (800 ms) played out, the second cut 300 ms in → 1 100 ms heard of 1 800."""
+    d = online()
+    ask(d)
+    speaking(d, item="item_1", ms=800)
+    d.feed(ev.AudioDone("resp_1", "item_1"))
+    d.feed(delta("resp_1", "item_2", 1000), after_s=0.1)
+    d.feed(done("resp_1"))
+    out = then_played(d, d.press(after_s=1.0), 300, item="item_2")
+    line = note(out, "turn.done").fields
+    assert (line["outcome"], line["reply_ms"], line["reply_received_ms"]) == ("interrupted", 1100, 1800)
+
+
+def test_reply_ms_leaves_out_what_the_playout_buffer_dropped() -> None:
+    """A 60 s reply played out, but the speaker dropped 14.6 s it had no room for: 45.4 s heard of 60 s (the
+    answer is still answered; the adapter has warned, ``audio.overflow``)."""
+    d = online()
+    ask(d)
+    speaking(d, ms=60000)
+    d.feed(ev.AudioDone("resp_1", "item_1"))
+    d.feed(done("resp_1"))
+    line = note(d.feed(ev.PlaybackDrained(0, dropped_ms=14600), after_s=60.0), "turn.done").fields
+    assert (line["outcome"], line["reply_ms"], line["reply_received_ms"]) == ("answered", 45400, 60000)
+
+
+def test_reply_ms_of_a_turn_that_asked_nothing_is_zero_not_the_previous_reply() -> None:
+    """A tap too short to commit right after an answered turn: its line says 0 ms of reply, not the last
+    turn's."""
+    d = online()
+    ask(d)
+    speaking(d, ms=1200)
+    d.feed(ev.AudioDone("resp_1", "item_1"))
+    d.feed(done("resp_1"))
+    assert note(d.feed(ev.PlaybackDrained(0), after_s=1.2), "turn.done").fields["reply_ms"] == 1200
+    d.press(after_s=1.0)
+    line = note(d.release(after_s=0.05), "turn.done").fields
+    assert (line["outcome"], line["reply_ms"], line["reply_received_ms"]) == ("too_short", 0, 0)
+
+
+def test_a_turn_whose_interrupt_never_reports_is_logged_with_reply_ms_unknown() -> None:
+    """If the speaker never answers the Interrupt (its action failed), the capped turn's line still goes out,
+    ``usage_wait_s`` later, with ``reply_ms`` null rather than a guess."""
+    d = online()
+    ask(d)
+    speaking(d, ms=1200)
+    d.feed(done("resp_1"))
+    out = d.feed(ev.Timeout(ev.Timer.REPLY_CAP), after_s=TURN.reply_cap_s)
+    assert not notes(out, "turn.done") and arms(out)[ev.Timer.USAGE_WAIT] == d.now + TURN.usage_wait_s
+    line = note(d.feed(ev.Timeout(ev.Timer.USAGE_WAIT), after_s=TURN.usage_wait_s), "turn.done").fields
+    assert (line["outcome"], line["reply_ms"], line["reply_received_ms"]) == ("capped", None, 1200)
 
 
 # ================================================================================================ barge-in
@@ -457,7 +525,8 @@ def test_barge_in_while_waiting_after_created_cancels_by_id() -> None:
 
 def test_no_cancel_after_response_done() -> None:
     """Pressed after ResponseDone but before the drain → Interrupt, no CancelReply (nothing is active); the turn
-    is done at once, and the Played truncates."""
+    owes no usage, so its line goes out with the Played (which says how much was heard), and the Played
+    truncates."""
     d = online()
     ask(d)
     speaking(d, ms=1200)
@@ -465,10 +534,12 @@ def test_no_cancel_after_response_done() -> None:
     d.feed(done("resp_1", usage=usage_of(40)))
     out = d.press(after_s=0.2)
     assert "Interrupt" in kinds(out)
-    assert said(out) == [ev.ClearOutput()]
+    assert said(out) == [ev.ClearOutput()] and not notes(out, "turn.done")
+    out = d.feed(ev.Played("item_1", 600))
+    assert said(out) == [ev.Truncate("item_1", 600), ev.StartQuestion()]
     line = note(out, "turn.done").fields
     assert (line["outcome"], line["usage"]["total_tokens"]) == ("interrupted", 40)
-    assert said(d.feed(ev.Played("item_1", 600))) == [ev.Truncate("item_1", 600), ev.StartQuestion()]
+    assert (line["reply_ms"], line["reply_received_ms"]) == (600, 1200)
 
 
 def test_only_one_cancel_per_response() -> None:
@@ -555,13 +626,20 @@ def test_disconnect_mid_turn_apologises_and_recovers(reach: Callable[[Driver], N
     assert earcons(out) == [ev.Earcon.APOLOGY]
     assert ("Interrupt" in kinds(out)) == (was == "speaking")
     assert leds(out) == [ev.Led.OFFLINE] and mics(out) == [ev.Mic.OFF]
-    assert arms(out) == {ev.Timer.RECONNECT: pytest.approx(d.now + 0.5)}
     assert said(out) == []
+    if was == "speaking":  # what was heard comes with the Played; no session: nothing to truncate
+        assert arms(out) == {ev.Timer.RECONNECT: pytest.approx(d.now + 0.5),
+                             ev.Timer.USAGE_WAIT: d.now + TURN.usage_wait_s}  # in case the Played never came
+        assert not notes(out, "turn.done")
+        out = d.feed(ev.Played("item_1", 300))
+        assert said(out) == [] and note(out, "turn.done").fields["reply_ms"] == 300
+        assert ev.Disarm(ev.Timer.USAGE_WAIT) in out
+    else:
+        assert arms(out) == {ev.Timer.RECONNECT: pytest.approx(d.now + 0.5)}
     line = note(out, "turn.done")
     assert (line.fields["outcome"], line.level) == ("disconnected", "error")
     assert line.fields["cause"].startswith("ConnectionLost")
     assert d.phase == "offline"
-    assert said(d.feed(ev.Played("item_1", 300))) == []  # no session: nothing to truncate
     for stale in ev.Timer.HOLD_CAP, ev.Timer.REPLY_WAIT, ev.Timer.REPLY_CAP, ev.Timer.THINKING_CUE:
         assert d.feed(ev.Timeout(stale), after_s=1.0) == []
     assert d.release() == []
@@ -587,6 +665,7 @@ def test_fatal_server_error_ends_the_turn_in_fault(reach: Callable[[Driver], Non
     d = online()
     reach(d)
     out = d.feed(ev.ServerError("invalid_api_key", "Incorrect API key provided", "invalid_request_error", None))
+    out = then_played(d, out, 500)
     assert leds(out) == [ev.Led.ERROR]
     assert d.phase == "fault"
     assert [n.fields["outcome"] for n in notes(out, "turn.done")] == ([] if reach is stay_idle else ["disconnected"])
@@ -796,14 +875,16 @@ def test_reply_cap_interrupts_cancels_and_truncates() -> None:
 
 
 def test_reply_cap_after_response_done_does_not_cancel() -> None:
-    """Timeout(reply_cap) after ResponseDone → Interrupt but no CancelReply; the turn is done at once."""
+    """Timeout(reply_cap) after ResponseDone → Interrupt but no CancelReply; the turn is done as soon as the
+    speaker says how much was heard."""
     d = online()
     ask(d)
     speaking(d)
     d.feed(done("resp_1"))
     out = d.feed(ev.Timeout(ev.Timer.REPLY_CAP), after_s=TURN.reply_cap_s)
     assert "Interrupt" in kinds(out) and said(out) == [ev.ClearOutput()]
-    assert note(out, "turn.done").fields["outcome"] == "capped"
+    line = note(d.feed(ev.Played("item_1", 1200)), "turn.done").fields
+    assert (line["outcome"], line["reply_ms"]) == ("capped", 1200)
 
 
 # ========================================================================================= bounce, reload, earcons
