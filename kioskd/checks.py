@@ -4,11 +4,14 @@ reads): a reload runs it in a thread."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from kioskd import config as config_mod
 from kioskd import exhibit
+from kioskd.core import guide
 from kioskd.core.knowledge import Knowledge
+from kioskd.core.settings import Settings, ToolSpec
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,19 @@ class Checked:
     tools: exhibit.Tools = field(default_factory=exhibit.Tools)
     warnings: tuple[str, ...] = ()
     """Things to log as ``config.plaintext_key`` (a key allowed over plaintext)."""
+
+    @property
+    def tool_specs(self) -> tuple[ToolSpec, ...]:
+        """The function tools the session declares: the knowledge lookup, opening hours, the http tools."""
+        specs = [guide.LOOKUP] if self.knowledge is not None else []
+        if self.tools.hours is not None:
+            specs.append(guide.HOURS)
+        specs += [ToolSpec(t.name, t.description, json.dumps(t.parameters)) for t in self.tools.http]
+        return tuple(specs)
+
+    def settings(self, endpoint: str) -> Settings:
+        """The core's settings, with the guide's instructions and tools."""
+        return config_mod.core_settings(self.cfg, endpoint=endpoint, tools=self.tool_specs)
 
 
 def load(path: str | None, url: str = "") -> Checked:

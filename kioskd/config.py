@@ -31,7 +31,8 @@ import yaml  # type: ignore[import-untyped]
 
 from kioskd.errors import ConfigError
 from kioskd.core.realtime import INSTRUCTIONS_MAX_BYTES
-from kioskd.core.settings import LinkSettings, Settings, TurnSettings
+from kioskd.core import guide
+from kioskd.core.settings import LinkSettings, Settings, ToolSpec, TurnSettings
 
 Auth = Literal["auto", "bearer", "api-key"]
 ButtonKind = Literal["gpio", "simulated"]
@@ -632,12 +633,16 @@ FALLBACK_SOCKET_ROOT: Final = "/tmp"
 PRIVATE_DIR_MODE: Final = 0o700
 
 
-def core_settings(cfg: KioskConfig, *, endpoint: str) -> Settings:
-    """The core's settings from the config; ``endpoint``: where the link connects (no query string)."""
-    r, t = cfg.realtime, cfg.turn
+def core_settings(cfg: KioskConfig, *, endpoint: str, tools: tuple[ToolSpec, ...] = ()) -> Settings:
+    """The core's settings from the config; ``endpoint``: where the link connects (no query string); ``tools``:
+    the function tools the session declares (``checks.Checked.tool_specs``)."""
+    r, t, e = cfg.realtime, cfg.turn, cfg.exhibit
+    instructions = guide.instructions(e.instructions or r.instructions, name=e.name, language=e.language,
+                                      tools=tools)
     return Settings(
         link=LinkSettings(
-            endpoint=endpoint, voice=r.voice, instructions=r.instructions, connect_timeout_s=r.connect_timeout_s,
+            endpoint=endpoint, voice=r.voice, instructions=instructions, tools=tools,
+            context_tokens=cfg.conversation.context_tokens, connect_timeout_s=r.connect_timeout_s,
             recycle_margin_s=r.recycle_margin_s, healthy_after_s=r.healthy_after_s,
             backoff_first_max_s=r.backoff_first_max_s, backoff_cap_s=r.backoff_cap_s, fault_retry_s=r.fault_retry_s,
             quick_failure_s=r.quick_failure_s, quick_failures_fatal=r.quick_failures_fatal,

@@ -27,10 +27,9 @@ from kioskd.adapters.audio import AudioIO
 from kioskd.adapters.button import ButtonAdapter, mock_pin_factory
 from kioskd.adapters.control import ControlServer
 from kioskd.adapters.link import LinkOptions, RealtimeLink
-from kioskd.config import KioskConfig
+from kioskd.adapters.tools import ToolRunner
 from kioskd.core import events as ev
 from kioskd.core.kiosk import Kiosk
-from kioskd.core.settings import Settings
 from kioskd.errors import ConfigError, DeviceError, KioskError
 from kioskd.executor import Executor
 from kioskd.metrics import LogSink, StatusSink
@@ -39,11 +38,6 @@ from kioskd.supervisor import AudioSupervisor
 GIL_SWITCH_S: Final = 0.001
 #: restart-requiring sections: a reload logs them and applies the rest
 RESTART_SECTIONS: Final = ("audio", "button", "led", "control", "simulator", "log")
-
-
-def core_settings(cfg: KioskConfig, url: str) -> Settings:
-    """The core's settings from the config (``url``: where the link connects)."""
-    return config_mod.core_settings(cfg, endpoint=realtime_ws.endpoint_of(url))
 
 
 class Daemon:
@@ -68,6 +62,7 @@ class Daemon:
         self.audio: AudioIO | None = None
         self.button: ButtonAdapter | None = None
         self.standby: standby_mod.Standby | None = None
+        self.tools: ToolRunner | None = None
         self.restart = False  # run() returned to be replaced by a fresh process (``standby.reexec``)
 
     async def run(self) -> int:
@@ -109,13 +104,16 @@ class Daemon:
             if self._simulated:
                 self._url = await self._start_simulator(stack)
             service = systemd.ServiceStatus(on_ready=lambda phase: self._log.info("daemon.ready", phase=phase))
-            kiosk = Kiosk(core_settings(self.cfg, self._url), rand=random.random)
+            kiosk = Kiosk(self.checked.settings(realtime_ws.endpoint_of(self._url)), rand=random.random)
+            tools = ToolRunner(post, knowledge=self.checked.knowledge, tools=self.checked.tools)
+            stack.push_async_callback(tools.close)
+            self.tools = tools
             supervisor = AudioSupervisor(audio, post=post, lost=self._exit, set_led=button.set_led,
                                          phase=lambda: kiosk.phase.value, on_tick=service.tick)
             executor = Executor(kiosk, audio=audio, set_led=button.set_led, open_link=self._open_link,
                                 sinks=[LogSink(self._log), self.status_sink],
                                 publish=lambda p: service.publish(p.phase, p.serving),
-                                reopen_speaker=supervisor.reopen)
+                                reopen_speaker=supervisor.reopen, tools=tools)
             self.executor = executor
             control = ControlServer(self._control_socket, self._control)
             await control.start()
@@ -218,7 +216,9 @@ class Daemon:
             self._url = new.realtime.url
         self.cfg = new
         self._log.info("config.reloaded", source=new.source, needs_restart=restart)
-        self._post(ev.Reloaded(core_settings(new, self._url)))
+        if self.tools is not None:
+            self.tools.update(knowledge=checked.knowledge, tools=checked.tools)
+        self._post(ev.Reloaded(checked.settings(realtime_ws.endpoint_of(self._url))))
 
     async def _start_simulator(self, stack: contextlib.AsyncExitStack) -> str:
         from kioskd.sim.realtime_server import RealtimeSimulator, SimOptions

@@ -36,6 +36,11 @@ class Speaker(Protocol):
     def set_mic(self, mode: ev.Mic) -> None: ...
 
 
+class ToolRuns(Protocol):
+    def start(self, call_id: str, name: str, arguments: str) -> None: ...
+    async def cancel(self, call_id: str) -> None: ...
+
+
 class Executor:
     """Drives ``kiosk``. ``run()`` returns the exit code an ``Exit`` action asked for (it runs until then or until
     cancelled); ``close()`` ends the session and the timers."""
@@ -44,7 +49,7 @@ class Executor:
                  open_link: Callable[[Callable[[ev.Input], None]], Link], sinks: Sequence[Sink],
                  publish: Callable[[ev.Publish], None] = lambda p: None,
                  reopen_speaker: Callable[[float], Awaitable[None]] | None = None,
-                 log: log_mod.Logger | None = None) -> None:
+                 tools: ToolRuns | None = None, log: log_mod.Logger | None = None) -> None:
         self.kiosk = kiosk
         self._audio = audio
         self._set_led = set_led
@@ -52,6 +57,7 @@ class Executor:
         self._sinks = sinks
         self._publish = publish
         self._reopen_speaker = reopen_speaker
+        self._tools = tools
         self._log = log or log_mod.get_logger("kioskd")
         self._queue: asyncio.Queue[ev.Input] = asyncio.Queue()
         self._timers: dict[ev.Timer, asyncio.TimerHandle] = {}
@@ -151,6 +157,13 @@ class Executor:
                     await self._reopen_speaker(latency_s)
             case ev.Exit(code):
                 self._exit = code
+            case ev.RunTool(call_id, name, arguments):
+                if self._tools is None:
+                    return ev.ToolResult(call_id, '{"error": "this kiosk has no tools"}')
+                self._tools.start(call_id, name, arguments)
+            case ev.CancelTool(call_id):
+                if self._tools is not None:
+                    await self._tools.cancel(call_id)
             case _ if isinstance(action, ev.INTENTS):
                 if self._link is not None:
                     self._link.send(action)

@@ -11,7 +11,7 @@ from enum import Enum
 from typing import Any, Final, Literal
 
 from kioskd.core.pcm import Pcm
-from kioskd.core.settings import Settings
+from kioskd.core.settings import Settings, ToolSpec
 
 # ---------------------------------------------------------------------------------------------------- names
 
@@ -239,6 +239,25 @@ class Unknown:
     type: str
 
 
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """The model called a function (its item is complete): ``arguments`` is its JSON text, as the model wrote it."""
+
+    response_id: str
+    item_id: str
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """A tool the core asked for (``RunTool``) has an answer: ``output`` is JSON text for the model."""
+
+    call_id: str
+    output: str
+
+
 #: why a server frame could not be used, in kioskd's own words (never the server's text)
 BadReason = Literal["binary", "not_json", "not_an_event", "missing_field", "bad_field", "bad_audio", "too_much_audio"]
 
@@ -257,7 +276,8 @@ Input = (
     Pressed | Released | MicBlock | Timeout | Connected | Disconnected | Played | PlaybackDrained | PlaybackStarted
     | Reloaded | SpeakerReopenDue | Availability | TurnEnded
     | SessionCreated | SessionUpdated | InputCommitted | ResponseCreated | AudioDelta | AudioDone
-    | TranscriptDone | ResponseDone | ItemTruncated | ServerError | ServerEvent | Unknown | BadEvent
+    | TranscriptDone | ResponseDone | ItemTruncated | ServerError | ServerEvent | Unknown | BadEvent | ToolCall
+    | ToolResult
 )
 
 # ---------------------------------------------------------------------------------------------------- actions
@@ -271,6 +291,8 @@ class ConfigureSession:
     ref: str
     voice: str
     instructions: str
+    tools: tuple[ToolSpec, ...] = ()
+    context_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,9 +314,11 @@ class Commit:
 
 @dataclass(frozen=True, slots=True)
 class RequestReply:
-    """Ask for a reply to the conversation so far; ``ref`` names the request, so an error can be traced to it."""
+    """Ask for a reply to the conversation so far; ``ref`` names the request, so an error can be traced to it.
+    ``tools=False``: the reply may call no tool (the follow-up of a turn that has called enough)."""
 
     ref: str
+    tools: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,6 +449,22 @@ Level = Literal["debug", "info", "warning", "error"]
 
 
 @dataclass(frozen=True, slots=True)
+class RunTool:
+    """Run the tool ``name`` with the model's ``arguments`` (JSON text); its answer comes back as ``ToolResult``."""
+
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTool:
+    """Stop the tool run for ``call_id``: its answer is no longer wanted (no ``ToolResult`` follows)."""
+
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Note:
     """One observation for the sinks (the log line, the status counters, metrics): a stable dotted event name,
     a level and fields."""
@@ -436,5 +476,5 @@ class Note:
 
 Action = (
     Intent | Connect | Close | Play | EndOfReply | Interrupt | PlayEarcon | SetLed | SetMic | ReopenSpeaker
-    | Publish | Exit | Arm | Disarm | Note
+    | Publish | Exit | Arm | Disarm | Note | RunTool | CancelTool
 )

@@ -32,6 +32,7 @@ def add_usage(total: dict[str, Any], usage: dict[str, Any]) -> dict[str, Any]:
 class _Response:
     ref: str
     turn: int
+    tools: bool = True  # the reply may call tools
     id: str | None = None  # learnt from response.created
     cancelled: bool = False
 
@@ -63,16 +64,17 @@ class Ledger:
 
     # --------------------------------------------------------------------------------------------- requests
 
-    def ask(self, turn: int) -> list[ev.Action]:
-        """Request a reply for ``turn``: now, or once the open response is done."""
+    def ask(self, turn: int, *, tools: bool = True) -> list[ev.Action]:
+        """Request a reply for ``turn`` (``tools=False``: one that may call no tool): now, or once the open
+        response is done."""
         self._refs += 1
-        resp = _Response(ref=f"req_{self._refs}", turn=turn)
+        resp = _Response(ref=f"req_{self._refs}", turn=turn, tools=tools)
         self._bills.setdefault(turn, Bill()).responses += 1
         if self._open:
             self._deferred.append(resp)
             return []
         self._open.append(resp)
-        return [ev.RequestReply(resp.ref)]
+        return [ev.RequestReply(resp.ref, resp.tools)]
 
     def created(self, response_id: str) -> None:
         for resp in self._open:
@@ -150,7 +152,7 @@ class Ledger:
             return []
         resp = self._deferred.pop(0)
         self._open.append(resp)
-        return [ev.RequestReply(resp.ref)]
+        return [ev.RequestReply(resp.ref, resp.tools)]
 
     # --------------------------------------------------------------------------------------------- bills
 

@@ -18,13 +18,14 @@ from typing import Any, Final
 
 from kioskd.core import events as ev
 from kioskd.core.pcm import API_RATE_HZ, BYTES_PER_SAMPLE, Pcm, b64_to_pcm, ms_to_samples, pcm_to_b64, samples_to_ms
+from kioskd.core.settings import ToolSpec
 
 #: GA server events that kioskd accepts and that change nothing in a turn
 ACKNOWLEDGED: Final = frozenset(
     {
         "conversation.created", "conversation.item.added", "conversation.item.done", "conversation.item.created",
         "conversation.item.deleted", "conversation.item.retrieved", "input_audio_buffer.cleared",
-        "response.output_item.added", "response.output_item.done", "response.content_part.added",
+        "response.output_item.added", "response.content_part.added",
         "response.content_part.done", "response.output_audio_transcript.delta", "response.output_text.delta",
         "response.output_text.done", "rate_limits.updated", "input_audio_buffer.speech_started",
         "input_audio_buffer.speech_stopped", "input_audio_buffer.timeout_triggered",
@@ -41,6 +42,9 @@ _MAX_DELTA_B64_CHARS: Final = -(-ms_to_samples(MAX_DELTA_MS) * BYTES_PER_SAMPLE 
 #: the longest instructions kioskd sends (UTF-8 bytes): the server echoes them in every session.created /
 #: session.updated, the largest events it sends kioskd, so they bound adapters/realtime_ws.MAX_FRAME_BYTES
 INSTRUCTIONS_MAX_BYTES: Final = 32 * 1024
+#: when the conversation outgrows ``context_tokens``, the server drops the oldest turns down to this share of it
+#: (dropping to half at a time, rather than one turn each time, keeps the cached prefix stable for longer)
+RETENTION_RATIO: Final = 0.5
 
 
 class _Missing(Exception):
@@ -123,7 +127,18 @@ def _error(d: dict[str, Any]) -> ev.Input:
     )
 
 
+def _output_item_done(d: dict[str, Any]) -> ev.Input:
+    """A finished output item: a completed function call is a ``ToolCall`` (one cut short by a cancel or a cap
+    is not run: reference model-features §1.5); any other item changes nothing."""
+    item = _get(d, "item")
+    if not isinstance(item, dict) or item.get("type") != "function_call" or item.get("status") != "completed":
+        return ev.ServerEvent("response.output_item.done")
+    return ev.ToolCall(response_id=_str(d, "response_id"), item_id=_str(item, "id"), call_id=_str(item, "call_id"),
+                       name=_str(item, "name"), arguments=_str(item, "arguments"))
+
+
 _PARSERS: Final[dict[str, Callable[[dict[str, Any]], ev.Input]]] = {
+    "response.output_item.done": _output_item_done,
     "session.created": _session_created,
     "session.updated": _session_updated,
     "input_audio_buffer.committed": lambda d: ev.InputCommitted(item_id=_str(d, "item_id")),
@@ -184,16 +199,19 @@ class RealtimeEncoder:
 
     def encode(self, intent: ev.Intent) -> list[dict[str, Any]]:
         match intent:
-            case ev.ConfigureSession(ref, voice, instructions):
-                return [self._event("session.update", ref, session=session_config(voice, instructions))]
+            case ev.ConfigureSession(ref, voice, instructions, tools, context_tokens):
+                return [self._event("session.update", ref,
+                                    session=session_config(voice, instructions, tools, context_tokens))]
             case ev.StartQuestion():
                 return [self._event("input_audio_buffer.clear")]
             case ev.AppendAudio(pcm):
                 return [self._event("input_audio_buffer.append", audio=pcm_to_b64(pcm))]
             case ev.Commit():
                 return [self._event("input_audio_buffer.commit")]
-            case ev.RequestReply(ref):
+            case ev.RequestReply(ref, True):
                 return [self._event("response.create", ref)]
+            case ev.RequestReply(ref, False):
+                return [self._event("response.create", ref, response={"tool_choice": "none"})]
             case ev.CancelReply(None):
                 return [self._event("response.cancel")]
             case ev.CancelReply(response_id):
@@ -211,9 +229,13 @@ class RealtimeEncoder:
         raise TypeError(f"not an intention: {intent!r}")
 
 
-def session_config(voice: str, instructions: str) -> dict[str, Any]:
-    """Push-to-talk GA session: PCM 24 kHz both ways, no turn detection (the button is the turn)."""
-    return {
+def session_config(voice: str, instructions: str, tools: tuple[ToolSpec, ...] = (),
+                   context_tokens: int | None = None) -> dict[str, Any]:
+    """Push-to-talk GA session: PCM 24 kHz both ways, no turn detection (the button is the turn); the exhibit's
+    function tools (``tool_choice`` auto: the model decides, the instructions say when); and, with
+    ``context_tokens``, a truncation that keeps the conversation after the instructions within it (the server
+    drops the oldest turns; model-features §4.2)."""
+    session: dict[str, Any] = {
         "type": "realtime",
         "output_modalities": ["audio"],
         "instructions": instructions,
@@ -221,4 +243,11 @@ def session_config(voice: str, instructions: str) -> dict[str, Any]:
             "input": {"format": dict(AUDIO_FORMAT), "turn_detection": None},
             "output": {"format": dict(AUDIO_FORMAT), "voice": voice},
         },
+        "tools": [{"type": "function", "name": t.name, "description": t.description,
+                   "parameters": json.loads(t.parameters_json)} for t in tools],
+        "tool_choice": "auto",
     }
+    if context_tokens is not None:
+        session["truncation"] = {"type": "retention_ratio", "retention_ratio": RETENTION_RATIO,
+                                 "token_limits": {"post_instructions": context_tokens}}
+    return session

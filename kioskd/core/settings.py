@@ -10,6 +10,16 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A function tool the session declares: its name, what it is for (the model reads it), and its arguments'
+    JSON schema, as JSON text (so settings stay hashable and compare by value)."""
+
+    name: str
+    description: str
+    parameters_json: str
+
+
+@dataclass(frozen=True, slots=True)
 class LinkSettings:
     """The connection to the Realtime service: session, caps and the reconnect policy."""
 
@@ -31,11 +41,16 @@ class LinkSettings:
     """A session that dies this soon after it was ready, before serving any response, is a quick failure."""
     quick_failures_fatal: int = 3
     """This many quick failures in a row: the endpoint or config is broken, not the network (FAULT)."""
+    tools: tuple[ToolSpec, ...] = ()
+    """The function tools the session declares."""
+    context_tokens: int | None = None
+    """The conversation kept after the instructions (the server drops the oldest past it); None: the server's
+    default."""
 
     @property
-    def session(self) -> tuple[str, str, str]:
+    def session(self) -> tuple[object, ...]:
         """What a configured session depends on: a change needs a new session."""
-        return self.endpoint, self.voice, self.instructions
+        return self.endpoint, self.voice, self.instructions, self.tools, self.context_tokens
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from enum import Enum
 from typing import Any, Final
 
 from kioskd.core import events as ev
+from kioskd.core.calls import CANCELLED, Calls
 from kioskd.core.ledger import Ledger
 from kioskd.core.pcm import Batch, Ring, ms_to_samples, samples_to_ms
 from kioskd.core.rate import Burst
@@ -51,7 +52,7 @@ IN_TURN: Final = frozenset({TurnPhase.LISTENING, TurnPhase.WAITING, TurnPhase.SP
 REMOTE: Final = (
     ev.SessionCreated, ev.SessionUpdated, ev.InputCommitted, ev.ResponseCreated, ev.AudioDelta, ev.AudioDone,
     ev.TranscriptDone, ev.ResponseDone, ev.ItemTruncated, ev.ServerError, ev.ServerEvent, ev.Unknown,
-    ev.BadEvent, ev.Connected, ev.Disconnected,
+    ev.BadEvent, ev.Connected, ev.Disconnected, ev.ToolCall,
 )
 
 
@@ -77,6 +78,8 @@ class TurnMachine(Machine[TurnPhase]):
         self._underruns_total = 0
         self._reopen_s: float | None = None  # a speaker reopen waiting for the visitor to finish
         self._presses = Burst(PRESS_BURST, PRESS_WINDOW_S)
+        self._calls = Calls()  # the current turn's tool calls
+        self._answer_due = False  # a tool's follow-up was asked for and has said nothing yet
         self.stuck_since_s: float | None = None  # held past the hold cap and not released since (a jammed button)
 
     # ------------------------------------------------------------------------------------------ entry points
@@ -138,6 +141,7 @@ class TurnMachine(Machine[TurnPhase]):
     def _start_listening(self, now: float, *, preroll: bool) -> list[ev.Action]:
         self._turns += 1
         self._turn = TurnRecord(self._turns, pressed_at_s=now, underruns_at_start=self._underruns_total)
+        self._calls, self._answer_due = Calls(), False
         self._pending.take()
         self._reply.ended = self._reply.drained = False
         self.phase = TurnPhase.LISTENING
@@ -168,11 +172,14 @@ class TurnMachine(Machine[TurnPhase]):
         turn, self._turn = self._turn, None
         if turn is None:
             return []
+        turn.tools = self._calls.names
+        owed = self._calls.cancel() if self.serving else []  # every call_id answered, even a cancelled one
+        self._answer_due = False
         if turn.released_at_s is not None:  # a question was committed: this turn's reply is self._reply
             turn.reply_received_ms = self._reply.received_ms
             turn.reply_ms = self._reply.heard_ms
             turn.awaiting_played = self._interrupting  # the Interrupt just sent will say how much was heard
-        return self._log.end(turn, outcome, now, cause) or self._usage_timer()
+        return [*owed, *(self._log.end(turn, outcome, now, cause) or self._usage_timer())]
 
     def _settle(self, turn_id: int | None) -> list[ev.Action]:
         """A response of ``turn_id`` reported: its turn's line, if that turn had ended and nothing is left open."""
@@ -302,9 +309,11 @@ class TurnMachine(Machine[TurnPhase]):
         if self._turn is None or not self._ledger.is_current(inp.response_id, self._turn.id):
             return self.ignore(inp)
         self._reply.add(inp.item_id, inp.pcm.size)
+        self._answer_due = False
         out = self.disarm(ev.Timer.REPLY_WAIT, ev.Timer.THINKING_CUE)  # in SPEAKING: more audio after a drain
-        if self.phase is TurnPhase.WAITING:
-            self._turn.first_delta_at_s = now
+        if self.phase is TurnPhase.WAITING:  # the reply begins (or, after a tool, its answer)
+            if self._turn.first_delta_at_s is None:
+                self._turn.first_delta_at_s = now
             self.phase = TurnPhase.SPEAKING
             out.append(self.arm(ev.Timer.REPLY_CAP, now + self.settings.reply_cap_s))
         return [*out, ev.Play(inp.pcm, inp.item_id)]
@@ -326,6 +335,8 @@ class TurnMachine(Machine[TurnPhase]):
         last, out = self._response_done(inp)
         if not last:
             return out  # another response of this turn is still to come (a tool call's answer), or not ours
+        if inp.status == "completed" and self._calls.active:  # it called tools: their answer is next
+            return [*out, *self._follow_up(now)]
         outcome = "no_audio" if inp.status == "completed" else "failed"
         if outcome == "failed":
             out += self._earcon(ev.Earcon.APOLOGY, now)
@@ -337,6 +348,8 @@ class TurnMachine(Machine[TurnPhase]):
         last, out = self._response_done(inp)
         if not last:
             return out
+        if inp.status == "completed" and self._calls.active:  # a preamble, then tools: their answer is next
+            return [*out, *self.disarm(ev.Timer.REPLY_WAIT), *self._reply.end(), *self._follow_up(now)]
         if self._reply.drained:
             return [*out, *self._answered(now)]
         return [*out, *self._reply.end()]
@@ -354,6 +367,8 @@ class TurnMachine(Machine[TurnPhase]):
         if not self._reply.ended:
             return []  # an earcon ran out, not the reply
         self._reply.played_out(inp.dropped_ms)
+        if self._answer_due or (self._calls.active and not self._ledger.open_for(self._turn.id)):
+            return self._await_answer(now)  # a preamble was heard; the tools or their answer are still to come
         if self._ledger.open_for(self._turn.id):  # heard in full; its response.done is late
             return [self.arm(ev.Timer.REPLY_WAIT, now + DONE_GRACE_S)]
         return self._answered(now)
@@ -380,6 +395,43 @@ class TurnMachine(Machine[TurnPhase]):
     def _on_usage_wait(self, inp: ev.Timeout, now: float) -> list[ev.Action]:
         """Ended turns whose responses did not report in time: logged with the usage missing."""
         return [*self._log.expire(now, self.settings.usage_wait_s), *self._usage_timer()]
+
+    # ------------------------------------------------------------------------------------------ tools
+
+    def _on_tool_call(self, inp: ev.ToolCall, now: float) -> list[ev.Action]:
+        if self._turn is None or not self._ledger.is_current(inp.response_id, self._turn.id):
+            return self._on_stale_call(inp, now)
+        return self._calls.call(inp)
+
+    def _on_stale_call(self, inp: ev.ToolCall, now: float) -> list[ev.Action]:
+        """A call from a response this turn cancelled: not run, but answered (the model waits on every call)."""
+        return [ev.ReturnToolOutput(inp.call_id, CANCELLED)]
+
+    def _on_tool_result(self, inp: ev.ToolResult, now: float) -> list[ev.Action]:
+        if not self._calls.result(inp):
+            return [ev.Note("turn.tool_late", "debug", {"call_id": inp.call_id})]  # its turn moved on
+        assert self._turn is not None
+        return [] if self._ledger.open_for(self._turn.id) else self._follow_up(now)
+
+    def _follow_up(self, now: float) -> list[ev.Action]:
+        """The calling response is done: once no tool runs, its outputs go back and one reply is asked for them
+        (one that may call no tool if the turn has called enough). Until its audio comes the turn waits, with
+        the thinking cue and the reply wait as after a release."""
+        assert self._turn is not None
+        outputs = self._calls.outputs()
+        if not outputs:
+            return []  # a tool still runs
+        self._answer_due = True
+        out = [*outputs, *self._ledger.ask(self._turn.id, tools=not self._calls.spent)]
+        if self.phase is TurnPhase.WAITING or self._reply.drained:
+            out += self._await_answer(now)
+        return out
+
+    def _await_answer(self, now: float) -> list[ev.Action]:
+        """Nothing plays and the answer is still to come: back to WAITING (the thinking LED), re-timed."""
+        self.phase = TurnPhase.WAITING
+        return [*self.disarm(ev.Timer.REPLY_CAP), self.arm(ev.Timer.REPLY_WAIT, now + self.settings.reply_wait_s),
+                self.arm(ev.Timer.THINKING_CUE, now + self.settings.thinking_cue_s)]
 
     # ------------------------------------------------------------------------------------------ caps, barge-in
 
@@ -463,14 +515,21 @@ def _table() -> dict[tuple[TurnPhase | None, Key], Row[TurnPhase]]:
         (P.SPEAKING, ev.AudioDelta): row(M._on_delta),
         (P.SPEAKING, ev.AudioDone): row(M._on_audio_done),
         (P.WAITING, ev.ResponseDone): row(M._on_response_done_waiting, P.WAITING, P.IDLE),
-        (P.SPEAKING, ev.ResponseDone): row(M._on_response_done_speaking, P.SPEAKING, P.IDLE),
+        (P.SPEAKING, ev.ResponseDone): row(M._on_response_done_speaking, P.SPEAKING, P.WAITING, P.IDLE),
         (ANY, ev.ResponseDone): row(M._on_response_done_elsewhere),
         (P.WAITING, T.THINKING_CUE): row(M._on_thinking_cue),
-        (P.SPEAKING, ev.PlaybackDrained): row(M._on_drained, P.SPEAKING, P.IDLE),
+        (P.SPEAKING, ev.PlaybackDrained): row(M._on_drained, P.SPEAKING, P.WAITING, P.IDLE),
         (ANY, ev.PlaybackDrained): row(M._on_drained_elsewhere),
         (ANY, ev.PlaybackStarted): row(M._on_started),
         (ANY, ev.Played): row(M._on_played),
         (ANY, T.USAGE_WAIT): row(M._on_usage_wait),
+        # tools
+        (P.WAITING, ev.ToolCall): row(M._on_tool_call),
+        (P.SPEAKING, ev.ToolCall): row(M._on_tool_call),
+        (ANY, ev.ToolCall): row(M._on_stale_call),
+        (P.WAITING, ev.ToolResult): row(M._on_tool_result),
+        (P.SPEAKING, ev.ToolResult): row(M._on_tool_result, P.SPEAKING, P.WAITING),
+        (ANY, ev.ToolResult): row(M._on_tool_result),
         # caps and failures
         (P.WAITING, T.REPLY_WAIT): row(M._on_reply_wait, P.IDLE),
         (P.SPEAKING, T.REPLY_CAP): row(M._on_reply_cap, P.IDLE),

@@ -10,7 +10,7 @@ executor feeds it before any other input). Pure: the turn machine arms the one `
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from kioskd.core import events as ev
@@ -43,6 +43,7 @@ class TurnRecord:
     outcome: str = ""
     cause: str | None = None
     ended_at_s: float = 0.0
+    tools: list[str] = field(default_factory=list)  # the tools the model called, in order
 
     def summary(self, bill: Bill) -> dict[str, Any]:
         def since_release(t: float | None) -> int | None:
@@ -59,6 +60,8 @@ class TurnRecord:
             "underruns": self.underruns, "playout": self.playout,
             **bill.fields(),
         }
+        if self.tools:
+            out["tools"] = self.tools
         if self.cause is not None:
             out["cause"] = self.cause
         return out

@@ -12,6 +12,7 @@ import pytest
 from kioskd.core import events as ev
 from kioskd.core.pcm import b64_to_pcm, tone
 from kioskd.core.realtime import ACKNOWLEDGED, MAX_DELTA_MS, RealtimeEncoder, parse_server_event
+from kioskd.core.settings import ToolSpec
 from tests.realtime_schema import validate_client, validate_server
 
 # ------------------------------------------------------------------------------------------------ reference frames
@@ -166,6 +167,30 @@ def test_response_done_completed_without_details() -> None:
                                                               "status": "completed", "status_details": None}}
     validate_server(d)
     assert parse_server_event(frame(d)) == ev.ResponseDone("resp_2", "completed", None, None)
+
+
+FUNCTION_CALL_DONE: dict[str, Any] = {
+    "type": "response.output_item.done", "event_id": "event_7", "response_id": "resp_001", "output_index": 1,
+    "item": {"id": "item_fc1", "object": "realtime.item", "type": "function_call", "status": "completed",
+             "call_id": "call_001", "name": "lookup_exhibit_knowledge", "arguments": '{"query": "age"}'}}
+
+
+def test_a_completed_function_call_item_is_a_tool_call() -> None:
+    validate_server(FUNCTION_CALL_DONE)
+    assert parse_server_event(frame(FUNCTION_CALL_DONE)) == ev.ToolCall(
+        "resp_001", "item_fc1", "call_001", "lookup_exhibit_knowledge", '{"query": "age"}')
+
+
+@pytest.mark.parametrize(("status", "kind"), [("incomplete", "function_call"), ("completed", "message")])
+def test_other_finished_items_change_nothing(status: str, kind: str) -> None:
+    """A call cut short (a cancelled response) is never run; a message item is nothing to act on."""
+    d = json.loads(json.dumps(FUNCTION_CALL_DONE))
+    d["item"]["status"] = status
+    if kind == "message":
+        d["item"] = {"id": "msg_1", "object": "realtime.item", "type": "message", "role": "assistant",
+                     "status": status, "content": []}
+    validate_server(d)
+    assert parse_server_event(frame(d)) == ev.ServerEvent("response.output_item.done")
 
 
 def test_input_committed() -> None:
@@ -359,12 +384,18 @@ def all_intents() -> dict[str, ev.Intent]:
         "commit": ev.Commit(),
         "start_question": ev.StartQuestion(),
         "request_reply": ev.RequestReply("req_1"),
+        "request_reply_no_tools": ev.RequestReply("req_2", tools=False),
+        "configure_guide": ev.ConfigureSession("cfg_2", "marin", "You are the guide.", (LOOKUP,), 4000),
         "cancel": ev.CancelReply("resp_001"),
         "cancel_no_id": ev.CancelReply(None),
         "truncate": ev.Truncate("item_002", 1500),
         "tool_output": ev.ReturnToolOutput("call_7", '{"opening_hours": "10-18"}'),
         "delete_item": ev.DeleteItem("item_003"),
     }
+
+
+LOOKUP = ToolSpec("lookup_exhibit_knowledge", "Look up a fact about the exhibit.",
+                  '{"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}')
 
 
 def encode_one(intent: ev.Intent, encoder: RealtimeEncoder | None = None) -> dict[str, Any]:
@@ -399,6 +430,17 @@ def test_encoded_payloads() -> None:
     assert e["tool_output"]["item"] == {"type": "function_call_output", "call_id": "call_7",
                                         "output": '{"opening_hours": "10-18"}'}
     assert (e["delete_item"]["type"], e["delete_item"]["item_id"]) == ("conversation.item.delete", "item_003")
+    assert e["request_reply_no_tools"] == {"type": "response.create", "event_id": "req_2",
+                                           "response": {"tool_choice": "none"}}
+    guide = e["configure_guide"]["session"]
+    assert guide["tools"] == [{"type": "function", "name": "lookup_exhibit_knowledge",
+                               "description": "Look up a fact about the exhibit.",
+                               "parameters": {"type": "object", "properties": {"query": {"type": "string"}},
+                                              "required": ["query"]}}]
+    assert guide["tool_choice"] == "auto"
+    assert guide["truncation"] == {"type": "retention_ratio", "retention_ratio": 0.5,
+                                   "token_limits": {"post_instructions": 4000}}
+    assert e["configure"]["session"]["tools"] == [] and "truncation" not in e["configure"]["session"]
 
 
 def test_clear_output_is_nothing_over_a_websocket() -> None:

@@ -111,6 +111,8 @@ def samples(w: Walk) -> dict[str, ev.Input]:
         "ServerEvent": ev.ServerEvent("rate_limits.updated"),
         "Unknown": ev.Unknown("response.new_thing"),
         "BadEvent": ev.BadEvent("response.output_audio.delta", "bad_audio", "bad base64"),
+        "ToolCall": ev.ToolCall("resp_1", "item_9", "call_1", "lookup_exhibit_knowledge", '{"query": "age"}'),
+        "ToolResult": ev.ToolResult("call_1", '{"found": false}'),
         **{f"Timeout({t.value})": ev.Timeout(t) for t in ev.Timer},
     }
 

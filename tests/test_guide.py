@@ -1,0 +1,165 @@
+"""The museum guide end to end: `kioskd run` with the example exhibit's files against the simulator on a real
+socket (which calls the declared tool, as the model would), audio on null sinks, an http tool on a real aiohttp
+server. What is asserted is what crossed the wire and what the visitor heard, never timing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from kioskd.core.pcm import tone
+from kioskd.sim.harness import NULL_SINK_AUDIO, KioskdProcess, SimThread, wait_for, write_wav
+from kioskd.sim.realtime_server import SimOptions
+from tests.conftest import REPO, UNIT_S
+
+EXAMPLES = REPO / "config" / "examples"
+FAST = {"voice": "tone", "reply_ms": 800, "first_delta_delay_ms": 50, "speedup": 4.0}
+
+
+def guide(tmp_path: Path, options: SimOptions, exhibit: str) -> tuple[SimThread, KioskdProcess, Path]:
+    thread = SimThread(options)
+    kiosk = KioskdProcess(tmp_path, f"realtime:\n  url: {thread.sim.url}\n{NULL_SINK_AUDIO}"
+                                    f"exhibit:\n{exhibit}log:\n  format: json\n")
+    question = write_wav(tmp_path / "q.wav", tone(300, 400, 48000, 0.4), 48000)
+    kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
+    return thread, kiosk, question
+
+
+def sent(thread: SimThread, type_: str) -> list[dict[str, Any]]:
+    return [e for e in thread.sim.client_events if e.get("type") == type_]
+
+
+def answered(kiosk: KioskdProcess, question: Path) -> dict[str, Any]:
+    """Ask, and wait for the turn's line."""
+    before = len(kiosk.events("turn.done"))
+    kiosk.ask(question)
+    wait_for(lambda: len(kiosk.events("turn.done")) > before, "the turn's line", 30 * UNIT_S)
+    return kiosk.events("turn.done")[-1]
+
+
+@pytest.mark.parametrize("preamble_ms", [0, 300])
+def test_a_question_is_answered_from_the_exhibits_knowledge(tmp_path: Path, preamble_ms: int) -> None:
+    """The session declares the knowledge lookup and says when to use it; the model's call is answered
+    locally from the curator's entries (the mosaic's date), one response.create follows the output, and the
+    visitor hears the answer, which speaks the entry; turn.done names the tool."""
+    options = SimOptions(**FAST, tool_call="lookup_exhibit_knowledge", preamble_ms=preamble_ms,
+                         tool_arguments='{"query": "How old is the mosaic?"}')
+    thread, kiosk, question = guide(tmp_path, options, f"  name: The Dolphin Mosaic\n"
+                                                        f"  knowledge_file: {EXAMPLES / 'knowledge.yaml'}\n")
+    try:
+        session = sent(thread, "session.update")[-1]["session"]
+        assert [t["name"] for t in session["tools"]] == ["lookup_exhibit_knowledge"]
+        assert "call lookup_exhibit_knowledge first" in session["instructions"]
+        assert "The Dolphin Mosaic" in session["instructions"]
+        assert session["truncation"]["token_limits"] == {"post_instructions": 4000}
+        line = answered(kiosk, question)
+    finally:
+        kiosk.stop()
+        thread.close()
+    assert line["outcome"] == "answered" and line["tools"] == ["lookup_exhibit_knowledge"]
+    assert line["responses"] == 2 and line["reply_ms"] == preamble_ms + 800
+    [output] = [e["item"] for e in sent(thread, "conversation.item.create")]
+    assert output["type"] == "function_call_output"
+    found = json.loads(output["output"])
+    assert found["found"] is True and "320 AD" in found["entries"][0]["text"]
+    creates = sent(thread, "response.create")
+    assert len(creates) == 2  # the question's, then one after the output
+    answer = [e for e in thread.sim.server_events if e["type"] == "response.output_audio_transcript.done"][-1]
+    assert "320 AD" in answer["transcript"]
+
+
+def test_a_question_the_knowledge_does_not_cover_gets_an_explicit_no_entry(tmp_path: Path) -> None:
+    options = SimOptions(**FAST, tool_call="lookup_exhibit_knowledge",
+                         tool_arguments='{"query": "What is the capital of France?"}')
+    thread, kiosk, question = guide(tmp_path, options, f"  knowledge_file: {EXAMPLES / 'knowledge.yaml'}\n")
+    try:
+        assert answered(kiosk, question)["outcome"] == "answered"
+    finally:
+        kiosk.stop()
+        thread.close()
+    [output] = [e["item"] for e in sent(thread, "conversation.item.create")]
+    assert json.loads(output["output"])["found"] is False
+
+
+class Museum:
+    """The museum's own system for an http tool: a real aiohttp server on loopback, in a thread."""
+
+    def __init__(self, delay_s: float = 0.0, status: int = 200) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.delay_s, self.status = delay_s, status
+        self.loop = asyncio.new_event_loop()
+        self.port = 0
+        ready = threading.Event()
+        threading.Thread(target=self._serve, args=(ready,), daemon=True).start()
+        ready.wait(10)
+
+    def _serve(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+
+        async def tours(request: web.Request) -> web.Response:
+            self.requests.append(await request.json())
+            await asyncio.sleep(self.delay_s)
+            return web.json_response({"next_tour": "14:30", "language": "English"}, status=self.status)
+
+        app = web.Application()
+        app.router.add_post("/tours", tours)
+        self.runner = web.AppRunner(app)
+        self.loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        ready.set()
+        self.loop.run_forever()
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+@pytest.fixture
+def museum_factory() -> Iterator[Any]:
+    made: list[Museum] = []
+
+    def make(**kwargs: Any) -> Museum:
+        made.append(Museum(**kwargs))
+        return made[-1]
+
+    yield make
+    for m in made:
+        m.close()
+
+
+@pytest.mark.parametrize(("delay_s", "status", "error"), [(0.0, 200, None), (0.0, 503, "HTTP 503"),
+                                                         (3.0, 200, "no answer within 1 s")])
+def test_an_http_tool_posts_to_the_museum_and_a_failing_one_says_so(
+        tmp_path: Path, museum_factory: Any, delay_s: float, status: int, error: str | None) -> None:
+    """The model's arguments are POSTed to the museum's URL and its JSON answer goes back; a failing or slow
+    system becomes an output that says so (the visitor still gets an answer), logged once as tool.failed."""
+    museum = museum_factory(delay_s=delay_s, status=status)
+    tools = tmp_path / "tools.yaml"
+    tools.write_text("- type: http\n  name: next_tour\n  description: When the next guided tour starts.\n"
+                     "  parameters:\n    type: object\n    properties:\n      language: {type: string}\n"
+                     f"  url: http://127.0.0.1:{museum.port}/tours\n  timeout_s: 1\n")
+    options = SimOptions(**FAST, tool_call="next_tour", tool_arguments='{"language": "English"}')
+    thread, kiosk, question = guide(tmp_path, options, f"  tools_file: {tools}\n")
+    try:
+        line = answered(kiosk, question)
+    finally:
+        kiosk.stop()
+        thread.close()
+    assert line["outcome"] == "answered" and line["tools"] == ["next_tour"]
+    assert museum.requests == [{"language": "English"}]
+    [output] = [json.loads(e["item"]["output"]) for e in sent(thread, "conversation.item.create")]
+    if error is None:
+        assert output == {"next_tour": "14:30", "language": "English"} and not kiosk.events("tool.failed")
+    else:
+        assert error in output["error"]
+        [failed] = kiosk.events("tool.failed")
+        assert failed["level"] == "warning" and failed["name"] == "next_tour" and error in failed["cause"]
