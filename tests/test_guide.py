@@ -163,3 +163,29 @@ def test_an_http_tool_posts_to_the_museum_and_a_failing_one_says_so(
         assert error in output["error"]
         [failed] = kiosk.events("tool.failed")
         assert failed["level"] == "warning" and failed["name"] == "next_tour" and error in failed["cause"]
+
+
+def test_each_visitor_starts_a_fresh_conversation_and_a_family_keeps_theirs(tmp_path: Path) -> None:
+    """Two visitors a quiet apart: the conversation is emptied while idle (conversation.reset), so the second
+    visitor's question reaches the model alone and costs what the first one's did; two questions in quick
+    succession (a family) reach it together."""
+    thread, kiosk, question = guide(tmp_path, SimOptions(**FAST), "  name: The Dolphin Mosaic\n"
+                                    "conversation:\n  new_visitor_after_s: 1\n")
+    try:
+        first = answered(kiosk, question)
+        wait_for(lambda: bool(kiosk.events("conversation.reset")), "conversation.reset", 10 * UNIT_S)
+        second = answered(kiosk, question)
+        family = answered(kiosk, question)  # asked at once: the same visitor
+    finally:
+        kiosk.stop()
+        thread.close()
+    [reset] = kiosk.events("conversation.reset")
+    assert reset["reason"] == "new visitor" and reset["items"] == 2
+    deleted = [e["item_id"] for e in sent(thread, "conversation.item.delete")]
+    first_ctx, second_ctx, family_ctx = thread.sim.contexts
+    assert len(first_ctx) == 1 and len(deleted) == 2 and first_ctx[0] in deleted  # its question and answer
+    assert len(second_ctx) == 1 and not set(second_ctx) & set(deleted)  # only the second visitor's question
+    assert len(family_ctx) == 3  # the family's first question and answer, then its second question
+    # flat: the second visitor does not pay for the first (their questions differ by a few ms of audio)
+    assert abs(second["usage"]["input_tokens"] - first["usage"]["input_tokens"]) <= 5
+    assert family["usage"]["input_tokens"] > second["usage"]["input_tokens"] + 10  # re-bills the family's turn

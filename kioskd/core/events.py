@@ -37,6 +37,7 @@ class Timer(str, Enum):
     REPLY_CAP = "reply_cap"
     THINKING_CUE = "thinking_cue"
     USAGE_WAIT = "usage_wait"
+    NEW_VISITOR = "new_visitor"
     LOG_SUMMARY = "log_summary"  # the kiosk's, not a machine's: say what core/bound.py held back
 
 
@@ -240,6 +241,13 @@ class Unknown:
 
 
 @dataclass(frozen=True, slots=True)
+class ItemAdded:
+    """The service added an item to the conversation (a question, an answer, a tool call or output)."""
+
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class ToolCall:
     """The model called a function (its item is complete): ``arguments`` is its JSON text, as the model wrote it."""
 
@@ -277,7 +285,7 @@ Input = (
     | Reloaded | SpeakerReopenDue | Availability | TurnEnded
     | SessionCreated | SessionUpdated | InputCommitted | ResponseCreated | AudioDelta | AudioDone
     | TranscriptDone | ResponseDone | ItemTruncated | ServerError | ServerEvent | Unknown | BadEvent | ToolCall
-    | ToolResult
+    | ToolResult | ItemAdded
 )
 
 # ---------------------------------------------------------------------------------------------------- actions

@@ -51,7 +51,7 @@ LINK_INPUTS: Final = (ev.Connected, ev.Disconnected, ev.SessionCreated, ev.Sessi
 TURN_INPUTS: Final = (
     ev.Pressed, ev.Released, ev.MicBlock, ev.Played, ev.PlaybackDrained, ev.PlaybackStarted, ev.InputCommitted,
     ev.ResponseCreated, ev.AudioDelta, ev.AudioDone, ev.TranscriptDone, ev.ResponseDone, ev.ItemTruncated,
-    ev.ServerEvent, ev.Reloaded, ev.SpeakerReopenDue, ev.ToolCall, ev.ToolResult,
+    ev.ServerEvent, ev.Reloaded, ev.SpeakerReopenDue, ev.ToolCall, ev.ToolResult, ev.ItemAdded,
 )
 #: kioskd bugs tolerated in-process within BUG_WINDOW_S; one more and the process exits for systemd to restart
 BUG_LIMIT: Final = 3

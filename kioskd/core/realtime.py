@@ -23,7 +23,7 @@ from kioskd.core.settings import ToolSpec
 #: GA server events that kioskd accepts and that change nothing in a turn
 ACKNOWLEDGED: Final = frozenset(
     {
-        "conversation.created", "conversation.item.added", "conversation.item.done", "conversation.item.created",
+        "conversation.created", "conversation.item.done",
         "conversation.item.deleted", "conversation.item.retrieved", "input_audio_buffer.cleared",
         "response.output_item.added", "response.content_part.added",
         "response.content_part.done", "response.output_audio_transcript.delta", "response.output_text.delta",
@@ -139,6 +139,8 @@ def _output_item_done(d: dict[str, Any]) -> ev.Input:
 
 _PARSERS: Final[dict[str, Callable[[dict[str, Any]], ev.Input]]] = {
     "response.output_item.done": _output_item_done,
+    "conversation.item.added": lambda d: ev.ItemAdded(item_id=_str(d, "item", "id")),
+    "conversation.item.created": lambda d: ev.ItemAdded(item_id=_str(d, "item", "id")),  # the docs' older name
     "session.created": _session_created,
     "session.updated": _session_updated,
     "input_audio_buffer.committed": lambda d: ev.InputCommitted(item_id=_str(d, "item_id")),

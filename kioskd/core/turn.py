@@ -24,6 +24,7 @@ from typing import Any, Final
 
 from kioskd.core import events as ev
 from kioskd.core.calls import CANCELLED, Calls
+from kioskd.core.conversation import Conversation
 from kioskd.core.ledger import Ledger
 from kioskd.core.pcm import Batch, Ring, ms_to_samples, samples_to_ms
 from kioskd.core.rate import Burst
@@ -52,7 +53,7 @@ IN_TURN: Final = frozenset({TurnPhase.LISTENING, TurnPhase.WAITING, TurnPhase.SP
 REMOTE: Final = (
     ev.SessionCreated, ev.SessionUpdated, ev.InputCommitted, ev.ResponseCreated, ev.AudioDelta, ev.AudioDone,
     ev.TranscriptDone, ev.ResponseDone, ev.ItemTruncated, ev.ServerError, ev.ServerEvent, ev.Unknown,
-    ev.BadEvent, ev.Connected, ev.Disconnected, ev.ToolCall,
+    ev.BadEvent, ev.Connected, ev.Disconnected, ev.ToolCall, ev.ItemAdded,
 )
 
 
@@ -79,6 +80,7 @@ class TurnMachine(Machine[TurnPhase]):
         self._reopen_s: float | None = None  # a speaker reopen waiting for the visitor to finish
         self._presses = Burst(PRESS_BURST, PRESS_WINDOW_S)
         self._calls = Calls()  # the current turn's tool calls
+        self._conversation = Conversation()  # the session's items: deleted when a new visitor comes
         self._answer_due = False  # a tool's follow-up was asked for and has said nothing yet
         self.stuck_since_s: float | None = None  # held past the hold cap and not released since (a jammed button)
 
@@ -142,10 +144,10 @@ class TurnMachine(Machine[TurnPhase]):
         self._turns += 1
         self._turn = TurnRecord(self._turns, pressed_at_s=now, underruns_at_start=self._underruns_total)
         self._calls, self._answer_due = Calls(), False
+        out: list[ev.Action] = [*self.disarm(ev.Timer.NEW_VISITOR)]  # the same visitor goes on
         self._pending.take()
         self._reply.ended = self._reply.drained = False
         self.phase = TurnPhase.LISTENING
-        out: list[ev.Action] = []
         held = self._preroll.take()
         if not self._interrupting:  # after a barge-in the question starts once the truncate has gone
             out.append(ev.StartQuestion())
@@ -156,11 +158,15 @@ class TurnMachine(Machine[TurnPhase]):
             out += self._earcon(ev.Earcon.PRESS, now)
         return out
 
-    def _go_idle(self) -> list[ev.Action]:
+    def _go_idle(self, now: float) -> list[ev.Action]:
+        """Back to IDLE: the quiet that makes the next press a new visitor starts now (the reply played out, or
+        the release if nothing played)."""
         self._preroll.clear()
         self._reply.ended = self._reply.drained = False
         self.phase = TurnPhase.IDLE
         out = self.disarm(ev.Timer.HOLD_CAP, ev.Timer.REPLY_WAIT, ev.Timer.REPLY_CAP, ev.Timer.THINKING_CUE)
+        if len(self._conversation):
+            out.append(self.arm(ev.Timer.NEW_VISITOR, now + self.settings.new_visitor_after_s))
         if self._reopen_s is not None:
             out.append(ev.ReopenSpeaker(self._reopen_s))
             self._reopen_s = None
@@ -196,7 +202,8 @@ class TurnMachine(Machine[TurnPhase]):
     def _on_availability(self, inp: ev.Availability, now: float) -> list[ev.Action]:
         if inp.up:
             self._down.pop(inp.backend, None)
-            return []
+            self._conversation.clear()  # a new session: a new, empty conversation
+            return self.disarm(ev.Timer.NEW_VISITOR)
         self._down[inp.backend] = inp.reason
         if self.serving:
             return []
@@ -211,7 +218,7 @@ class TurnMachine(Machine[TurnPhase]):
             self._interrupting = True
         out += self._earcon(ev.Earcon.APOLOGY, now)
         out += self._end("disconnected", now, cause=inp.cause or inp.reason)
-        return out + self._go_idle()
+        return out + self._go_idle(now)
 
     def _on_reloaded(self, inp: ev.Reloaded, now: float) -> list[ev.Action]:
         self.settings = inp.settings.turn  # caps apply at once; the pre-roll ring keeps its size until restart
@@ -264,7 +271,7 @@ class TurnMachine(Machine[TurnPhase]):
             self._pending.take()
             return [*self.disarm(ev.Timer.HOLD_CAP), ev.StartQuestion(),
                     *self._end("too_short", now, cause=f"held {held_ms} ms < {self.settings.min_hold_ms} ms"),
-                    *self._go_idle()]
+                    *self._go_idle(now)]
         self._last_release_s = inp.at_s  # the re-arm window: a release bounce must not barge in on this turn
         return self._commit(now)
 
@@ -342,7 +349,7 @@ class TurnMachine(Machine[TurnPhase]):
             out += self._earcon(ev.Earcon.APOLOGY, now)
         cause = f"response {inp.status}" + (f": {inp.reason}" if inp.reason else "")
         return [*out, *self.disarm(ev.Timer.REPLY_WAIT, ev.Timer.THINKING_CUE), *self._end(outcome, now, cause),
-                *self._go_idle()]
+                *self._go_idle(now)]
 
     def _on_response_done_speaking(self, inp: ev.ResponseDone, now: float) -> list[ev.Action]:
         last, out = self._response_done(inp)
@@ -385,7 +392,7 @@ class TurnMachine(Machine[TurnPhase]):
     def _answered(self, now: float) -> list[ev.Action]:
         assert self._turn is not None
         self._turn.underruns = self._underruns_total - self._turn.underruns_at_start
-        return [*self.disarm(ev.Timer.REPLY_CAP), *self._end("answered", now), *self._go_idle()]
+        return [*self.disarm(ev.Timer.REPLY_CAP), *self._end("answered", now), *self._go_idle(now)]
 
     def _on_done_overdue(self, inp: ev.Timeout, now: float) -> list[ev.Action]:
         """The reply was heard in full but its response never said it was done: the visitor is answered (the
@@ -433,19 +440,33 @@ class TurnMachine(Machine[TurnPhase]):
         return [*self.disarm(ev.Timer.REPLY_CAP), self.arm(ev.Timer.REPLY_WAIT, now + self.settings.reply_wait_s),
                 self.arm(ev.Timer.THINKING_CUE, now + self.settings.thinking_cue_s)]
 
+    # ------------------------------------------------------------------------------------------ visitors
+
+    def _on_item_added(self, inp: ev.ItemAdded, now: float) -> list[ev.Action]:
+        self._conversation.added(inp.item_id)
+        return []
+
+    def _on_new_visitor(self, inp: ev.Timeout, now: float) -> list[ev.Action]:
+        """Quiet for ``new_visitor_after_s``: whoever presses next is someone else. The conversation is emptied
+        now, while idle, so they pay no latency for it."""
+        items = len(self._conversation)
+        return [*self._conversation.reset(),
+                ev.Note("conversation.reset", "info", {"reason": "new visitor", "items": items,
+                                                       "quiet_s": self.settings.new_visitor_after_s})]
+
     # ------------------------------------------------------------------------------------------ caps, barge-in
 
     def _on_reply_wait(self, inp: ev.Timeout, now: float) -> list[ev.Action]:
         out = [*self.disarm(ev.Timer.THINKING_CUE), *self._ledger.cancel(self._current_id()),
                *self._earcon(ev.Earcon.APOLOGY, now)]
         cause = f"no reply audio within {self.settings.reply_wait_s:g} s"
-        return [*out, *self._end("timed_out", now, cause), *self._go_idle()]
+        return [*out, *self._end("timed_out", now, cause), *self._go_idle(now)]
 
     def _on_reply_cap(self, inp: ev.Timeout, now: float) -> list[ev.Action]:
         self._interrupting = True
         out = [ev.Interrupt(), *self._ledger.cancel(self._current_id()), ev.ClearOutput()]
         cause = f"reply longer than {self.settings.reply_cap_s:g} s"
-        return [*out, *self._end("capped", now, cause), *self._go_idle()]
+        return [*out, *self._end("capped", now, cause), *self._go_idle(now)]
 
     def _on_barge_in(self, inp: ev.Pressed, now: float) -> list[ev.Action]:
         """Stop → cancel → (Played: truncate) → clear → listen. The pre-roll holds the exhibit's voice: not sent."""
@@ -492,7 +513,7 @@ class TurnMachine(Machine[TurnPhase]):
         if not ends:
             return out
         return [*out, *self.disarm(ev.Timer.REPLY_WAIT, ev.Timer.THINKING_CUE), *self._earcon(ev.Earcon.APOLOGY, now),
-                *self._end("failed", now, cause=f"server error {inp.code}: {inp.message}"), *self._go_idle()]
+                *self._end("failed", now, cause=f"server error {inp.code}: {inp.message}"), *self._go_idle(now)]
 
 
 def _table() -> dict[tuple[TurnPhase | None, Key], Row[TurnPhase]]:
@@ -523,6 +544,8 @@ def _table() -> dict[tuple[TurnPhase | None, Key], Row[TurnPhase]]:
         (ANY, ev.PlaybackStarted): row(M._on_started),
         (ANY, ev.Played): row(M._on_played),
         (ANY, T.USAGE_WAIT): row(M._on_usage_wait),
+        (ANY, ev.ItemAdded): row(M._on_item_added),
+        (P.IDLE, T.NEW_VISITOR): row(M._on_new_visitor),
         # tools
         (P.WAITING, ev.ToolCall): row(M._on_tool_call),
         (P.SPEAKING, ev.ToolCall): row(M._on_tool_call),

@@ -117,6 +117,8 @@ class RealtimeSimulator:
         self.committed_audio: list[Pcm] = []
         self.sent_audio_ms: dict[str, int] = {}
         self.truncations: list[tuple[str, int]] = []
+        #: the conversation's item ids at each response.create: what each answer was given
+        self.contexts: list[list[str]] = []
         #: item id → seconds from response.create arriving to its first audio delta being sent: the server's own
         #: share of a turn's latency, first-delta jitter included (benchmarks subtract it to get the client's)
         self.first_delta_delay_s: dict[str, float] = {}
@@ -224,6 +226,7 @@ class _Response:
     pcm: Pcm
     text: str
     call: Json | None = None  # the function_call item this response ends with
+    input_tokens: tuple[int, int] = (0, 0)  # (text, audio) of the conversation it was given
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     sent_samples: int = 0
     transcript: str = ""
@@ -250,6 +253,7 @@ class _Session:
         self.buffer: list[Pcm] = []
         self.items: dict[str, str] = {}  # item_id -> role (or function_call / function_call_output), in order
         self.calls: dict[str, str] = {}  # call_id -> output ("" until the client returns one)
+        self.tokens: dict[str, tuple[int, int]] = {}  # item_id -> (text, audio) tokens it costs as input
         self.active: _Response | None = None
         self.expiring = False
         self.lock = asyncio.Lock()
@@ -406,6 +410,7 @@ class _Session:
         self.sim.committed_audio.append(pcm)
         item_id, previous = self.sim.new_id("item"), self.last_item_id()
         self.items[item_id] = "user"
+        self.tokens[item_id] = (0, pcm.size * 10 // API_RATE_HZ)
         item = {"id": item_id, "object": "realtime.item", "type": "message", "role": "user", "status": "completed",
                 "content": [{"type": "input_audio", "transcript": None}]}
         await self.send("input_audio_buffer.committed", item_id=item_id, previous_item_id=previous)
@@ -426,6 +431,10 @@ class _Session:
             raise _invalid("response", event["response"], "expected an object")
         started_s = asyncio.get_running_loop().time()
         response = self.plan(event.get("response") or {})
+        self.sim.contexts.append(list(self.items))  # what the model is given: the conversation so far
+        text = len(str(self.session.get("instructions") or "")) + len(json.dumps(self.session.get("tools") or []))
+        response.input_tokens = (text // 4 + sum(t for t, _ in self.tokens.values()),
+                                 sum(a for _, a in self.tokens.values()))
         if response.pcm.size:
             self.items[response.item_id] = "assistant"
             self.sim.sent_audio_ms[response.item_id] = 0
@@ -538,6 +547,7 @@ class _Session:
         await self.send("response.output_audio_transcript.done", **ids, transcript=r.transcript)
         await self.send("response.content_part.done", **ids, part={"type": "audio", "transcript": r.transcript})
         item = self.assistant_item(r, "incomplete" if r.cancel.is_set() else "completed")
+        self.tokens[r.item_id] = (len(r.transcript) // 4, r.sent_samples * 20 // API_RATE_HZ)
         await self.send("response.output_item.done", response_id=r.id, output_index=0, item=item)
         await self.send("conversation.item.done", item=item, previous_item_id=r.previous_item_id)
         return True
@@ -548,6 +558,7 @@ class _Session:
         assert r.call is not None
         call, previous = r.call, self.last_item_id()
         self.items[call["id"]] = "function_call"
+        self.tokens[call["id"]] = (len(call["arguments"]) // 4, 0)
         self.calls[call["call_id"]] = ""
         ids = {"response_id": r.id, "item_id": call["id"], "output_index": index, "call_id": call["call_id"]}
         added = {**call, "status": "in_progress", "arguments": ""}
@@ -589,9 +600,10 @@ class _Session:
         }
 
     def usage(self, r: _Response) -> Json:
-        """Plausible token counts: 1 token per 100 ms of input audio, per 50 ms of output audio, per 4 chars."""
-        audio_in = sum(p.size for p in self.sim.committed_audio) * 10 // API_RATE_HZ
-        text_in = len(str(self.session.get("instructions") or "")) // 4
+        """Plausible token counts: 1 token per 100 ms of input audio, per 50 ms of output audio, per 4 chars. The
+        input is the whole conversation at the response's start (instructions and tools, then every item), as
+        the service bills it: it grows with each turn until items are deleted."""
+        text_in, audio_in = r.input_tokens
         audio_out = r.sent_samples * 20 // API_RATE_HZ
         text_out = (len(r.transcript) + len(r.call["arguments"] if r.call else "")) // 4
         zero = {"text_tokens": 0, "audio_tokens": 0, "image_tokens": 0}
@@ -641,6 +653,7 @@ class _Session:
             raise _invalid("item.id", item_id, "an item with this id already exists")
         previous = self.last_item_id()
         self.items[item_id] = str(item.get("role", item["type"]))
+        self.tokens[item_id] = (len(str(item.get("output", ""))) // 4, 0)
         stored = {**item, "id": item_id, "object": "realtime.item", "status": "completed"}
         await self.send("conversation.item.added", item=stored, previous_item_id=previous)
         await self.send("conversation.item.done", item=stored, previous_item_id=previous)
@@ -654,6 +667,7 @@ class _Session:
     async def item_delete(self, event: Json, event_id: str | None) -> None:
         item_id = self.known_item(event)
         del self.items[item_id]
+        self.tokens.pop(item_id, None)
         await self.send("conversation.item.deleted", item_id=item_id)
 
     def known_item(self, event: Json) -> str:

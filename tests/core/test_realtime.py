@@ -193,6 +193,17 @@ def test_other_finished_items_change_nothing(status: str, kind: str) -> None:
     assert parse_server_event(frame(d)) == ev.ServerEvent("response.output_item.done")
 
 
+def test_an_item_added_names_the_item() -> None:
+    """conversation.item.added (and the docs' older conversation.item.created) → ItemAdded(item.id)."""
+    d = {"type": "conversation.item.added", "event_id": "event_9", "previous_item_id": None,
+         "item": {"id": "item_q1", "object": "realtime.item", "type": "message", "role": "user",
+                  "status": "completed", "content": [{"type": "input_audio", "transcript": None}]}}
+    validate_server(d)
+    assert parse_server_event(frame(d)) == ev.ItemAdded("item_q1")
+    d["type"] = "conversation.item.created"
+    assert parse_server_event(frame(d)) == ev.ItemAdded("item_q1")
+
+
 def test_input_committed() -> None:
     """input_audio_buffer.committed → InputCommitted(item_id)."""
     d = {"type": "input_audio_buffer.committed", "event_id": "e", "previous_item_id": None, "item_id": "item_u1"}

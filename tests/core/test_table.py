@@ -113,6 +113,7 @@ def samples(w: Walk) -> dict[str, ev.Input]:
         "BadEvent": ev.BadEvent("response.output_audio.delta", "bad_audio", "bad base64"),
         "ToolCall": ev.ToolCall("resp_1", "item_9", "call_1", "lookup_exhibit_knowledge", '{"query": "age"}'),
         "ToolResult": ev.ToolResult("call_1", '{"found": false}'),
+        "ItemAdded": ev.ItemAdded("item_1"),
         **{f"Timeout({t.value})": ev.Timeout(t) for t in ev.Timer},
     }
 
