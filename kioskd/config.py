@@ -186,12 +186,13 @@ class ConversationConfig:
 
 @dataclass(frozen=True, slots=True)
 class PromptsConfig:
-    offline: str | None = None
-    """A WAV file said when a press cannot be answered (no connection); None or unreadable: the offline tone."""
-    apology: str | None = None
-    """A WAV file said when a turn fails; None or unreadable: the apology tone."""
-    closed: str | None = None
-    """A WAV file said when the budget is spent ("please come back later"); None or unreadable: a tone."""
+    offline: str | None = "default"
+    """A WAV file said when a press cannot be answered (no connection); default: the English recording that
+    ships with kioskd; None (or a file that cannot be used): the offline tone."""
+    apology: str | None = "default"
+    """A WAV file said when a turn fails; default, None: as above, with the apology tone."""
+    closed: str | None = "default"
+    """A WAV file said when the budget is spent ("please come back later"); default, None: as above."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -493,7 +494,7 @@ def _value(dotted: str, spec: _Spec, node: yaml.Node, filename: str) -> Any:
     problem = CHECKS[dotted](value) if dotted in CHECKS else None
     if problem:
         raise ConfigError(filename, line, dotted, problem)
-    if dotted in PATH_KEYS:
+    if dotted in PATH_KEYS and not (dotted.startswith("prompts.") and value == "default"):
         base = os.path.dirname(os.path.abspath(filename))
         value = os.path.normpath(os.path.join(base, os.path.expanduser(value)))
     return value

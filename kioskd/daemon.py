@@ -22,6 +22,7 @@ from kioskd import checks
 from kioskd import config as config_mod
 from kioskd import log as log_mod
 from kioskd import standby as standby_mod
+from kioskd.adapters import prompts as prompts_mod
 from kioskd.adapters import realtime_ws, systemd
 from kioskd.adapters.audio import AudioIO
 from kioskd.adapters.button import ButtonAdapter, mock_pin_factory
@@ -37,7 +38,7 @@ from kioskd.supervisor import AudioSupervisor
 
 GIL_SWITCH_S: Final = 0.001
 #: restart-requiring sections: a reload logs them and applies the rest
-RESTART_SECTIONS: Final = ("audio", "button", "led", "control", "simulator", "log")
+RESTART_SECTIONS: Final = ("audio", "button", "led", "control", "simulator", "log", "prompts")
 
 
 class Daemon:
@@ -113,7 +114,8 @@ class Daemon:
             executor = Executor(kiosk, audio=audio, set_led=button.set_led, open_link=self._open_link,
                                 sinks=[LogSink(self._log), self.status_sink],
                                 publish=lambda p: service.publish(p.phase, p.serving),
-                                reopen_speaker=supervisor.reopen, tools=tools)
+                                reopen_speaker=supervisor.reopen, tools=tools,
+                                prompts=prompts_mod.load(self.cfg.prompts))
             self.executor = executor
             control = ControlServer(self._control_socket, self._control)
             await control.start()

@@ -49,7 +49,8 @@ class Executor:
                  open_link: Callable[[Callable[[ev.Input], None]], Link], sinks: Sequence[Sink],
                  publish: Callable[[ev.Publish], None] = lambda p: None,
                  reopen_speaker: Callable[[float], Awaitable[None]] | None = None,
-                 tools: ToolRuns | None = None, log: log_mod.Logger | None = None) -> None:
+                 tools: ToolRuns | None = None, prompts: dict[ev.Earcon, Pcm] | None = None,
+                 log: log_mod.Logger | None = None) -> None:
         self.kiosk = kiosk
         self._audio = audio
         self._set_led = set_led
@@ -63,7 +64,7 @@ class Executor:
         self._timers: dict[ev.Timer, asyncio.TimerHandle] = {}
         self._link: Link | None = None
         self._exit: int | None = None
-        self._earcons = {kind: earcon_pcm(kind) for kind in ev.Earcon}
+        self._earcons = {kind: earcon_pcm(kind) for kind in ev.Earcon} | (prompts or {})  # spoken over tones
 
     def post(self, inp: ev.Input) -> None:
         """Queue an input (loop thread only). A press opens the microphone as it is queued, so the pre-roll the

@@ -189,3 +189,34 @@ def test_each_visitor_starts_a_fresh_conversation_and_a_family_keeps_theirs(tmp_
     # flat: the second visitor does not pay for the first (their questions differ by a few ms of audio)
     assert abs(second["usage"]["input_tokens"] - first["usage"]["input_tokens"]) <= 5
     assert family["usage"]["input_tokens"] > second["usage"]["input_tokens"] + 10  # re-bills the family's turn
+
+
+def test_the_offline_prompt_is_spoken(tmp_path: Path) -> None:
+    """A press the kiosk cannot answer (the service refuses the key: FAULT) is answered with the packaged spoken
+    prompt, heard at the speaker for seconds (the tone it replaces lasts under half a second)."""
+    import numpy as np
+
+    from kioskd.sim.harness import Room
+
+    key = tmp_path / "key"
+    key.write_text("the-wrong-key")
+    key.chmod(0o600)
+    room = Room()
+    thread = SimThread(SimOptions(api_key="the-right-key"))
+    kiosk = KioskdProcess(tmp_path, f"realtime:\n  url: {thread.sim.url}\n  api_key_file: {key}\n"
+                                    f"{NULL_SINK_AUDIO}log:\n  format: json\n")
+    try:
+        kiosk.wait_phase("fault", timeout_s=20 * UNIT_S)
+        room.take()
+        kiosk.ctl("press")
+        kiosk.ctl("release")
+        wait_for(lambda: room.samples() > 5 * Room.RATE_HZ, "five seconds of the room", 20 * UNIT_S)
+        _, heard = room.take()
+    finally:
+        kiosk.stop()
+        thread.close()
+        room.close()
+    blocks = np.abs(heard[: heard.size // 480 * 480].astype(np.int32)).reshape(-1, 480).max(axis=1)
+    sounding = np.flatnonzero(blocks > 300)
+    assert sounding.size and (sounding[-1] - sounding[0]) * 10 > 2500  # a sentence, not a two-tone earcon
+    assert not kiosk.events("prompts.unusable")

@@ -57,6 +57,7 @@ class Earcon(str, Enum):
     THINKING = "thinking"
     OFFLINE = "offline"
     APOLOGY = "apology"
+    CLOSED = "closed"  # the budget is spent: "please come back later"
 
 
 # ---------------------------------------------------------------------------------------------------- inputs

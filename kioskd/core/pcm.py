@@ -121,13 +121,15 @@ class Ring:
 
 def earcon_pcm(kind: str) -> Pcm:
     """The short local sounds, 24 kHz: press (a 40 ms tick), thinking (a soft rising pair), offline (two
-    falling tones), apology (three falling tones). Kept short: the mic is open while they play."""
+    falling tones), apology (three falling tones), closed (three slow falling tones); spoken prompts
+    (``adapters/prompts.py``) replace the last three. Kept short: the mic is open while they play."""
     gap = np.zeros(ms_to_samples(40), dtype=np.int16)
     parts: dict[str, list[Pcm]] = {
         "press": [tone(1760, 40, amplitude=0.15)],
         "thinking": [tone(660, 70, amplitude=0.1), gap, tone(880, 70, amplitude=0.1)],
         "offline": [tone(660, 160), gap, tone(440, 240)],
         "apology": [tone(784, 120), gap, tone(659, 120), gap, tone(523, 220)],
+        "closed": [tone(523, 200), gap, tone(392, 200), gap, tone(262, 300)],
     }
     return np.concatenate(parts[kind])
 

@@ -33,7 +33,10 @@ from kioskd.core.settings import TurnSettings
 from kioskd.core.table import ANY, Key, Machine, Row, row
 from kioskd.core.turnlog import TurnLog, TurnRecord
 
-EARCON_GAP_S: Final = 1.0
+#: an earcon is not started again within this long of the last of its kind (presses while offline must not
+#: queue a string of prompts that then play into the next question); the spoken ones last a few seconds
+EARCON_GAP_S: Final = {ev.Earcon.PRESS: 1.0, ev.Earcon.THINKING: 1.0, ev.Earcon.OFFLINE: 5.0,
+                       ev.Earcon.APOLOGY: 3.0, ev.Earcon.CLOSED: 5.0}
 #: presses that may start a turn (or the offline prompt) within PRESS_WINDOW_S; more are a flood, refused
 PRESS_BURST: Final = 10
 PRESS_WINDOW_S: Final = 10.0
@@ -124,10 +127,10 @@ class TurnMachine(Machine[TurnPhase]):
     # ------------------------------------------------------------------------------------------ helpers
 
     def _earcon(self, earcon: ev.Earcon, now: float) -> list[ev.Action]:
-        """An earcon, unless they are off or the same one started less than EARCON_GAP_S ago (presses while
+        """An earcon, unless they are off or the same one started less than its EARCON_GAP_S ago (presses while
         offline must not queue a string of prompts that then play into the next question)."""
         last_s = self._last_earcon_s.get(earcon)
-        if not self.settings.earcons or (last_s is not None and now - last_s < EARCON_GAP_S):
+        if not self.settings.earcons or (last_s is not None and now - last_s < EARCON_GAP_S[earcon]):
             return []
         self._last_earcon_s[earcon] = now
         return [ev.PlayEarcon(earcon)]

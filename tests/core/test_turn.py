@@ -18,7 +18,7 @@ import pytest
 from kioskd.core import events as ev
 from kioskd.core.pcm import ms_to_samples, samples_to_ms
 from kioskd.core.settings import Settings, TurnSettings
-from kioskd.core.turn import DONE_GRACE_S, PRESS_BURST, PRESS_WINDOW_S
+from kioskd.core.turn import DONE_GRACE_S, EARCON_GAP_S, PRESS_BURST, PRESS_WINDOW_S
 from kioskd.errors import AuthError, ConnectionLost
 from tests.core.drive import (
     LINK, SETTINGS, Driver, appended, arms, ask, delta, done, earcons, kinds, leds, mics, note, note_names, notes,
@@ -601,11 +601,13 @@ def test_rejected_press_is_not_queued() -> None:
 
 
 def test_offline_prompts_do_not_pile_up() -> None:
-    """Presses while offline get one prompt per second at most, so none queue up into the next question."""
+    """Presses while offline get one (spoken, a few seconds long) prompt per EARCON_GAP_S at most, so none queue
+    up into the next question."""
+    gap_s = EARCON_GAP_S[ev.Earcon.OFFLINE]
     d = reach_connecting()
     first = d.press()
     d.release(after_s=0.2)
-    second = d.press(after_s=0.2)
+    second = d.press(after_s=gap_s - 0.5)
     d.release(after_s=0.2)
     third = d.press(after_s=1.0)
     assert [earcons(a) for a in (first, second, third)] == [[ev.Earcon.OFFLINE], [], [ev.Earcon.OFFLINE]]
