@@ -208,6 +208,10 @@ class SimulatorConfig:
     """The embedded simulator's delay from response.create to the first audio delta."""
     jitter_ms: float = 20.0
     voice: SimVoice = "speech"
+    tool_call: str | None = None
+    """The simulated model calls this tool (when the session declares it) for each new question; None: never."""
+    preamble_ms: int = 0
+    """What the simulated model says before such a call ("Let me check"), in ms of its reply voice."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,6 +362,8 @@ CHECKS: Final[Mapping[str, Callable[[Any], str | None]]] = {
     "conversation.context_tokens": _between(500, 28000),
     "simulator.first_delta_delay_ms": _non_negative,
     "simulator.jitter_ms": _non_negative,
+    "simulator.tool_call": _non_empty,
+    "simulator.preamble_ms": _between(0, 5000),
 }
 #: path-valued keys: "~" is expanded and relative paths are taken from the config file's directory, because
 #: the daemon's working directory is not the technician's (and lgpio chdir()s to $LG_WD)

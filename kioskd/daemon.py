@@ -228,6 +228,7 @@ class Daemon:
         s = self.cfg.simulator
         sim = RealtimeSimulator(SimOptions(
             api_key=None, first_delta_delay_ms=s.first_delta_delay_ms, jitter_ms=s.jitter_ms, voice=s.voice,
+            tool_call=s.tool_call, preamble_ms=s.preamble_ms,
         ))
         await sim.start()
         stack.push_async_callback(sim.close)

@@ -2,8 +2,10 @@
 
 Run by ./scripts/demo (which installs what is needed and sets up the null-sink audio first). It starts
 `kioskd run` as systemd would (a child process logging JSON lines) on the embedded default — the simulator on
-loopback and the simulated button — then plays a visitor:
-  turn 1: press, ask a question into the microphone, release, hear the whole reply;
+loopback and the simulated button — with the example exhibit (config/examples: the Dolphin Mosaic's knowledge
+and opening hours), then plays a visitor:
+  turn 1: press, ask a question into the microphone, release; the model looks it up in the exhibit's knowledge
+          (a tool call, with "Let me check" first), and the visitor hears the answer;
   turn 2: press, ask, release, then press again while the exhibit speaks (barge-in) and ask something else.
 Each turn's timeline comes from the daemon's own log lines; release → first sound is also measured on the
 speaker sink's monitor, i.e. what a visitor would hear.
@@ -22,7 +24,8 @@ import numpy as np
 
 from kioskd.sim.harness import NULL_SINK_AUDIO, KioskdProcess, Room, say
 
-QUESTIONS = ["What is this painting about?", "Who made this sculpture?", "Sorry, how old is it?"]
+QUESTIONS = ["How old is this mosaic?", "Who found it?", "Sorry, can I touch it?"]
+EXAMPLES = Path(__file__).resolve().parent.parent / "config" / "examples"
 
 
 def first_sound_after(room: Room, t_s: float) -> float | None:
@@ -42,11 +45,16 @@ def timeline(lines: list[dict[str, Any]], start: float) -> None:
             print(f"  {t}  {line.get('from')} → {line.get('to')}{held}")
         elif event == "turn.done":
             tokens = (line.get("usage") or {}).get("total_tokens")
-            print(f"  {t}  turn {line.get('turn')} done, {line.get('outcome')}: {tokens} tokens; "
+            tools = f" (tools: {', '.join(line['tools'])})" if line.get("tools") else ""
+            print(f"  {t}  turn {line.get('turn')} done, {line.get('outcome')}{tools}: {tokens} tokens; "
                   f"{line.get('reply_ms')} ms of reply audio heard of {line.get('reply_received_ms')} ms received; "
                   f"release → first delta "
                   f"{line.get('release_to_first_delta_ms')} ms, → first sound {line.get('release_to_first_sound_ms')} ms; "
                   f"underruns {line.get('underruns')}")
+        elif event == "turn.tool_call":
+            print(f"  {t}  TOOL CALL: the model asks {line.get('name')} (kioskd answers it locally)")
+        elif event == "conversation.reset":
+            print(f"  {t}  new visitor: the conversation's {line.get('items')} items deleted")
         elif event == "turn.barge_in":
             print(f"  {t}  BARGE-IN: the visitor pressed while the exhibit was {line.get('phase')}")
         elif event == "turn.truncated":
@@ -80,11 +88,15 @@ def main() -> int:
     room = Room()
     print("kioskd demo: starting `kioskd run` on the embedded default (simulator on loopback, simulated button)")
     kiosk = KioskdProcess(work, f"{NULL_SINK_AUDIO}"
-                                f"log:\n  format: json\nsimulator:\n  voice: {args.voice}\n")
+                                f"exhibit:\n  name: The Dolphin Mosaic\n"
+                                f"  knowledge_file: {EXAMPLES / 'knowledge.yaml'}\n"
+                                f"  tools_file: {EXAMPLES / 'tools.yaml'}\n"
+                                f"log:\n  format: json\nsimulator:\n  voice: {args.voice}\n"
+                                f"  tool_call: lookup_exhibit_knowledge\n  preamble_ms: 700\n")
     try:
         kiosk.wait_phase("idle", timeout_s=30)
         print(f"kioskd is serving, {kiosk.lines[-1]['_t']:.1f} s after start\n")
-        print(f"Turn 1: the visitor asks {QUESTIONS[0]!r} and listens to the whole answer")
+        print(f"Turn 1: the visitor asks {QUESTIONS[0]!r}; the guide looks it up and they hear the whole answer")
         turn(kiosk, room, wavs[0])
         print(f"\nTurn 2: the visitor asks {QUESTIONS[1]!r}, then interrupts the answer with {QUESTIONS[2]!r}")
         turn(kiosk, room, wavs[1], barge_in_with=wavs[2])
