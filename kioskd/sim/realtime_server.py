@@ -113,6 +113,9 @@ class RealtimeSimulator:
         self.options = options
         self.client_events: list[Json] = []
         self.server_events: list[Json] = []
+        #: when each was received / sent (time.monotonic()), index for index
+        self.client_times: list[float] = []
+        self.server_times: list[float] = []
         self.fault_frames: list[str] = []  # deliberately broken frames sent by fault modes (not in server_events)
         self.committed_audio: list[Pcm] = []
         self.sent_audio_ms: dict[str, int] = {}
@@ -280,6 +283,7 @@ class _Session:
         async with self.lock:
             await self.ws.send(text)
             self.sim.server_events.append(json.loads(text))
+            self.sim.server_times.append(time.monotonic())
 
     async def send_raw(self, text: str) -> None:
         """Send a deliberately broken frame (fault modes only); recorded apart from the valid server events."""
@@ -331,6 +335,7 @@ class _Session:
             await self.error("invalid_event", "The event must be a JSON object.", None)
             return
         self.sim.client_events.append(event)
+        self.sim.client_times.append(time.monotonic())
         event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
         type_ = event.get("type")
         if not isinstance(type_, str):
