@@ -317,6 +317,13 @@ def test_reload_keeps_the_old_config_on_error_and_applies_a_good_one(tmp_path: P
         wait_for(lambda: len(kiosk.events("config.reload_failed")) == 2, "the refused big file", 10 * UNIT_S)
         assert "the limit is 262,144" in kiosk.events("config.reload_failed")[1]["error"]
         assert kiosk.phase() == "idle"
+        bad_knowledge = tmp_path / "knowledge.yaml"
+        bad_knowledge.write_text("- topic: Age\n  txt: Made around 320 AD.\n")
+        config.write_text(good + "exhibit:\n  knowledge_file: knowledge.yaml\n")  # a curator's typo
+        kiosk.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: len(kiosk.events("config.reload_failed")) == 3, "the refused knowledge", 10 * UNIT_S)
+        assert f"{bad_knowledge}:2: [1]: unknown key 'txt'" in kiosk.events("config.reload_failed")[2]["error"]
+        assert kiosk.phase() == "idle"
         config.write_text(good + "turn:\n  reply_wait_s: 12\n  reply_cap_s: 120\n")
         kiosk.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: bool(kiosk.events("config.reloaded")), "the applied reload", 10 * UNIT_S)
