@@ -43,6 +43,7 @@ def load(path: str | None, url: str = "") -> Checked:
     cfg = config_mod.load(path)
     api_key = config_mod.read_api_key(cfg.realtime)
     warnings = config_mod.check_credentials(cfg, cfg.realtime.url or url, api_key)
+    config_mod.check_prices(cfg)
     e = cfg.exhibit
     knowledge = exhibit.load_knowledge(e.knowledge_file) if e.knowledge_file else None
     tools = exhibit.load_tools(e.tools_file) if e.tools_file else exhibit.Tools()

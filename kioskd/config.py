@@ -32,6 +32,7 @@ import yaml  # type: ignore[import-untyped]
 from kioskd.errors import ConfigError
 from kioskd.core.realtime import INSTRUCTIONS_MAX_BYTES
 from kioskd.core import guide
+from kioskd.core.cost import DEFAULT_PRICES, prices_for
 from kioskd.core.settings import LinkSettings, Settings, ToolSpec, TurnSettings
 
 Auth = Literal["auto", "bearer", "api-key"]
@@ -196,6 +197,13 @@ class PromptsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CostConfig:
+    model: str | None = None
+    """The model the Realtime endpoint runs, for its prices; None: the ``model=`` of realtime.url (an Azure URL
+    names a deployment, so set it there)."""
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: LogLevel = "info"
     format: LogFormat = "auto"
@@ -225,6 +233,7 @@ class KioskConfig:
     exhibit: ExhibitConfig = field(default_factory=ExhibitConfig)
     conversation: ConversationConfig = field(default_factory=ConversationConfig)
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
     log: LogConfig = field(default_factory=LogConfig)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     source: str = DEFAULT_SOURCE
@@ -363,6 +372,7 @@ CHECKS: Final[Mapping[str, Callable[[Any], str | None]]] = {
     "simulator.first_delta_delay_ms": _non_negative,
     "simulator.jitter_ms": _non_negative,
     "simulator.tool_call": _non_empty,
+    "cost.model": _non_empty,
     "simulator.preamble_ms": _between(0, 5000),
 }
 #: path-valued keys: "~" is expanded and relative paths are taken from the config file's directory, because
@@ -640,10 +650,37 @@ FALLBACK_SOCKET_ROOT: Final = "/tmp"
 PRIVATE_DIR_MODE: Final = 0o700
 
 
+#: the embedded simulator's model (it prices and names turns like the real one)
+SIMULATED_MODEL: Final = "gpt-realtime"
+
+
+def realtime_model(cfg: KioskConfig) -> str:
+    """The model the Realtime endpoint answers with: ``cost.model``, else the URL's ``model=``, else (no URL:
+    the embedded simulator) ``SIMULATED_MODEL``."""
+    if cfg.cost.model:
+        return cfg.cost.model
+    if cfg.realtime.url is None:
+        return SIMULATED_MODEL
+    return next((v for k, v in parse_qsl(urlsplit(cfg.realtime.url).query) if k == "model" and v), "")
+
+
+def check_prices(cfg: KioskConfig) -> None:
+    """A model with no price is a config error, never a silent zero. Raises ConfigError (file, line, key)."""
+    model = realtime_model(cfg)
+    if prices_for(model) is not None:
+        return
+    key = "cost.model" if cfg.cost.model else "realtime.url"
+    known = ", ".join(DEFAULT_PRICES)
+    problem = f"no price for the model {model!r}" if model else "names no model= to price"
+    raise ConfigError(cfg.source, cfg.lines.get(key), key, problem,
+                      f"set cost.model to the model it runs (one of {known})")
+
+
 def core_settings(cfg: KioskConfig, *, endpoint: str, tools: tuple[ToolSpec, ...] = ()) -> Settings:
     """The core's settings from the config; ``endpoint``: where the link connects (no query string); ``tools``:
     the function tools the session declares (``checks.Checked.tool_specs``)."""
     r, t, e = cfg.realtime, cfg.turn, cfg.exhibit
+    model = realtime_model(cfg)
     instructions = guide.instructions(e.instructions or r.instructions, name=e.name, language=e.language,
                                       tools=tools)
     return Settings(
@@ -658,7 +695,7 @@ def core_settings(cfg: KioskConfig, *, endpoint: str, tools: tuple[ToolSpec, ...
             min_hold_ms=t.min_hold_ms, append_ms=t.append_ms, preroll_ms=cfg.audio.preroll_ms,
             hold_cap_s=t.hold_cap_s, reply_wait_s=t.reply_wait_s, reply_cap_s=t.reply_cap_s, rearm_ms=t.rearm_ms,
             earcons=cfg.audio.earcons, thinking_cue_s=t.thinking_cue_s, usage_wait_s=t.usage_wait_s,
-            new_visitor_after_s=cfg.conversation.new_visitor_after_s,
+            new_visitor_after_s=cfg.conversation.new_visitor_after_s, model=model, prices=prices_for(model),
         ),
     )
 

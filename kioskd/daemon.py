@@ -21,6 +21,7 @@ from typing import Any, Final
 from kioskd import checks
 from kioskd import config as config_mod
 from kioskd import log as log_mod
+from kioskd import spend as spend_mod
 from kioskd import standby as standby_mod
 from kioskd.adapters import prompts as prompts_mod
 from kioskd.adapters import realtime_ws, systemd
@@ -59,6 +60,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload_due = asyncio.Event()  # SIGHUP; the reloader task takes it
         self.status_sink = StatusSink()
+        self.spend = spend_mod.DailySpend(spend_mod.state_dir())
         self.executor: Executor | None = None
         self.audio: AudioIO | None = None
         self.button: ButtonAdapter | None = None
@@ -112,7 +114,7 @@ class Daemon:
             supervisor = AudioSupervisor(audio, post=post, lost=self._exit, set_led=button.set_led,
                                          phase=lambda: kiosk.phase.value, on_tick=service.tick)
             executor = Executor(kiosk, audio=audio, set_led=button.set_led, open_link=self._open_link,
-                                sinks=[LogSink(self._log), self.status_sink],
+                                sinks=[LogSink(self._log), self.status_sink, self.spend],
                                 publish=lambda p: service.publish(p.phase, p.serving),
                                 reopen_speaker=supervisor.reopen, tools=tools,
                                 prompts=prompts_mod.load(self.cfg.prompts))
@@ -126,13 +128,15 @@ class Daemon:
                 tasks = [group.create_task(self._serve(executor), name="executor"),
                          group.create_task(supervisor.health(), name="audio-health"),
                          group.create_task(supervisor.watchdog(), name="watchdog"),
-                         group.create_task(self._reloader(), name="reloader")]
+                         group.create_task(self._reloader(), name="reloader"),
+                         group.create_task(self.spend.run(), name="spend")]
                 await self._stop.wait()
                 for task in tasks:
                     task.cancel()
             systemd.notify("STOPPING=1", "STATUS=stopping")
             audio.interrupt()  # fade out whatever is playing
             await executor.close()
+            await asyncio.to_thread(self.spend.save)  # whatever the cancelled writer had not written yet
             button.set_led(ev.Led.OFF)
             await asyncio.sleep(0.05)  # let the fade reach the device before the stream closes
         self._log.info("daemon.stopped", exit_code=self._exit_code)
@@ -261,6 +265,7 @@ class Daemon:
                     "button": self.cfg.button.kind}
         out: dict[str, Any] = self.executor.kiosk.status() if self.executor is not None else {"phase": "starting"}
         out.update(self.status_sink.status())
+        out["cost"] = self.spend.status()
         out["endpoint"] = realtime_ws.endpoint_of(self._url)
         out["uptime_s"] = round(time.monotonic() - self._started_s, 1)
         out["button"] = self.cfg.button.kind

@@ -479,3 +479,30 @@ def test_describe_is_plain_data_without_the_key(tmp_path: Path) -> None:
         "api_key_source": str(path), "control_socket": "/run/user/7/kioskd.sock",
     }
     assert set(described) == {"source", "effective", *config.SCHEMA}
+
+
+# ---------------------------------------------------------------------------------------------------- cost
+
+
+def test_the_priced_model_comes_from_cost_model_else_the_url() -> None:
+    assert config.realtime_model(cfg_of("realtime:\n  url: wss://api.openai.com/v1/realtime?model=gpt-realtime-mini\n")) \
+        == "gpt-realtime-mini"
+    assert config.realtime_model(cfg_of("cost:\n  model: gpt-realtime\nrealtime:\n  url: wss://x.openai.azure.com/"
+                                        "openai/v1/realtime?model=museum-deployment\n")) == "gpt-realtime"
+    assert config.realtime_model(config.KioskConfig()) == "gpt-realtime"  # the embedded simulator
+    settings = config.core_settings(cfg_of("cost:\n  model: gpt-realtime-mini\n"), endpoint="")
+    assert settings.turn.model == "gpt-realtime-mini" and settings.turn.prices is not None
+    assert settings.turn.prices.audio_out == 20.0
+
+
+@pytest.mark.parametrize(("text", "line", "key", "fragment"), [
+    ("realtime:\n  url: wss://x.openai.azure.com/openai/v1/realtime?model=museum-deployment\n", 2,
+     "realtime.url", "no price for the model 'museum-deployment'"),
+    ("realtime:\n  url: wss://api.openai.com/v1/realtime\n", 2, "realtime.url", "names no model= to price"),
+    ("cost:\n  model: gpt-9-turbo\n", 2, "cost.model", "no price for the model 'gpt-9-turbo'"),
+])
+def test_a_model_without_a_price_is_a_config_error(text: str, line: int, key: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.check_prices(cfg_of(text))
+    assert (info.value.line, info.value.key) == (line, key) and fragment in str(info.value)
+    assert "set cost.model" in str(info.value)

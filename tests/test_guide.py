@@ -220,3 +220,24 @@ def test_the_offline_prompt_is_spoken(tmp_path: Path) -> None:
     sounding = np.flatnonzero(blocks > 300)
     assert sounding.size and (sounding[-1] - sounding[0]) * 10 > 2500  # a sentence, not a two-tone earcon
     assert not kiosk.events("prompts.unusable")
+
+
+def test_every_turn_is_priced_and_the_days_total_survives_a_restart(tmp_path: Path) -> None:
+    """turn.done carries the model and cost_usd (the simulator's usage at gpt-realtime prices); kioskctl status
+    sums the day; a restarted kioskd (same state directory) still knows the day's total."""
+    thread, kiosk, question = guide(tmp_path, SimOptions(**FAST), "  name: The Dolphin Mosaic\n")
+    try:
+        lines = [answered(kiosk, question), answered(kiosk, question)]
+        status = kiosk.ctl("status")["cost"]
+    finally:
+        kiosk.stop()
+    assert all(line["model"] == "gpt-realtime" and line["cost_usd"] > 0 for line in lines)
+    total = round(sum(line["cost_usd"] for line in lines), 6)
+    assert status["today_usd"] == pytest.approx(total) and status["turns_today"] == 2
+    again = KioskdProcess(tmp_path, f"realtime:\n  url: {thread.sim.url}\n{NULL_SINK_AUDIO}log:\n  format: json\n")
+    try:
+        again.wait_phase("idle", timeout_s=20 * UNIT_S)
+        assert again.ctl("status")["cost"]["today_usd"] == pytest.approx(total)
+    finally:
+        again.stop()
+        thread.close()

@@ -78,4 +78,5 @@ def read_wav(path: Path) -> Pcm:
     if peak < 1e-3:
         raise Unusable("silent")
     scale = min(1.0, PEAK / 32768 / peak) * 32767
-    return np.clip(np.round(audio * scale), -32768, 32767).astype(np.int16)
+    out: Pcm = np.clip(np.round(audio * scale), -32768, 32767).astype(np.int16)
+    return out

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kioskd.core import events as ev
+from kioskd.core.cost import Prices, realtime_cost_usd
 
 
 def add_usage(total: dict[str, Any], usage: dict[str, Any]) -> dict[str, Any]:
@@ -45,9 +46,11 @@ class Bill:
     usage: dict[str, Any] = field(default_factory=dict)
     missing: int = 0
     statuses: list[str] = field(default_factory=list)
+    cost_usd: float = 0.0  # of the responses that reported usage
 
     def fields(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"responses": self.responses, "usage": self.usage or None}
+        out: dict[str, Any] = {"responses": self.responses, "usage": self.usage or None,
+                               "cost_usd": round(self.cost_usd, 6)}
         if self.missing:
             out["usage_missing"] = self.missing
         return out
@@ -100,8 +103,10 @@ class Ledger:
                 out.append(ev.CancelReply(resp.id))
         return out
 
-    def done(self, response_id: str, status: str, usage: dict[str, Any] | None) -> tuple[int | None, list[ev.Action]]:
-        """A response ended: book its usage; returns its turn and a request that was waiting for it."""
+    def done(self, response_id: str, status: str, usage: dict[str, Any] | None,
+             prices: Prices | None = None) -> tuple[int | None, list[ev.Action]]:
+        """A response ended: book its usage (and what it cost at ``prices``); returns its turn and a request that
+        was waiting for it."""
         resp = next((r for r in self._open if r.id == response_id), None)
         if resp is None:
             return None, []
@@ -112,6 +117,7 @@ class Ledger:
             bill.missing += 1
         else:
             bill.usage = add_usage(bill.usage, usage)
+            bill.cost_usd += (realtime_cost_usd(usage, prices) or 0.0) if prices is not None else 0.0
         return resp.turn, self._next()
 
     def refused(self, ref: str | None) -> tuple[int | None, list[ev.Action]]:

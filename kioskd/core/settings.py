@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kioskd.core.cost import DEFAULT_PRICES, Prices
+
 
 @dataclass(frozen=True, slots=True)
 class ToolSpec:
@@ -75,6 +77,10 @@ class TurnSettings:
     new_visitor_after_s: float = 45.0
     """Quiet this long (from the end of the last reply, or the last release) makes the next press a new
     visitor: a fresh conversation."""
+    model: str = "gpt-realtime"
+    """The model answering (priced by ``prices``; named in every ``turn.done``)."""
+    prices: Prices | None = DEFAULT_PRICES["gpt-realtime"]
+    """Its prices; None: unknown (no cost is counted)."""
     usage_wait_s: float = 5.0
     """How long an ended turn waits for its responses' late ``response.done`` (their usage) before it is logged
     with the usage missing."""

@@ -181,7 +181,7 @@ class TurnMachine(Machine[TurnPhase]):
         turn, self._turn = self._turn, None
         if turn is None:
             return []
-        turn.tools = self._calls.names
+        turn.tools, turn.model = self._calls.names, self.settings.model
         owed = self._calls.cancel() if self.serving else []  # every call_id answered, even a cancelled one
         self._answer_due = False
         if turn.released_at_s is not None:  # a question was committed: this turn's reply is self._reply
@@ -336,7 +336,7 @@ class TurnMachine(Machine[TurnPhase]):
 
     def _response_done(self, inp: ev.ResponseDone) -> tuple[bool, list[ev.Action]]:
         """Book the response; True if it belonged to the current turn (and it has nothing else open)."""
-        turn_id, out = self._ledger.done(inp.response_id, inp.status, inp.usage)
+        turn_id, out = self._ledger.done(inp.response_id, inp.status, inp.usage, self.settings.prices)
         if turn_id is not None and turn_id == self._current_id():
             return not self._ledger.open_for(turn_id), out
         return False, [*out, *self._settle(turn_id)]

@@ -44,6 +44,7 @@ class TurnRecord:
     cause: str | None = None
     ended_at_s: float = 0.0
     tools: list[str] = field(default_factory=list)  # the tools the model called, in order
+    model: str = ""  # the model that answered (priced in the bill's cost_usd)
 
     def summary(self, bill: Bill) -> dict[str, Any]:
         def since_release(t: float | None) -> int | None:
@@ -57,7 +58,7 @@ class TurnRecord:
             "release_to_first_delta_ms": since_release(self.first_delta_at_s),
             "release_to_first_sound_ms": since_release(self.first_sound_at_s),
             "reply_ms": self.reply_ms, "reply_received_ms": self.reply_received_ms,
-            "underruns": self.underruns, "playout": self.playout,
+            "underruns": self.underruns, "playout": self.playout, "model": self.model,
             **bill.fields(),
         }
         if self.tools:

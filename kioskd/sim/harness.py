@@ -137,7 +137,7 @@ class KioskdProcess:
         config.write_text(f"control:\n  socket: {self.socket}\n" + config_yaml)
         self.lines: list[dict[str, Any]] = []
         self.t0 = time.monotonic()
-        child_env = dict(os.environ, PYTHONUNBUFFERED="1")
+        child_env = dict(os.environ, PYTHONUNBUFFERED="1", STATE_DIRECTORY=str(workdir / "state"))
         child_env.pop("OPENAI_API_KEY", None)
         child_env.update(env or {})
         self.proc = subprocess.Popen([sys.executable, "-m", "kioskd", "run", "--config", str(config)],

@@ -57,7 +57,7 @@ def test_one_response_at_a_time() -> None:
     assert (led.open_for(1), led.open_for(2), led.has_open()) == (1, 1, True)
     led.created("resp_1")
     assert led.done("resp_1", "completed", usage(10)) == (1, [ev.RequestReply("req_2")])
-    assert led.close(1).fields() == {"responses": 1, "usage": usage(10)}
+    assert led.close(1).fields() == {"responses": 1, "usage": usage(10), "cost_usd": 0.0}
     led.created("resp_2")
     assert led.is_current("resp_2", 2) and not led.is_current("resp_2", 1)
 
@@ -100,7 +100,7 @@ def test_cancel_marks_the_open_response_once_and_drops_waiting_requests() -> Non
     led.created("resp_1")
     assert not led.is_current("resp_1", 1)  # cancelled: its audio is not played
     assert led.done("resp_1", "cancelled", usage(4)) == (1, [])
-    assert led.close(1).fields() == {"responses": 1, "usage": usage(4)}
+    assert led.close(1).fields() == {"responses": 1, "usage": usage(4), "cost_usd": 0.0}
 
 
 def test_cancel_by_id_once_created() -> None:
@@ -119,7 +119,7 @@ def test_refused_request_is_never_billed_and_frees_the_next() -> None:
     led.ask(2)
     assert led.refused("req_9") == (None, [])
     assert led.refused("req_1") == (1, [ev.RequestReply("req_2")])
-    assert led.open_for(1) == 0 and led.close(1).fields() == {"responses": 0, "usage": None}
+    assert led.open_for(1) == 0 and led.close(1).fields() == {"responses": 0, "usage": None, "cost_usd": 0.0}
     led.created("resp_2")
     assert led.refused("req_2") == (None, [])  # created: no longer refusable
 
@@ -132,10 +132,10 @@ def test_forget_gives_up_on_usage() -> None:
     led.created("resp_1")
     led.ask(2)
     assert led.forget(1) == [ev.RequestReply("req_2")]
-    assert led.close(1).fields() == {"responses": 1, "usage": None, "usage_missing": 1}
+    assert led.close(1).fields() == {"responses": 1, "usage": None, "cost_usd": 0.0, "usage_missing": 1}
     assert led.done("resp_1", "cancelled", usage(5)) == (None, [])  # too late: billed nowhere
     assert led.forget(2) == []
-    assert led.close(2).fields() == {"responses": 0, "usage": None}
+    assert led.close(2).fields() == {"responses": 0, "usage": None, "cost_usd": 0.0}
 
 
 def test_lost_session_ends_everything() -> None:
@@ -148,8 +148,8 @@ def test_lost_session_ends_everything() -> None:
     led.lost()
     assert not led.has_open() and led.open_for(2) == 0
     assert [led.close(t).fields() for t in (1, 2, 3)] == [
-        {"responses": 1, "usage": None, "usage_missing": 1}, {"responses": 0, "usage": None},
-        {"responses": 0, "usage": None}]
+        {"responses": 1, "usage": None, "cost_usd": 0.0, "usage_missing": 1}, {"responses": 0, "usage": None, "cost_usd": 0.0},
+        {"responses": 0, "usage": None, "cost_usd": 0.0}]
     assert led.ask(4) == [ev.RequestReply("req_4")]
 
 
@@ -166,4 +166,4 @@ def test_done_without_usage_is_missing(status: str) -> None:
 
 def test_close_of_an_unknown_turn_is_an_empty_bill() -> None:
     """close() of a turn that asked nothing (too short) is an empty bill."""
-    assert Ledger().close(7).fields() == {"responses": 0, "usage": None}
+    assert Ledger().close(7).fields() == {"responses": 0, "usage": None, "cost_usd": 0.0}
