@@ -12,6 +12,7 @@ and ``- {type: http, name, description, parameters (a JSON schema object), url, 
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import date
@@ -34,6 +35,8 @@ TOOL_NAME: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: names kioskd's own tools take
 RESERVED_NAMES: Final = frozenset({"lookup_exhibit_knowledge", "opening_hours"})
 HTTP_TIMEOUT_S: Final = 2.0
+#: one tool's parameter schema, as JSON (all of them travel in every session.update and its echo)
+SCHEMA_MAX_CHARS: Final = 4000
 
 
 @dataclass(frozen=True)
@@ -209,6 +212,14 @@ def _http(reader: _Reader, node: yaml.Node, key: str) -> HttpTool:
     parameters = reader.value(params_node)
     if not isinstance(parameters, dict) or parameters.get("type") != "object":
         raise reader.fail(params_node, f"{key}.parameters", "expected a JSON schema with type: object")
+    try:  # it goes to the service as JSON: YAML's dates, .nan or a recursive alias cannot
+        schema_size = len(json.dumps(parameters, allow_nan=False))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise reader.fail(params_node, f"{key}.parameters", f"is not plain JSON ({type(exc).__name__})",
+                          "quote dates and special values") from None
+    if schema_size > SCHEMA_MAX_CHARS:
+        raise reader.fail(params_node, f"{key}.parameters", f"is {schema_size:,} characters of JSON; the limit is "
+                                                            f"{SCHEMA_MAX_CHARS:,}")
     url_node = reader.required(fields, node, key, "url")
     url = reader.text(url_node, f"{key}.url", 500)
     parts = urlsplit(url)

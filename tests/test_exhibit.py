@@ -73,6 +73,8 @@ HOURS = "- type: opening_hours\n  weekly:\n" + "".join(
      "  timeout_s: 0\n", 6, "[1].timeout_s", "more than 0"),
     ("- type: http\n  name: opening_hours\n  description: d\n  parameters: {type: object}\n  url: http://x/\n", 1,
      "[1].name", "is taken"),
+    ("- type: http\n  name: tours\n  description: d\n  parameters:\n    type: object\n    properties:\n"
+     "      day: {type: string, default: 2026-12-25}\n  url: http://x/\n", 5, "[1].parameters", "not plain JSON"),
 ])
 def test_tools_errors_name_file_line_and_tool(tmp_path: Path, text: str, line: int, key: str,
                                               fragment: str) -> None:

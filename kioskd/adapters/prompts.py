@@ -59,8 +59,9 @@ def read_wav(path: Path) -> Pcm:
             if frames > MAX_SECONDS * rate:
                 raise Unusable(f"{frames / rate:.1f} s long; the limit is {MAX_SECONDS:g} s")
             data = w.readframes(frames)
-    except (OSError, EOFError, wave.Error) as exc:
+    except (OSError, EOFError, wave.Error, ValueError) as exc:
         raise Unusable(str(exc) or type(exc).__name__) from None
+    data = data[: len(data) - len(data) % (width * channels)] if width and channels else b""  # whole frames
     if width == 1:
         samples = (np.frombuffer(data, dtype=np.uint8).astype(np.float64) - 128) / 128
     elif width == 3:  # little-endian 24-bit: widen each sample to the top of an int32

@@ -74,11 +74,16 @@ class ToolRunner:
     # ------------------------------------------------------------------------------------------ running
 
     async def _run(self, call_id: str, name: str, arguments: str) -> None:
+        """Every run answers its call: a failure of any kind (a ToolError, or arguments the HTTP client cannot
+        encode) becomes an error output; only a cancel (CancelTool: its turn is over) answers nothing."""
         try:
             output = await self._answer(name, arguments)
         except ToolError as exc:
             self._failed(name, str(exc))
             output = json.dumps({"error": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - whatever it was, the model must hear back
+            self._failed(name, f"{type(exc).__name__}: {exc}"[:200])
+            output = json.dumps({"error": "the tool failed"})
         else:
             if name in self._failing:
                 self._failing.discard(name)
@@ -88,11 +93,17 @@ class ToolRunner:
         self._post(ev.ToolResult(call_id, output))
 
     def _failed(self, name: str, cause: str) -> None:
+        if not self._known(name):
+            name = "(unknown tool)"  # the model's word, not one of ours: never kept or logged as it is
         if name in self._failing:
             self._log.debug("tool.failed", name=name, cause=cause)
             return
         self._failing.add(name)
         self._log.warning("tool.failed", name=name, cause=cause)
+
+    def _known(self, name: str) -> bool:
+        return ((name == LOOKUP.name and self._knowledge is not None) or (name == HOURS.name and self._tools.hours
+                is not None) or any(t.name == name for t in self._tools.http))
 
     async def _answer(self, name: str, arguments: str) -> str:
         try:
@@ -103,7 +114,8 @@ class ToolRunner:
             raise ToolError("the arguments are not a JSON object")
         if name == LOOKUP.name and self._knowledge is not None:
             query = args.get("query")
-            return json.dumps(self._knowledge.answer(query if isinstance(query, str) else ""))
+            found = await asyncio.to_thread(self._knowledge.answer, query if isinstance(query, str) else "")
+            return json.dumps(found)  # the lookup ran in a thread: a large file's fuzzy search never holds the loop
         if name == HOURS.name and self._tools.hours is not None:
             return json.dumps(self._tools.hours.answer(self._now()))
         tool = next((t for t in self._tools.http if t.name == name), None)

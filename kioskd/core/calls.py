@@ -84,12 +84,17 @@ class Calls:
                 out.append(ev.ReturnToolOutput(call_id, call.output))
         return out
 
-    def cancel(self) -> list[ev.Action]:
+    def cancel(self, *, answer: bool = True) -> list[ev.Action]:
         """The turn is over: stop what runs; every call still owed an output gets one (cancelled, or the answer
-        it already had), so the conversation holds no unanswered call."""
+        it already had), so the conversation holds no unanswered call. ``answer=False``: the session is gone
+        (its conversation with it), so only the runs are stopped."""
         out: list[ev.Action] = []
         for call_id, call in self._calls.items():
             if call.output is None:
                 call.output = CANCELLED
                 out.append(ev.CancelTool(call_id))
+        if not answer:
+            for call in self._calls.values():
+                call.returned = True
+            return out
         return out + self.outputs()

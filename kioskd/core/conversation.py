@@ -14,8 +14,9 @@ from typing import Final
 
 from kioskd.core import events as ev
 
-#: items remembered for deletion; past this the oldest are left to the session's truncation
-MAX_ITEMS: Final = 500
+#: items remembered for deletion (a long visit's oldest are left to the session's truncation); well under the
+#: link's outbox (adapters/link.OUTBOX_FRAMES, 256), since a reset sends one delete per item at once
+MAX_ITEMS: Final = 100
 
 
 class Conversation:

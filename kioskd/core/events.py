@@ -250,13 +250,14 @@ class ItemAdded:
 
 @dataclass(frozen=True, slots=True)
 class ToolCall:
-    """The model called a function (its item is complete): ``arguments`` is its JSON text, as the model wrote it."""
+    """The model called a function (its item is done): ``arguments`` is its JSON text, as the model wrote it."""
 
     response_id: str
     item_id: str
     call_id: str
     name: str
     arguments: str
+    complete: bool = True  # False: cut short by a cancel or a cap; answered, never run
 
 
 @dataclass(frozen=True, slots=True)

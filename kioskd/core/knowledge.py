@@ -35,8 +35,9 @@ FUZZY_DISCOUNT: Final = 0.7
 #: a match below this is no match (one rare text word, or one common topic word, clears it)
 MIN_SCORE: Final = 1.0
 MAX_RESULTS: Final = 3
-#: the query the model sends is cut to this before it is matched
+#: the query the model sends is cut to this before it is matched, and to this many terms
 QUERY_MAX_CHARS: Final = 500
+QUERY_MAX_TERMS: Final = 30
 
 
 def fold(text: str) -> str:
@@ -87,16 +88,19 @@ class Knowledge:
             for term in weights:
                 seen[term] = seen.get(term, 0) + 1
         self._idf = {term: math.log(1 + count / n) for term, n in seen.items()}
-        self._vocabulary = sorted(self._idf)
+        self._by_length: dict[int, list[str]] = {}  # a typo changes a word's length by a letter or two at most
+        for term in sorted(self._idf):
+            self._by_length.setdefault(len(term), []).append(term)
 
     def search(self, query: str, limit: int = MAX_RESULTS) -> list[Entry]:
         """The best entries for ``query``, best first; empty when nothing matches well enough."""
         wanted: dict[str, float] = {}  # known term → how much it counts (1, or less for a fuzzy match)
-        for term in terms(query[:QUERY_MAX_CHARS]):
+        for term in terms(query[:QUERY_MAX_CHARS])[:QUERY_MAX_TERMS]:
             if term in self._idf:
                 wanted[term] = 1.0
                 continue
-            close = difflib.get_close_matches(term, self._vocabulary, n=1, cutoff=FUZZY_CUTOFF) if len(term) > 3 else []
+            near = [t for n in range(len(term) - 2, len(term) + 3) for t in self._by_length.get(n, ())]
+            close = difflib.get_close_matches(term, near, n=1, cutoff=FUZZY_CUTOFF) if len(term) > 3 else []
             if close:
                 wanted[close[0]] = max(wanted.get(close[0], 0.0), FUZZY_DISCOUNT)
         scored = []

@@ -128,13 +128,14 @@ def _error(d: dict[str, Any]) -> ev.Input:
 
 
 def _output_item_done(d: dict[str, Any]) -> ev.Input:
-    """A finished output item: a completed function call is a ``ToolCall`` (one cut short by a cancel or a cap
-    is not run: reference model-features §1.5); any other item changes nothing."""
+    """A finished output item: a function call is a ``ToolCall``, run only when completed (one cut short by a
+    cancel or a cap is answered, never run: reference model-features §1.5); any other item changes nothing."""
     item = _get(d, "item")
-    if not isinstance(item, dict) or item.get("type") != "function_call" or item.get("status") != "completed":
+    if not isinstance(item, dict) or item.get("type") != "function_call":
         return ev.ServerEvent("response.output_item.done")
     return ev.ToolCall(response_id=_str(d, "response_id"), item_id=_str(item, "id"), call_id=_str(item, "call_id"),
-                       name=_str(item, "name"), arguments=_str(item, "arguments"))
+                       name=_str(item, "name"), arguments=_str(item, "arguments"),
+                       complete=item.get("status") == "completed")
 
 
 _PARSERS: Final[dict[str, Callable[[dict[str, Any]], ev.Input]]] = {

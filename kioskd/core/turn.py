@@ -182,7 +182,7 @@ class TurnMachine(Machine[TurnPhase]):
         if turn is None:
             return []
         turn.tools, turn.model = self._calls.names, self.settings.model
-        owed = self._calls.cancel() if self.serving else []  # every call_id answered, even a cancelled one
+        owed = self._calls.cancel(answer=self.serving)  # runs stopped; every call_id answered while a session is
         self._answer_due = False
         if turn.released_at_s is not None:  # a question was committed: this turn's reply is self._reply
             turn.reply_received_ms = self._reply.received_ms
@@ -210,9 +210,10 @@ class TurnMachine(Machine[TurnPhase]):
         self._down[inp.backend] = inp.reason
         if self.serving:
             return []
+        self._conversation.clear()  # the session is gone with its conversation: nothing to delete later
         # the backend went away: whatever it still owed will never come
         self._ledger.lost()
-        out = [*self._log.flush(), *self.disarm(ev.Timer.USAGE_WAIT)]
+        out = [*self._log.flush(), *self.disarm(ev.Timer.USAGE_WAIT, ev.Timer.NEW_VISITOR)]
         if self.phase is TurnPhase.IDLE:
             return out
         out += self.disarm(ev.Timer.HOLD_CAP, ev.Timer.REPLY_WAIT, ev.Timer.REPLY_CAP, ev.Timer.THINKING_CUE)
@@ -360,6 +361,7 @@ class TurnMachine(Machine[TurnPhase]):
             return out
         if inp.status == "completed" and self._calls.active:  # a preamble, then tools: their answer is next
             return [*out, *self.disarm(ev.Timer.REPLY_WAIT), *self._reply.end(), *self._follow_up(now)]
+        self._answer_due = False  # an answer without audio (or none) ends the turn when the preamble has played
         if self._reply.drained:
             return [*out, *self._answered(now)]
         return [*out, *self._reply.end()]
@@ -377,7 +379,7 @@ class TurnMachine(Machine[TurnPhase]):
         if not self._reply.ended:
             return []  # an earcon ran out, not the reply
         self._reply.played_out(inp.dropped_ms)
-        if self._answer_due or (self._calls.active and not self._ledger.open_for(self._turn.id)):
+        if self._answer_due or self._calls.active:
             return self._await_answer(now)  # a preamble was heard; the tools or their answer are still to come
         if self._ledger.open_for(self._turn.id):  # heard in full; its response.done is late
             return [self.arm(ev.Timer.REPLY_WAIT, now + DONE_GRACE_S)]
@@ -409,18 +411,26 @@ class TurnMachine(Machine[TurnPhase]):
     # ------------------------------------------------------------------------------------------ tools
 
     def _on_tool_call(self, inp: ev.ToolCall, now: float) -> list[ev.Action]:
-        if self._turn is None or not self._ledger.is_current(inp.response_id, self._turn.id):
+        """Run the call; the reply wait starts again for it (a tool may take its own timeout). A call arriving
+        after its preamble has played out waits in WAITING, not in a drained SPEAKING."""
+        if (self._turn is None or not inp.complete
+                or not self._ledger.is_current(inp.response_id, self._turn.id)):
             return self._on_stale_call(inp, now)
-        return self._calls.call(inp)
+        out = self._calls.call(inp)
+        if self.phase is TurnPhase.WAITING:
+            out.append(self.arm(ev.Timer.REPLY_WAIT, now + self.settings.reply_wait_s))
+        elif self._reply.drained:
+            out += self._await_answer(now)
+        return out
 
     def _on_stale_call(self, inp: ev.ToolCall, now: float) -> list[ev.Action]:
-        """A call from a response this turn cancelled: not run, but answered (the model waits on every call)."""
-        return [ev.ReturnToolOutput(inp.call_id, CANCELLED)]
+        """A call cut short, or from a response this turn cancelled: not run, but answered (the model waits on
+        every call)."""
+        return [ev.ReturnToolOutput(inp.call_id, CANCELLED)] if self.serving else []
 
     def _on_tool_result(self, inp: ev.ToolResult, now: float) -> list[ev.Action]:
-        if not self._calls.result(inp):
+        if self._turn is None or not self._calls.result(inp):
             return [ev.Note("turn.tool_late", "debug", {"call_id": inp.call_id})]  # its turn moved on
-        assert self._turn is not None
         return [] if self._ledger.open_for(self._turn.id) else self._follow_up(now)
 
     def _follow_up(self, now: float) -> list[ev.Action]:
@@ -509,6 +519,8 @@ class TurnMachine(Machine[TurnPhase]):
         """An error the link did not take as fatal. One naming a reply request means that reply never starts:
         a turn left waiting for nothing fails at once instead of at its reply cap."""
         turn_id, out = self._ledger.refused(inp.event_id)
+        if turn_id is not None and turn_id == self._current_id() and not self._ledger.open_for(turn_id):
+            self._answer_due = False  # a refused follow-up: no answer is coming
         fields = {"code": inp.code, "message": inp.message, "error_type": inp.error_type, "event_id": inp.event_id}
         ends = (turn_id is not None and turn_id == self._current_id() and self.phase is TurnPhase.WAITING
                 and not self._ledger.open_for(turn_id))
@@ -551,7 +563,7 @@ def _table() -> dict[tuple[TurnPhase | None, Key], Row[TurnPhase]]:
         (P.IDLE, T.NEW_VISITOR): row(M._on_new_visitor),
         # tools
         (P.WAITING, ev.ToolCall): row(M._on_tool_call),
-        (P.SPEAKING, ev.ToolCall): row(M._on_tool_call),
+        (P.SPEAKING, ev.ToolCall): row(M._on_tool_call, P.SPEAKING, P.WAITING),
         (ANY, ev.ToolCall): row(M._on_stale_call),
         (P.WAITING, ev.ToolResult): row(M._on_tool_result),
         (P.SPEAKING, ev.ToolResult): row(M._on_tool_result, P.SPEAKING, P.WAITING),

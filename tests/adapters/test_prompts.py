@@ -88,3 +88,10 @@ def test_a_prompt_that_cannot_be_used_keeps_its_tone_and_is_said_once(tmp_path: 
     assert ev.Earcon.OFFLINE not in prompts and ev.Earcon.APOLOGY in prompts  # the others still load
     [(event, fields)] = lines.lines
     assert event == "prompts.unusable" and fields["prompt"] == "offline" and cause in fields["cause"]
+
+
+def test_a_recording_cut_short_by_a_byte_still_plays(tmp_path: Path) -> None:
+    path = write(tmp_path / "p.wav", sine(16000, 1.0), 16000, 2)
+    path.write_bytes(path.read_bytes()[:-1])  # a copy that stopped one byte early
+    pcm = read_wav(path)
+    assert abs(pcm.size - API_RATE_HZ) <= 50

@@ -181,14 +181,19 @@ def test_a_completed_function_call_item_is_a_tool_call() -> None:
         "resp_001", "item_fc1", "call_001", "lookup_exhibit_knowledge", '{"query": "age"}')
 
 
-@pytest.mark.parametrize(("status", "kind"), [("incomplete", "function_call"), ("completed", "message")])
-def test_other_finished_items_change_nothing(status: str, kind: str) -> None:
-    """A call cut short (a cancelled response) is never run; a message item is nothing to act on."""
+def test_a_function_call_cut_short_is_a_tool_call_not_to_run() -> None:
+    """A call left incomplete by a cancel or a cap still needs an answer, but is never run."""
     d = json.loads(json.dumps(FUNCTION_CALL_DONE))
-    d["item"]["status"] = status
-    if kind == "message":
-        d["item"] = {"id": "msg_1", "object": "realtime.item", "type": "message", "role": "assistant",
-                     "status": status, "content": []}
+    d["item"]["status"] = "incomplete"
+    validate_server(d)
+    inp = parse_server_event(frame(d))
+    assert isinstance(inp, ev.ToolCall) and inp.complete is False and inp.call_id == "call_001"
+
+
+def test_other_finished_items_change_nothing() -> None:
+    d = json.loads(json.dumps(FUNCTION_CALL_DONE))
+    d["item"] = {"id": "msg_1", "object": "realtime.item", "type": "message", "role": "assistant",
+                 "status": "completed", "content": []}
     validate_server(d)
     assert parse_server_event(frame(d)) == ev.ServerEvent("response.output_item.done")
 

@@ -10,6 +10,7 @@ import pytest
 
 from kioskd.core import events as ev
 from kioskd.core.calls import CANCELLED, MAX_CALLS, TOO_MANY
+from kioskd.core.turn import DONE_GRACE_S
 from tests.core.drive import (
     SETTINGS, Driver, arms, ask, delta, done, earcons, leds, note, notes, online, said, speaking, then_played, usage_of,
 )
@@ -183,3 +184,96 @@ def test_the_reply_wait_bounds_a_tool_that_never_answers() -> None:
     out = d.feed(ev.Timeout(ev.Timer.REPLY_WAIT), after_s=TURN.reply_wait_s)
     assert note(out, "turn.done").fields["outcome"] == "timed_out" and ev.CancelTool("call_1") in out
     assert json.loads(outputs(out)["call_1"])["status"] == "cancelled" and d.phase == "idle"
+
+
+# ------------------------------------------------------------------------------------------------ review findings
+
+
+def test_a_tool_result_after_the_session_dropped_changes_nothing() -> None:
+    """The link drops while a tool runs: the run is cancelled (no output to a session that is gone), and its
+    late result is a debug line, not a kioskd bug."""
+    from kioskd.errors import ConnectionLost
+
+    d = online()
+    ask(d)
+    calling(d)
+    out = d.feed(ev.Disconnected(ConnectionLost(1006)), after_s=0.2)
+    assert ev.CancelTool("call_1") in out and outputs(out) == {}
+    late = d.feed(ev.ToolResult("call_1", "{}"), after_s=0.1)
+    assert said(late) == [] and note(late, "turn.tool_late").level == "debug" and not notes(late, "turn.bug")
+
+
+def test_a_preamble_heard_before_its_response_is_done_waits_for_the_tool() -> None:
+    """The preamble plays out before the calling response's response.done: the turn waits (WAITING), it is not
+    'answered' by the done-grace while the tool still runs."""
+    d = online()
+    ask(d)
+    speaking(d, ms=400)
+    d.feed(call())
+    d.feed(ev.AudioDone("resp_1", "item_1"))
+    out = d.feed(ev.PlaybackDrained(0), after_s=0.5)
+    assert d.phase == "waiting" and arms(out)[ev.Timer.REPLY_WAIT] == pytest.approx(d.now + TURN.reply_wait_s)
+    d.feed(ev.Timeout(ev.Timer.THINKING_CUE), after_s=TURN.thinking_cue_s)
+    d.feed(ev.ToolResult("call_1", "{}"), after_s=0.5)
+    out = d.feed(done("resp_1"))
+    assert len(replies(out)) == 1 and not d.done_lines()
+
+
+def test_a_call_arriving_after_its_preamble_played_waits_in_waiting() -> None:
+    d = online()
+    ask(d)
+    speaking(d, ms=400)
+    d.feed(ev.AudioDone("resp_1", "item_1"))
+    d.feed(ev.PlaybackDrained(0), after_s=0.5)  # heard; response.done late: the grace is armed
+    grace_at = d.now + DONE_GRACE_S
+    out = d.feed(call(), after_s=0.3)
+    assert runs(out) and d.phase == "waiting"
+    # the 2 s grace is replaced by the reply wait: nothing ends the turn at grace_at
+    wait_at = arms(out)[ev.Timer.REPLY_WAIT]
+    assert wait_at == pytest.approx(d.now + TURN.reply_wait_s) and wait_at > grace_at
+
+
+def test_a_follow_up_without_audio_while_the_preamble_plays_ends_when_it_has_played() -> None:
+    d = online()
+    ask(d)
+    speaking(d, ms=600)
+    d.feed(call())
+    d.feed(ev.AudioDone("resp_1", "item_1"))
+    d.feed(ev.ToolResult("call_1", "{}"))
+    d.feed(done("resp_1"))
+    d.feed(ev.ResponseCreated("resp_2"), after_s=0.1)
+    d.feed(done("resp_2"))  # the answer said nothing
+    line = note(d.feed(ev.PlaybackDrained(0), after_s=0.5), "turn.done").fields
+    assert line["outcome"] == "answered" and d.phase == "idle"  # no 10 s of silence, no apology
+
+
+def test_a_call_re_arms_the_reply_wait_so_a_slow_tool_has_its_time() -> None:
+    d = online()
+    ask(d)
+    d.feed(ev.ResponseCreated("resp_1"), after_s=0.1)
+    out = d.feed(call(), after_s=TURN.reply_wait_s - 1)
+    assert arms(out)[ev.Timer.REPLY_WAIT] == pytest.approx(d.now + TURN.reply_wait_s)
+
+
+def test_a_call_cut_short_is_answered_never_run() -> None:
+    d = online()
+    ask(d)
+    d.feed(ev.ResponseCreated("resp_1"), after_s=0.1)
+    cut = ev.ToolCall("resp_1", "item_c", "call_c", "lookup_exhibit_knowledge", '{"qu', complete=False)
+    out = d.feed(cut)
+    assert not runs(out) and outputs(out) == {"call_c": CANCELLED}
+
+
+def test_losing_the_session_forgets_its_conversation() -> None:
+    """The link drops during the quiet: nothing will be deleted from a session that is gone."""
+    from kioskd.errors import ConnectionLost
+
+    d = online()
+    ask(d)
+    d.feed(ev.ItemAdded("item_q"))
+    speaking(d)
+    d.feed(ev.AudioDone("resp_1", "item_1"))
+    d.feed(done("resp_1"))
+    d.feed(ev.PlaybackDrained(0), after_s=1.0)
+    out = d.feed(ev.Disconnected(ConnectionLost(1006)), after_s=1.0)
+    assert ev.Disarm(ev.Timer.NEW_VISITOR) in out
