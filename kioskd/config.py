@@ -160,6 +160,9 @@ class TurnConfig:
     """No reply audio this long after release: a soft "still thinking" sound (with audio.earcons)."""
     usage_wait_s: float = _TURN.usage_wait_s
     """How long an ended turn waits for the usage of a reply it cancelled before turn.done says it is missing."""
+    max_reply_tokens: int | None = None
+    """The most one reply may produce (the session's max_output_tokens: audio ~20 tokens a second); None: the
+    service's default."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +204,9 @@ class CostConfig:
     model: str | None = None
     """The model the Realtime endpoint runs, for its prices; None: the ``model=`` of realtime.url (an Azure URL
     names a deployment, so set it there)."""
+    daily_budget_usd: float | None = None
+    """Once today's answers cost this much, presses get the spoken "come back later" and nothing is sent until
+    local midnight; None: no budget."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,6 +379,8 @@ CHECKS: Final[Mapping[str, Callable[[Any], str | None]]] = {
     "simulator.jitter_ms": _non_negative,
     "simulator.tool_call": _non_empty,
     "cost.model": _non_empty,
+    "cost.daily_budget_usd": _non_negative,
+    "turn.max_reply_tokens": _between(1, 4096),
     "simulator.preamble_ms": _between(0, 5000),
 }
 #: path-valued keys: "~" is expanded and relative paths are taken from the config file's directory, because
@@ -686,7 +694,8 @@ def core_settings(cfg: KioskConfig, *, endpoint: str, tools: tuple[ToolSpec, ...
     return Settings(
         link=LinkSettings(
             endpoint=endpoint, voice=r.voice, instructions=instructions, tools=tools,
-            context_tokens=cfg.conversation.context_tokens, connect_timeout_s=r.connect_timeout_s,
+            context_tokens=cfg.conversation.context_tokens, max_output_tokens=t.max_reply_tokens,
+            connect_timeout_s=r.connect_timeout_s,
             recycle_margin_s=r.recycle_margin_s, healthy_after_s=r.healthy_after_s,
             backoff_first_max_s=r.backoff_first_max_s, backoff_cap_s=r.backoff_cap_s, fault_retry_s=r.fault_retry_s,
             quick_failure_s=r.quick_failure_s, quick_failures_fatal=r.quick_failures_fatal,
@@ -696,6 +705,7 @@ def core_settings(cfg: KioskConfig, *, endpoint: str, tools: tuple[ToolSpec, ...
             hold_cap_s=t.hold_cap_s, reply_wait_s=t.reply_wait_s, reply_cap_s=t.reply_cap_s, rearm_ms=t.rearm_ms,
             earcons=cfg.audio.earcons, thinking_cue_s=t.thinking_cue_s, usage_wait_s=t.usage_wait_s,
             new_visitor_after_s=cfg.conversation.new_visitor_after_s, model=model, prices=prices_for(model),
+            daily_budget_usd=cfg.cost.daily_budget_usd,
         ),
     )
 

@@ -60,7 +60,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload_due = asyncio.Event()  # SIGHUP; the reloader task takes it
         self.status_sink = StatusSink()
-        self.spend = spend_mod.DailySpend(spend_mod.state_dir())
+        self.spend = spend_mod.DailySpend(spend_mod.state_dir(), on_change=lambda usd: self._post(ev.Spent(usd)))
         self.executor: Executor | None = None
         self.audio: AudioIO | None = None
         self.button: ButtonAdapter | None = None
@@ -119,6 +119,7 @@ class Daemon:
                                 reopen_speaker=supervisor.reopen, tools=tools,
                                 prompts=prompts_mod.load(self.cfg.prompts))
             self.executor = executor
+            executor.post(ev.Spent(self.spend.usd))  # the day's spending so far: the budget applies at once
             control = ControlServer(self._control_socket, self._control)
             await control.start()
             stack.push_async_callback(control.close)
@@ -265,7 +266,8 @@ class Daemon:
                     "button": self.cfg.button.kind}
         out: dict[str, Any] = self.executor.kiosk.status() if self.executor is not None else {"phase": "starting"}
         out.update(self.status_sink.status())
-        out["cost"] = self.spend.status()
+        out["cost"] = {**self.spend.status(), "budget_usd": self.cfg.cost.daily_budget_usd,
+                       "exhausted": self.executor.kiosk.turn.closed if self.executor is not None else False}
         out["endpoint"] = realtime_ws.endpoint_of(self._url)
         out["uptime_s"] = round(time.monotonic() - self._started_s, 1)
         out["button"] = self.cfg.button.kind

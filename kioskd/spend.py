@@ -15,7 +15,7 @@ import asyncio
 import json
 import os
 from collections.abc import Callable, Mapping
-from datetime import date
+from datetime import date, datetime, time, timedelta
 from typing import Any, Final
 
 from kioskd import log as log_mod
@@ -23,6 +23,14 @@ from kioskd.core.events import Note
 
 STATE_FILE: Final = "spend.json"
 STATE_MAX_BYTES: Final = 4096
+
+
+def _until_midnight_s() -> float:
+    """Seconds to the next local midnight (and a second past it), at most an hour: a clock set or a DST change
+    in between is noticed within the hour."""
+    now = datetime.now()
+    midnight = datetime.combine(now.date() + timedelta(days=1), time())
+    return min((midnight - now).total_seconds() + 1.0, 3600.0)
 
 
 def state_dir(environ: Mapping[str, str] = os.environ) -> str:
@@ -36,9 +44,10 @@ def state_dir(environ: Mapping[str, str] = os.environ) -> str:
 
 class DailySpend:
     def __init__(self, directory: str, *, today: Callable[[], date] = date.today,
-                 log: log_mod.Logger | None = None) -> None:
+                 on_change: Callable[[float], None] = lambda usd: None, log: log_mod.Logger | None = None) -> None:
         self.path = os.path.join(directory, STATE_FILE)
         self._today = today
+        self.on_change = on_change  # told today's total after each turn and at midnight (the core's budget)
         self._log = log or log_mod.get_logger("kioskd.cost")
         self._unwritable_said = False
         self.day, self.usd, self.turns = today(), 0.0, 0
@@ -59,11 +68,21 @@ class DailySpend:
         self.usd += usd
         self.turns += 1
         self._dirty.set()
+        self.on_change(self.usd)
 
     async def run(self) -> None:
-        """Write each change soon after it is made, off the event loop; cancel to stop (then ``save()``)."""
+        """Write each change soon after it is made, off the event loop, and start a new day at local midnight
+        (``on_change(0)``); cancel to stop (then ``save()``)."""
         while True:
-            await self._dirty.wait()
+            try:
+                async with asyncio.timeout(_until_midnight_s()):
+                    await self._dirty.wait()
+            except TimeoutError:
+                day = self.day
+                self._roll()
+                if self.day != day:
+                    self.on_change(self.usd)
+                continue
             self._dirty.clear()
             await asyncio.to_thread(self.save)
 

@@ -241,3 +241,26 @@ def test_every_turn_is_priced_and_the_days_total_survives_a_restart(tmp_path: Pa
     finally:
         again.stop()
         thread.close()
+
+
+def test_a_spent_budget_closes_the_kiosk_and_sends_nothing(tmp_path: Path) -> None:
+    """A budget smaller than one turn: the first visitor is answered in full; then the kiosk is closed (status,
+    LED), a press is refused with the closed prompt and nothing reaches the service."""
+    thread, kiosk, question = guide(tmp_path, SimOptions(**FAST), "  name: The Dolphin Mosaic\n"
+                                    "cost:\n  daily_budget_usd: 0.0001\n")
+    try:
+        assert answered(kiosk, question)["outcome"] == "answered"
+        wait_for(lambda: kiosk.ctl("status")["phase"] == "closed", "the closed kiosk", 10 * UNIT_S)
+        status = kiosk.ctl("status")
+        sent_before = len(thread.sim.client_events)
+        kiosk.ctl("press")
+        wait_for(lambda: bool(kiosk.events("turn.rejected")), "the refused press", 10 * UNIT_S)
+        kiosk.ctl("release")
+        kiosk.wait_phase("closed", timeout_s=10 * UNIT_S)
+    finally:
+        kiosk.stop()
+        thread.close()
+    assert status["led"] == "closed" and status["cost"]["exhausted"] is True
+    assert status["cost"]["budget_usd"] == 0.0001 and status["cost"]["today_usd"] > 0.0001
+    assert kiosk.events("turn.rejected")[-1]["reason"] == "budget" and kiosk.events("cost.budget_spent")
+    assert len(thread.sim.client_events) == sent_before  # nothing sent for the refused press

@@ -53,6 +53,7 @@ LED_TIMINGS: Final[dict[Led, LedTiming]] = {
     Led.SPEAKING: LedTiming("pulse", on_s=0.6, off_s=0.6),
     Led.OFFLINE: LedTiming("blink", on_s=1.0, off_s=1.0),
     Led.ERROR: LedTiming("blink", on_s=0.1, off_s=0.1),
+    Led.CLOSED: LedTiming("steady", level=0.04),
 }
 
 HOLD_POLL_S: Final = 0.1

@@ -26,6 +26,7 @@ class Led(str, Enum):
     LISTENING = "listening"  # full on
     THINKING = "thinking"  # quick pulse
     SPEAKING = "speaking"  # slow pulse
+    CLOSED = "closed"  # a faint glow: resting (the day's budget is spent)
 
 
 class Timer(str, Enum):
@@ -242,6 +243,13 @@ class Unknown:
 
 
 @dataclass(frozen=True, slots=True)
+class Spent:
+    """What today's answers have cost so far (USD); 0 again after local midnight."""
+
+    today_usd: float
+
+
+@dataclass(frozen=True, slots=True)
 class ItemAdded:
     """The service added an item to the conversation (a question, an answer, a tool call or output)."""
 
@@ -287,7 +295,7 @@ Input = (
     | Reloaded | SpeakerReopenDue | Availability | TurnEnded
     | SessionCreated | SessionUpdated | InputCommitted | ResponseCreated | AudioDelta | AudioDone
     | TranscriptDone | ResponseDone | ItemTruncated | ServerError | ServerEvent | Unknown | BadEvent | ToolCall
-    | ToolResult | ItemAdded
+    | ToolResult | ItemAdded | Spent
 )
 
 # ---------------------------------------------------------------------------------------------------- actions
@@ -303,6 +311,7 @@ class ConfigureSession:
     instructions: str
     tools: tuple[ToolSpec, ...] = ()
     context_tokens: int | None = None
+    max_output_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

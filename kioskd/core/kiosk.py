@@ -29,6 +29,7 @@ from kioskd.core.turn import TurnMachine, TurnPhase
 
 
 class Phase(str, Enum):
+    CLOSED = "closed"
     CONNECTING = "connecting"
     OFFLINE = "offline"
     FAULT = "fault"
@@ -39,19 +40,19 @@ class Phase(str, Enum):
 
 
 LED: Final = {
-    Phase.CONNECTING: ev.Led.OFFLINE, Phase.OFFLINE: ev.Led.OFFLINE, Phase.FAULT: ev.Led.ERROR,
+    Phase.CLOSED: ev.Led.CLOSED, Phase.CONNECTING: ev.Led.OFFLINE, Phase.OFFLINE: ev.Led.OFFLINE, Phase.FAULT: ev.Led.ERROR,
     Phase.IDLE: ev.Led.IDLE, Phase.LISTENING: ev.Led.LISTENING, Phase.WAITING: ev.Led.THINKING,
     Phase.SPEAKING: ev.Led.SPEAKING,
 }
 #: phases in which the kiosk answers a press (with a reply or the offline prompt): systemd's READY
-SERVING: Final = frozenset({Phase.IDLE, Phase.OFFLINE, Phase.FAULT})
+SERVING: Final = frozenset({Phase.IDLE, Phase.OFFLINE, Phase.FAULT, Phase.CLOSED})
 LINK_TIMERS: Final = frozenset({ev.Timer.CONNECT, ev.Timer.RECONNECT, ev.Timer.RECYCLE})
 LINK_INPUTS: Final = (ev.Connected, ev.Disconnected, ev.SessionCreated, ev.SessionUpdated, ev.Reloaded,
                       ev.ResponseCreated, ev.BadEvent, ev.Unknown)
 TURN_INPUTS: Final = (
     ev.Pressed, ev.Released, ev.MicBlock, ev.Played, ev.PlaybackDrained, ev.PlaybackStarted, ev.InputCommitted,
     ev.ResponseCreated, ev.AudioDelta, ev.AudioDone, ev.TranscriptDone, ev.ResponseDone, ev.ItemTruncated,
-    ev.ServerEvent, ev.Reloaded, ev.SpeakerReopenDue, ev.ToolCall, ev.ToolResult, ev.ItemAdded,
+    ev.ServerEvent, ev.Reloaded, ev.SpeakerReopenDue, ev.ToolCall, ev.ToolResult, ev.ItemAdded, ev.Spent,
 )
 #: kioskd bugs tolerated in-process within BUG_WINDOW_S; one more and the process exits for systemd to restart
 BUG_LIMIT: Final = 3
@@ -78,6 +79,8 @@ class Kiosk:
     def phase(self) -> Phase:
         if self.turn.phase is not TurnPhase.IDLE:
             return Phase(self.turn.phase.value)
+        if self.turn.closed:
+            return Phase.CLOSED
         return Phase.IDLE if self.link.phase is LinkPhase.READY else Phase(self.link.phase.value)
 
     def begin(self, now: float) -> list[ev.Action]:
@@ -188,8 +191,8 @@ def diagram() -> str:
     from kioskd.core.link import LinkPhase
     from kioskd.core.table import render
 
-    derived = ("public phase = the turn's phase during a turn; between turns: idle if the link is ready, "
-               "else the link's (connecting, offline, fault)")
+    derived = ("public phase = the turn's phase during a turn; between turns: closed if the day's budget is "
+               "spent, else idle if the link is ready, else the link's (connecting, offline, fault)")
     return "\n\n".join([
         render("link (core/link.py)", LinkMachine.TABLE, LinkPhase),
         render("turn (core/turn.py)", TurnMachine.TABLE, TurnPhase),

@@ -154,7 +154,8 @@ class LinkMachine(Machine[LinkPhase]):
             out.append(ev.Note("ws.clock_skew", "warning", {"expires_in_s": round(lifetime_s), "assumed_s": high_s}))
             lifetime_s = high_s
         self._lifetime_s = lifetime_s
-        return [*out, ev.ConfigureSession(self._config_ref, s.voice, s.instructions, s.tools, s.context_tokens)]
+        return [*out, ev.ConfigureSession(self._config_ref, s.voice, s.instructions, s.tools, s.context_tokens,
+                                          s.max_output_tokens)]
 
     def _on_session_updated(self, inp: ev.SessionUpdated, now: float) -> list[ev.Action]:
         out = self.disarm(ev.Timer.CONNECT)

@@ -202,9 +202,9 @@ class RealtimeEncoder:
 
     def encode(self, intent: ev.Intent) -> list[dict[str, Any]]:
         match intent:
-            case ev.ConfigureSession(ref, voice, instructions, tools, context_tokens):
-                return [self._event("session.update", ref,
-                                    session=session_config(voice, instructions, tools, context_tokens))]
+            case ev.ConfigureSession(ref, voice, instructions, tools, context_tokens, max_output_tokens):
+                return [self._event("session.update", ref, session=session_config(
+                    voice, instructions, tools, context_tokens, max_output_tokens))]
             case ev.StartQuestion():
                 return [self._event("input_audio_buffer.clear")]
             case ev.AppendAudio(pcm):
@@ -233,7 +233,7 @@ class RealtimeEncoder:
 
 
 def session_config(voice: str, instructions: str, tools: tuple[ToolSpec, ...] = (),
-                   context_tokens: int | None = None) -> dict[str, Any]:
+                   context_tokens: int | None = None, max_output_tokens: int | None = None) -> dict[str, Any]:
     """Push-to-talk GA session: PCM 24 kHz both ways, no turn detection (the button is the turn); the exhibit's
     function tools (``tool_choice`` auto: the model decides, the instructions say when); and, with
     ``context_tokens``, a truncation that keeps the conversation after the instructions within it (the server
@@ -250,6 +250,8 @@ def session_config(voice: str, instructions: str, tools: tuple[ToolSpec, ...] = 
                    "parameters": json.loads(t.parameters_json)} for t in tools],
         "tool_choice": "auto",
     }
+    if max_output_tokens is not None:  # bounds one reply (audio, text and tool calls): its cost too
+        session["max_output_tokens"] = max_output_tokens
     if context_tokens is not None:
         session["truncation"] = {"type": "retention_ratio", "retention_ratio": RETENTION_RATIO,
                                  "token_limits": {"post_instructions": context_tokens}}

@@ -48,11 +48,14 @@ class LinkSettings:
     context_tokens: int | None = None
     """The conversation kept after the instructions (the server drops the oldest past it); None: the server's
     default."""
+    max_output_tokens: int | None = None
+    """The most one reply may produce (audio, text and tool calls); None: the server's default."""
 
     @property
     def session(self) -> tuple[object, ...]:
         """What a configured session depends on: a change needs a new session."""
-        return self.endpoint, self.voice, self.instructions, self.tools, self.context_tokens
+        return (self.endpoint, self.voice, self.instructions, self.tools, self.context_tokens,
+                self.max_output_tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,8 @@ class TurnSettings:
     """The model answering (priced by ``prices``; named in every ``turn.done``)."""
     prices: Prices | None = DEFAULT_PRICES["gpt-realtime"]
     """Its prices; None: unknown (no cost is counted)."""
+    daily_budget_usd: float | None = None
+    """Once today's answers have cost this much, presses get the "come back later" prompt; None: no budget."""
     usage_wait_s: float = 5.0
     """How long an ended turn waits for its responses' late ``response.done`` (their usage) before it is logged
     with the usage missing."""

@@ -84,6 +84,7 @@ class TurnMachine(Machine[TurnPhase]):
         self._presses = Burst(PRESS_BURST, PRESS_WINDOW_S)
         self._calls = Calls()  # the current turn's tool calls
         self._conversation = Conversation()  # the session's items: deleted when a new visitor comes
+        self._spent_usd = 0.0  # today's spending, as the spend store last said
         self._answer_due = False  # a tool's follow-up was asked for and has said nothing yet
         self.stuck_since_s: float | None = None  # held past the hold cap and not released since (a jammed button)
 
@@ -243,6 +244,21 @@ class TurnMachine(Machine[TurnPhase]):
     def _on_mic_dropped(self, inp: ev.MicBlock, now: float) -> list[ev.Action]:
         return []  # the microphone is sent only while the button is held
 
+    @property
+    def closed(self) -> bool:
+        """Today's budget is spent: presses get the "come back later" prompt and nothing is sent."""
+        budget = self.settings.daily_budget_usd
+        return budget is not None and self._spent_usd >= budget
+
+    def _on_spent(self, inp: ev.Spent, now: float) -> list[ev.Action]:
+        was, self._spent_usd = self.closed, inp.today_usd
+        if self.closed == was:
+            return []
+        fields = {"today_usd": round(inp.today_usd, 6), "budget_usd": self.settings.daily_budget_usd}
+        if self.closed:
+            return [ev.Note("cost.budget_spent", "warning", fields)]
+        return [ev.Note("cost.budget_reopened", "info", fields)]
+
     def _on_press_idle(self, inp: ev.Pressed, now: float) -> list[ev.Action]:
         if not self._presses.allow(now):  # a flood (a child, a faulty switch): no turn, no request, one warning
             flood = {"reason": "press_flood", "limit": PRESS_BURST, "window_s": PRESS_WINDOW_S}
@@ -251,6 +267,9 @@ class TurnMachine(Machine[TurnPhase]):
         out: list[ev.Action] = []
         if refused := self._presses.end_episode():
             out.append(ev.Note("turn.press_flood_over", "info", {"refused": refused}))
+        if self.closed:  # nothing is sent to the service: the day's budget is spent
+            return [*out, ev.Note("turn.rejected", "info", {"reason": "budget"}),
+                    *self._earcon(ev.Earcon.CLOSED, now)]
         if not self.serving:  # a refused press is not a turn
             reason = next(iter(self._down.values()))
             return [*out, ev.Note("turn.rejected", "warning", {"reason": reason}),
@@ -560,6 +579,7 @@ def _table() -> dict[tuple[TurnPhase | None, Key], Row[TurnPhase]]:
         (ANY, ev.Played): row(M._on_played),
         (ANY, T.USAGE_WAIT): row(M._on_usage_wait),
         (ANY, ev.ItemAdded): row(M._on_item_added),
+        (ANY, ev.Spent): row(M._on_spent),
         (P.IDLE, T.NEW_VISITOR): row(M._on_new_visitor),
         # tools
         (P.WAITING, ev.ToolCall): row(M._on_tool_call),

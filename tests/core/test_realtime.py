@@ -401,7 +401,7 @@ def all_intents() -> dict[str, ev.Intent]:
         "start_question": ev.StartQuestion(),
         "request_reply": ev.RequestReply("req_1"),
         "request_reply_no_tools": ev.RequestReply("req_2", tools=False),
-        "configure_guide": ev.ConfigureSession("cfg_2", "marin", "You are the guide.", (LOOKUP,), 4000),
+        "configure_guide": ev.ConfigureSession("cfg_2", "marin", "You are the guide.", (LOOKUP,), 4000, 600),
         "cancel": ev.CancelReply("resp_001"),
         "cancel_no_id": ev.CancelReply(None),
         "truncate": ev.Truncate("item_002", 1500),
@@ -453,10 +453,11 @@ def test_encoded_payloads() -> None:
                                "description": "Look up a fact about the exhibit.",
                                "parameters": {"type": "object", "properties": {"query": {"type": "string"}},
                                               "required": ["query"]}}]
-    assert guide["tool_choice"] == "auto"
+    assert guide["tool_choice"] == "auto" and guide["max_output_tokens"] == 600
     assert guide["truncation"] == {"type": "retention_ratio", "retention_ratio": 0.5,
                                    "token_limits": {"post_instructions": 4000}}
     assert e["configure"]["session"]["tools"] == [] and "truncation" not in e["configure"]["session"]
+    assert "max_output_tokens" not in e["configure"]["session"]
 
 
 def test_clear_output_is_nothing_over_a_websocket() -> None:

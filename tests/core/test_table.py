@@ -114,6 +114,7 @@ def samples(w: Walk) -> dict[str, ev.Input]:
         "ToolCall": ev.ToolCall("resp_1", "item_9", "call_1", "lookup_exhibit_knowledge", '{"query": "age"}'),
         "ToolResult": ev.ToolResult("call_1", '{"found": false}'),
         "ItemAdded": ev.ItemAdded("item_1"),
+        "Spent": ev.Spent(1.0),
         **{f"Timeout({t.value})": ev.Timeout(t) for t in ev.Timer},
     }
 
