@@ -29,6 +29,7 @@ from kioskd.adapters.audio import AudioIO
 from kioskd.adapters.button import ButtonAdapter, mock_pin_factory
 from kioskd.adapters.control import ControlServer
 from kioskd.adapters.link import LinkOptions, RealtimeLink
+from kioskd.adapters.models import ModelLifecycle
 from kioskd.adapters.tools import ToolRunner
 from kioskd.core import events as ev
 from kioskd.core.kiosk import Kiosk
@@ -66,6 +67,7 @@ class Daemon:
         self.button: ButtonAdapter | None = None
         self.standby: standby_mod.Standby | None = None
         self.tools: ToolRunner | None = None
+        self.models: ModelLifecycle | None = None
         self.restart = False  # run() returned to be replaced by a fresh process (``standby.reexec``)
 
     async def run(self) -> int:
@@ -108,6 +110,8 @@ class Daemon:
                 self._url = await self._start_simulator(stack)
             service = systemd.ServiceStatus(on_ready=lambda phase: self._log.info("daemon.ready", phase=phase))
             kiosk = Kiosk(self.checked.settings(realtime_ws.endpoint_of(self._url)), rand=random.random)
+            self.models = ModelLifecycle(self._url, config_mod.realtime_model(self.cfg), auth=self.cfg.realtime.auth,
+                                         api_key=self._api_key)
             tools = ToolRunner(post, knowledge=self.checked.knowledge, tools=self.checked.tools)
             stack.push_async_callback(tools.close)
             self.tools = tools
@@ -130,7 +134,8 @@ class Daemon:
                          group.create_task(supervisor.health(), name="audio-health"),
                          group.create_task(supervisor.watchdog(), name="watchdog"),
                          group.create_task(self._reloader(), name="reloader"),
-                         group.create_task(self.spend.run(), name="spend")]
+                         group.create_task(self.spend.run(), name="spend"),
+                         group.create_task(self.models.run(), name="model-lifecycle")]
                 await self._stop.wait()
                 for task in tasks:
                     task.cancel()
@@ -266,6 +271,8 @@ class Daemon:
                     "button": self.cfg.button.kind}
         out: dict[str, Any] = self.executor.kiosk.status() if self.executor is not None else {"phase": "starting"}
         out.update(self.status_sink.status())
+        if self.models is not None:
+            out["model"] = self.models.state
         out["cost"] = {**self.spend.status(), "budget_usd": self.cfg.cost.daily_budget_usd,
                        "exhausted": self.executor.kiosk.turn.closed if self.executor is not None else False}
         out["endpoint"] = realtime_ws.endpoint_of(self._url)

@@ -37,12 +37,14 @@ import numpy as np
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
+from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from kioskd.core.pcm import API_RATE_HZ, Pcm, b64_to_pcm, ms_to_samples, pcm_to_b64, samples_to_ms
 from kioskd.sim.voice import reply_audio
 
 PATHS: Final = ("/v1/realtime", "/openai/v1/realtime")
+MODELS_PATH: Final = "/v1/models/"
 DEFAULT_MODEL: Final = "gpt-realtime"
 COMMIT_MIN_SAMPLES: Final = ms_to_samples(100)
 #: frames up to 16 MiB: one append may carry up to 15 MiB (reference §10)
@@ -95,6 +97,10 @@ class SimOptions:
     """Audio the calling response says before its call ("Let me check"), in the same response; 0: none."""
     tool_loop: bool = False
     """The model calls the tool again after every output, unless the response says ``tool_choice: none``."""
+    models: tuple[str, ...] = ("gpt-realtime", "gpt-realtime-mini", "gpt-audio-1.5", "gpt-audio")
+    """The models ``GET /v1/models/{model}`` knows (any other: 404 ``model_not_found``)."""
+    shutdown_dates: tuple[tuple[str, str], ...] = ()
+    """(model, date) pairs: the ``shutdown_date`` those models report."""
 
     def __post_init__(self) -> None:
         if self.delta_ms <= 0 or self.speedup <= 0 or self.reply_ms <= 0 or self.session_lifetime_s <= 0:
@@ -126,6 +132,7 @@ class RealtimeSimulator:
         #: share of a turn's latency, first-delta jitter included (benchmarks subtract it to get the client's)
         self.first_delta_delay_s: dict[str, float] = {}
         self.connections = 0
+        self.model_lookups: list[str] = []
         self.request_headers: list[dict[str, str]] = []
         self.rng = random.Random(options.seed)
         self.reply_pcm: Pcm = np.zeros(0, dtype=np.int16)
@@ -194,7 +201,10 @@ class RealtimeSimulator:
         """Before the upgrade: the path, then the key. Rejections are plain HTTP answers without the key."""
         headers = {name.lower(): value for name, value in request.headers.raw_items()}
         self.request_headers.append(headers)
-        if urllib.parse.urlsplit(request.path).path not in PATHS:
+        path = urllib.parse.urlsplit(request.path).path
+        if path.startswith(MODELS_PATH):
+            return self._model(connection, path[len(MODELS_PATH):], headers)
+        if path not in PATHS:
             return connection.respond(http.HTTPStatus.NOT_FOUND, "Not found: use /v1/realtime\n")
         key = self.options.api_key
         if key is not None and headers.get("authorization") != f"Bearer {key}" and headers.get("api-key") != key:
@@ -202,6 +212,22 @@ class RealtimeSimulator:
         if self.take_fault("refuse_429"):
             return connection.respond(http.HTTPStatus.TOO_MANY_REQUESTS, "Rate limit reached.\n")
         return None
+
+    def _model(self, connection: ServerConnection, model: str, headers: dict[str, str]) -> Response:
+        """``GET /v1/models/{model}``: the Model object (with its ``shutdown_date``), or 404 model_not_found."""
+        key = self.options.api_key
+        if key is not None and headers.get("authorization") != f"Bearer {key}" and headers.get("api-key") != key:
+            return _json_response(http.HTTPStatus.UNAUTHORIZED, {"error": {
+                "message": "Incorrect API key provided.", "type": "invalid_request_error", "param": None,
+                "code": "invalid_api_key"}})
+        self.model_lookups.append(model)
+        if model not in self.options.models:
+            return _json_response(http.HTTPStatus.NOT_FOUND, {"error": {
+                "message": f"The model '{model}' does not exist or you do not have access to it.",
+                "type": "invalid_request_error", "param": None, "code": "model_not_found"}})
+        return _json_response(http.HTTPStatus.OK, {
+            "id": model, "object": "model", "created": 1756339200, "owned_by": "system",
+            "shutdown_date": dict(self.options.shutdown_dates).get(model)})
 
     async def _handle(self, ws: ServerConnection) -> None:
         self.connections += 1
@@ -684,6 +710,12 @@ class _Session:
     async def output_clear(self, event: Json, event_id: str | None) -> None:
         raise _ClientError("invalid_event", "output_audio_buffer.clear is only supported for WebRTC and SIP "
                            "connections.", "type")
+
+
+def _json_response(status: http.HTTPStatus, body: Json) -> Response:
+    data = json.dumps(body).encode()
+    return Response(status.value, status.phrase, Headers([("Content-Type", "application/json"),
+                                                          ("Content-Length", str(len(data)))]), data)
 
 
 def _unknown(param: str) -> _ClientError:
