@@ -25,7 +25,8 @@ from kioskd.core import events as ev
 from kioskd.core.bound import NoteLimiter, cut_note
 from kioskd.core.link import LinkMachine, LinkPhase
 from kioskd.core.settings import Settings
-from kioskd.core.turn import TurnMachine, TurnPhase
+from kioskd.core.turn import TurnMachine
+from kioskd.core.turnphase import TurnPhase
 
 
 class Phase(str, Enum):
