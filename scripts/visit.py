@@ -46,7 +46,8 @@ def timeline(lines: list[dict[str, Any]], start: float) -> None:
         elif event == "turn.done":
             tokens = (line.get("usage") or {}).get("total_tokens")
             tools = f" (tools: {', '.join(line['tools'])})" if line.get("tools") else ""
-            print(f"  {t}  turn {line.get('turn')} done, {line.get('outcome')}{tools}: {tokens} tokens; "
+            print(f"  {t}  turn {line.get('turn')} done, {line.get('outcome')}{tools}: {tokens} tokens "
+                  f"(${line.get('cost_usd', 0):.4f} on {line.get('model')}); "
                   f"{line.get('reply_ms')} ms of reply audio heard of {line.get('reply_received_ms')} ms received; "
                   f"release → first delta "
                   f"{line.get('release_to_first_delta_ms')} ms, → first sound {line.get('release_to_first_sound_ms')} ms; "
@@ -101,7 +102,7 @@ def main() -> int:
         print(f"\nTurn 2: the visitor asks {QUESTIONS[1]!r}, then interrupts the answer with {QUESTIONS[2]!r}")
         turn(kiosk, room, wavs[1], barge_in_with=wavs[2])
         status = kiosk.ctl("status")
-        print("\nkioskctl status:", json.dumps({k: status.get(k) for k in ("phase", "link", "turns", "rejected", "usage")}))
+        print("\nkioskctl status:", json.dumps({k: status.get(k) for k in ("phase", "link", "turns", "rejected", "cost")}))
     finally:
         code = kiosk.stop()
         room.close()
