@@ -11,11 +11,15 @@ control socket and the microphone sink.
 - **Release → first sound**, kioskd's own ``turn.done`` figure: a plain turn (no tools declared), a tool turn
   whose model says nothing before the call (the visitor waits for the lookup and the second response), and one
   with a 700 ms preamble ("Let me check": the first sound comes as fast as a plain turn's).
+- **Cost** (issue 12): a museum turn (3 s question, 8 s answer) priced by kioskd on gpt-realtime and
+  gpt-realtime-mini: turn 1, turn 5 of one visitor (the conversation re-billed), a five-turn visit, and five
+  visitors of one turn each (a fresh conversation each). The simulator's usage is an estimate (1 token per 100 ms
+  in, per 50 ms out, per 4 characters); no cached prefix is modelled.
 - **Input tokens per turn** over five visitors a quiet apart: kioskd (the conversation emptied between visitors)
   beside the naive arm, the same run with the reset off (one conversation for every visitor, as before). The
   simulator bills the conversation as it stands at each ``response.create``.
 
-Run it after ./scripts/setup (about a minute):
+Run it after ./scripts/setup (about three minutes):
 
     eval "$(scripts/audio-env)" && .venv/bin/python benchmarks/guide.py [--turns 8]
 """
@@ -40,15 +44,15 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "config" / "examples"
 SIM = {"voice": "tone", "reply_ms": 800, "first_delta_delay_ms": 200, "speedup": 4.0}
 
 
-def run(tmp: Path, options: SimOptions, exhibit: str, turns: int, quiet_s: float | None) -> tuple[
-        list[dict[str, Any]], SimThread]:
+def run(tmp: Path, options: SimOptions, exhibit: str, turns: int, quiet_s: float | None,
+        question_ms: int = 400) -> tuple[list[dict[str, Any]], SimThread]:
     """``turns`` questions (``quiet_s`` apart; None: back to back) on a fresh kioskd; their turn.done lines."""
     thread = SimThread(options)
     conversation = f"conversation:\n  new_visitor_after_s: {quiet_s if quiet_s else 3600}\n"
     # earcons off: the press tick is not taken for the first sound of a reply
     kiosk = KioskdProcess(tmp, f"realtime:\n  url: {thread.sim.url}\n{NULL_SINK_AUDIO}  earcons: false\n"
                                f"{exhibit}{conversation}log:\n  format: json\n")
-    question = write_wav(tmp / "q.wav", tone(300, 400, 48000, 0.4), 48000)
+    question = write_wav(tmp / "q.wav", tone(300, question_ms, 48000, 0.4), 48000)
     try:
         kiosk.wait_phase("idle", timeout_s=30)
         for n in range(turns):
@@ -111,7 +115,23 @@ def main() -> int:
             (tmp / f"visitors{arm}").mkdir()
             lines, _ = run(tmp / f"visitors{arm}", SimOptions(**SIM, **tool), knowledge, 5, quiet)
             visitors[name] = [int((line.get("usage") or {}).get("input_tokens", 0)) for line in lines]
-    print(f"kioskd guide figures: {args.turns} turns per latency arm; simulator first delta 200 ms, 800 ms replies;"
+        costs: dict[str, dict[str, list[float]]] = {}
+        museum_turn = {**SIM, "reply_ms": 8000, "speedup": 8.0}
+        for model in ("gpt-realtime", "gpt-realtime-mini"):
+            costs[model] = {}
+            for arm, quiet in (("family", None), ("strangers", 1.0)):
+                (tmp / f"cost-{model}-{arm}").mkdir()
+                lines, _ = run(tmp / f"cost-{model}-{arm}", SimOptions(**museum_turn), f"cost:\n  model: {model}\n",
+                               5, quiet, question_ms=3000)
+                costs[model][arm] = [float(line["cost_usd"]) for line in lines]
+    print_guide(args.turns, trips, arms, visitors)
+    print_cost(costs)
+    return 0
+
+
+def print_guide(turns: int, trips: list[float], arms: dict[str, list[dict[str, Any]]],
+                visitors: dict[str, list[int]]) -> None:
+    print(f"kioskd guide figures: {turns} turns per latency arm; simulator first delta 200 ms, 800 ms replies;"
           f" {time.strftime('%Y-%m-%d %H:%M')}")
     print(f"\ntool round trip (calling response.done → response.create), {len(trips)} calls: {p50_p95(trips)}"
           "   goal ≤ 20 ms")
@@ -122,7 +142,16 @@ def main() -> int:
     print("\ninput tokens per turn, five visitors a quiet apart")
     for name, tokens in visitors.items():
         print(f"  {name:<44} {' '.join(f'{t:>5}' for t in tokens)}")
-    return 0
+
+
+def print_cost(costs: dict[str, dict[str, list[float]]]) -> None:
+    print("\ncost (issue 12): a 3 s question, an 8 s answer; kioskd's turn.done cost_usd at the reference's prices")
+    print(f"  {'model':<20} {'turn 1':>9} {'turn 5 (same visitor)':>22} {'5-turn visit':>13} "
+          f"{'5 visitors, 1 turn each':>24}")
+    for model, arms in costs.items():
+        family, strangers = arms["family"], arms["strangers"]
+        print(f"  {model:<20} ${family[0]:>8.4f} ${family[-1]:>21.4f} ${sum(family):>12.4f} "
+              f"${sum(strangers):>23.4f}")
 
 
 if __name__ == "__main__":
