@@ -32,7 +32,7 @@ import yaml  # type: ignore[import-untyped]
 from kioskd.errors import ConfigError
 from kioskd.core.realtime import INSTRUCTIONS_MAX_BYTES
 from kioskd.core import guide
-from kioskd.core.cost import DEFAULT_PRICES, prices_for
+from kioskd.core.cost import DEFAULT_PRICES, Prices, prices_for
 from kioskd.core.settings import LinkSettings, Settings, ToolSpec, TurnSettings
 
 Auth = Literal["auto", "bearer", "api-key"]
@@ -204,6 +204,9 @@ class CostConfig:
     model: str | None = None
     """The model the Realtime endpoint runs, for its prices; None: the ``model=`` of realtime.url (an Azure URL
     names a deployment, so set it there)."""
+    prices: Mapping[str, Prices] | None = None
+    """Prices per model (USD per 1M tokens: text_in, text_out, audio_in, audio_out, and text_cached /
+    audio_cached where the model has them) that replace or add to the built-in table."""
     daily_budget_usd: float | None = None
     """Once today's answers cost this much, presses get the spoken "come back later" and nothing is sent until
     local midnight; None: no budget."""
@@ -501,7 +504,43 @@ def _section(name: str, node: yaml.Node, filename: str) -> Any:
     return cls(**values)
 
 
+PRICE_FIELDS: Final = ("text_in", "text_out", "audio_in", "audio_out", "text_cached", "audio_cached")
+
+
+def _prices(node: yaml.Node, filename: str) -> dict[str, Prices]:
+    """``cost.prices``: model → {price: USD per 1M tokens}; each error names its line and key."""
+    if not isinstance(node, yaml.MappingNode):
+        raise ConfigError(filename, _line(node), "cost.prices", f"expected a mapping of models, got {_kind(node)}")
+    out: dict[str, Prices] = {}
+    for model_node, fields_node in _pairs(node, filename, "cost.prices"):
+        where = f"cost.prices.{_name_shown(model_node.value)}"
+        if not isinstance(fields_node, yaml.MappingNode):
+            raise ConfigError(filename, _line(fields_node), where, f"expected a mapping of prices, got "
+                                                                  f"{_kind(fields_node)}", ", ".join(PRICE_FIELDS))
+        values: dict[str, float] = {}
+        for key_node, value_node in _pairs(fields_node, filename, where):
+            if key_node.value not in PRICE_FIELDS:
+                raise ConfigError(filename, _line(key_node), f"{where}.{_name_shown(key_node.value)}",
+                                  "unknown price", _suggest(key_node.value, list(PRICE_FIELDS)))
+            value = _value(f"{where}.{key_node.value}", _Spec(float, False), value_node, filename)
+            if value < 0:
+                raise ConfigError(filename, _line(value_node), f"{where}.{key_node.value}", "must be 0 or more")
+            values[key_node.value] = value
+        missing = [f for f in PRICE_FIELDS[:4] if f not in values]
+        if missing:
+            raise ConfigError(filename, _line(model_node), where, "has no " + ", ".join(missing))
+        out[model_node.value] = Prices(**values)
+    return out
+
+
+def price_table(cfg: KioskConfig) -> dict[str, Prices]:
+    """The built-in prices, with ``cost.prices`` replacing or adding models."""
+    return {**DEFAULT_PRICES, **(cfg.cost.prices or {})}
+
+
 def _value(dotted: str, spec: _Spec, node: yaml.Node, filename: str) -> Any:
+    if dotted == "cost.prices" and not _is_null(node):
+        return _prices(node, filename)
     line = _line(node)
     if _is_null(node):
         if spec.optional:
@@ -675,13 +714,13 @@ def realtime_model(cfg: KioskConfig) -> str:
 def check_prices(cfg: KioskConfig) -> None:
     """A model with no price is a config error, never a silent zero. Raises ConfigError (file, line, key)."""
     model = realtime_model(cfg)
-    if prices_for(model) is not None:
+    if prices_for(model, price_table(cfg)) is not None:
         return
     key = "cost.model" if cfg.cost.model else "realtime.url"
-    known = ", ".join(DEFAULT_PRICES)
+    known = ", ".join(price_table(cfg))
     problem = f"no price for the model {model!r}" if model else "names no model= to price"
     raise ConfigError(cfg.source, cfg.lines.get(key), key, problem,
-                      f"set cost.model to the model it runs (one of {known})")
+                      f"set cost.model to the model it runs (one of {known}), or give its prices in cost.prices")
 
 
 def core_settings(cfg: KioskConfig, *, endpoint: str, tools: tuple[ToolSpec, ...] = ()) -> Settings:
@@ -704,7 +743,7 @@ def core_settings(cfg: KioskConfig, *, endpoint: str, tools: tuple[ToolSpec, ...
             min_hold_ms=t.min_hold_ms, append_ms=t.append_ms, preroll_ms=cfg.audio.preroll_ms,
             hold_cap_s=t.hold_cap_s, reply_wait_s=t.reply_wait_s, reply_cap_s=t.reply_cap_s, rearm_ms=t.rearm_ms,
             earcons=cfg.audio.earcons, thinking_cue_s=t.thinking_cue_s, usage_wait_s=t.usage_wait_s,
-            new_visitor_after_s=cfg.conversation.new_visitor_after_s, model=model, prices=prices_for(model),
+            new_visitor_after_s=cfg.conversation.new_visitor_after_s, model=model, prices=prices_for(model, price_table(cfg)),
             daily_budget_usd=cfg.cost.daily_budget_usd,
         ),
     )

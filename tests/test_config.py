@@ -506,3 +506,31 @@ def test_a_model_without_a_price_is_a_config_error(text: str, line: int, key: st
         config.check_prices(cfg_of(text))
     assert (info.value.line, info.value.key) == (line, key) and fragment in str(info.value)
     assert "set cost.model" in str(info.value)
+
+
+def test_prices_in_the_config_replace_or_add_models() -> None:
+    cfg = cfg_of("cost:\n  model: museum-realtime\n  prices:\n"
+                 "    museum-realtime: {text_in: 1, text_out: 2, audio_in: 3, audio_out: 4.5}\n"
+                 "    gpt-realtime: {text_in: 5, text_out: 20, audio_in: 40, audio_out: 80, audio_cached: 0.5}\n")
+    config.check_prices(cfg)  # priced: no error
+    settings = config.core_settings(cfg, endpoint="")
+    assert settings.turn.model == "museum-realtime" and settings.turn.prices is not None
+    assert settings.turn.prices.audio_out == 4.5 and settings.turn.prices.text_cached is None
+    assert config.price_table(cfg)["gpt-realtime"].audio_cached == 0.5
+    assert config.price_table(cfg)["gpt-realtime-mini"].audio_out == 20.0  # the rest stays built in
+    assert config.describe(cfg)["cost"]["prices"]["museum-realtime"]["audio_out"] == 4.5
+
+
+@pytest.mark.parametrize(("text", "line", "key", "fragment"), [
+    ("cost:\n  prices:\n    m: {text_in: 1, text_out: 2}\n", 3, "cost.prices.m", "has no audio_in, audio_out"),
+    ("cost:\n  prices:\n    m: {text_in: 1, text_out: 2, audio_in: 3, audio_out: 4, audio_cache: 1}\n", 3,
+     "cost.prices.m.audio_cache", "unknown price (did you mean audio_cached?)"),
+    ("cost:\n  prices:\n    m: {text_in: -1, text_out: 2, audio_in: 3, audio_out: 4}\n", 3, "cost.prices.m.text_in",
+     "must be 0 or more"),
+    ("cost:\n  prices:\n    m: {text_in: cheap, text_out: 2, audio_in: 3, audio_out: 4}\n", 3,
+     "cost.prices.m.text_in", "expected a number"),
+    ("cost:\n  prices: [1, 2]\n", 2, "cost.prices", "expected a mapping of models"),
+])
+def test_bad_prices_name_their_line_and_key(text: str, line: int, key: str, fragment: str) -> None:
+    err = error_of(text)
+    assert (err.line, err.key) == (line, key) and fragment in str(err), str(err)
