@@ -49,6 +49,23 @@ async def wait_until(cond: Callable[[], bool], what: str = "the condition", unit
         await asyncio.sleep(poll_s)
 
 
+class LogRecorder:
+    """A structlog-shaped logger double: every call kept as ``records`` (level, event, fields); ``lines`` is the
+    same without the level."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __getattr__(self, level: str) -> Callable[..., None]:
+        if level.startswith("_"):
+            raise AttributeError(level)
+        return lambda event, **fields: self.records.append((level, event, fields))
+
+    @property
+    def lines(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(event, fields) for _, event, fields in self.records]
+
+
 @pytest.fixture
 def mock_factory() -> Iterator[Any]:
     """gpiozero's own MockFactory (PWM-capable pins), swapped in and restored afterwards."""

@@ -8,19 +8,12 @@ import json
 import os
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 from kioskd.core.events import Note
 from kioskd.spend import STATE_FILE, DailySpend, state_dir
-from tests.conftest import run
+from tests.conftest import LogRecorder, run
 
 
-class Lines:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, dict[str, Any]]] = []
-
-    def warning(self, event: str, **fields: Any) -> None:
-        self.lines.append((event, fields))
 
 
 def done(usd: float) -> Note:
@@ -64,7 +57,7 @@ def test_a_torn_write_leaves_the_last_whole_total(tmp_path: Path) -> None:
 
 def test_an_unreadable_file_starts_at_zero_and_says_so(tmp_path: Path) -> None:
     (tmp_path / STATE_FILE).write_text("not json")
-    lines = Lines()
+    lines = LogRecorder()
     spend = DailySpend(str(tmp_path), today=lambda: date(2026, 12, 2), log=lines)  # type: ignore[arg-type]
     assert spend.status()["today_usd"] == 0.0
     [(event, fields)] = lines.lines

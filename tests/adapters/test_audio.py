@@ -20,7 +20,7 @@ from kioskd.adapters.resample import PlaybackResampler
 from kioskd.adapters.devices import DeviceChoice, Kind, find_device
 from kioskd.config import AudioConfig
 from kioskd.core.pcm import API_RATE_HZ, Pcm, ms_to_samples, tone
-from tests.conftest import run, wait_until
+from tests.conftest import LogRecorder, run, wait_until
 
 
 def sd() -> Any:
@@ -57,16 +57,6 @@ class Recorder:
         self.stream.close()
 
 
-class Lines:
-    """A structlog-shaped sink for the adapter's log lines."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, dict[str, Any]]] = []
-
-    def info(self, event: str, **fields: Any) -> None:
-        self.lines.append((event, fields))
-
-    warning = info
 
 
 async def started_recorder(device: str, rate_hz: int, channels: int = 1) -> Recorder:
@@ -119,11 +109,11 @@ def speaking(pcm: Pcm, *, repeat: bool = False) -> Iterator[None]:
         player.close()
 
 
-def new_audio(**kwargs: Any) -> tuple[AudioIO, list[Pcm], list[int], Lines]:
+def new_audio(**kwargs: Any) -> tuple[AudioIO, list[Pcm], list[int], LogRecorder]:
     """An AudioIO on the null sinks; ``drained`` gets each drain's ``dropped_ms``."""
     mic: list[Pcm] = []
     drained: list[int] = []
-    lines = Lines()
+    lines = LogRecorder()
     options: dict[str, Any] = {"input_device": "kiosk_microphone", "output_device": "kiosk_speaker", **kwargs}
     audio = AudioIO(on_mic=mic.append, on_drained=drained.append, log=lines, **options)
     return audio, mic, drained, lines

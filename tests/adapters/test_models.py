@@ -13,23 +13,17 @@ from openai.types import Model
 
 from kioskd.adapters.models import ModelLifecycle, models_url
 from kioskd.sim.realtime_server import RealtimeSimulator, SimOptions
-from tests.conftest import run
+from tests.conftest import LogRecorder, run
 
 
-class Lines:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str, dict[str, Any]]] = []
-
-    def __getattr__(self, level: str) -> Any:
-        return lambda event, **fields: self.lines.append((level, event, fields))
 
 
 TODAY = date(2026, 12, 2)
 
 
 def lookup(options: SimOptions, model: str, times: int = 1, key: str | None = None) -> tuple[
-        ModelLifecycle, Lines, RealtimeSimulator]:
-    lines = Lines()
+        ModelLifecycle, LogRecorder, RealtimeSimulator]:
+    lines = LogRecorder()
 
     async def main() -> tuple[ModelLifecycle, RealtimeSimulator]:
         async with RealtimeSimulator(options) as sim:
@@ -47,7 +41,7 @@ def lookup(options: SimOptions, model: str, times: int = 1, key: str | None = No
 def test_a_retirement_is_said_ahead_and_an_error_within_60_days(shutdown: str, level: str, days: int) -> None:
     life, lines, sim = lookup(SimOptions(api_key="k", shutdown_dates=(("gpt-realtime", shutdown),)), "gpt-realtime",
                               times=2, key="k")
-    assert lines.lines == [(level, "model.retiring", {"model": "gpt-realtime", "shutdown_date": shutdown,
+    assert lines.records == [(level, "model.retiring", {"model": "gpt-realtime", "shutdown_date": shutdown,
                                                       "days_left": days})]  # said once for two lookups
     assert life.state["shutdown_date"] == shutdown and life.state["days_left"] == days
     assert sim.request_headers[-1]["authorization"] == "Bearer k"
@@ -55,13 +49,13 @@ def test_a_retirement_is_said_ahead_and_an_error_within_60_days(shutdown: str, l
 
 def test_a_model_without_a_retirement_says_nothing() -> None:
     life, lines, _ = lookup(SimOptions(), "gpt-realtime-mini")
-    assert lines.lines == [] and life.state == {"model": "gpt-realtime-mini", "checked": "2026-12-02",
+    assert lines.records == [] and life.state == {"model": "gpt-realtime-mini", "checked": "2026-12-02",
                                                 "shutdown_date": None}
 
 
 def test_an_unknown_model_is_one_clear_error() -> None:
     life, lines, _ = lookup(SimOptions(), "gpt-realtime-turbo", times=3)
-    [(level, event, fields)] = lines.lines
+    [(level, event, fields)] = lines.records
     assert (level, event) == ("error", "model.unknown") and "model=" in fields["cause"]
     assert life.state["problem"] == "model.unknown"
 
@@ -70,7 +64,7 @@ def test_a_failed_lookup_is_one_warning() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    lines = Lines()
+    lines = LogRecorder()
 
     async def main() -> None:
         life = ModelLifecycle(f"ws://127.0.0.1:{port}/v1/realtime", "gpt-realtime", auth="auto", api_key=None,
@@ -80,7 +74,7 @@ def test_a_failed_lookup_is_one_warning() -> None:
             await life.check(client)
 
     run(main())
-    assert [(lvl, e) for lvl, e, _ in lines.lines] == [("warning", "model.lookup_failed")]
+    assert [(lvl, e) for lvl, e, _ in lines.records] == [("warning", "model.lookup_failed")]
 
 
 def test_the_simulators_model_objects_are_openais() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import wave
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -14,14 +13,8 @@ from kioskd.adapters.prompts import MAX_SECONDS, PEAK, Unusable, load, read_wav
 from kioskd.config import PromptsConfig
 from kioskd.core import events as ev
 from kioskd.core.pcm import API_RATE_HZ
+from tests.conftest import LogRecorder
 
-
-class Lines:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, dict[str, Any]]] = []
-
-    def warning(self, event: str, **fields: Any) -> None:
-        self.lines.append((event, fields))
 
 
 def write(path: Path, samples: np.ndarray, rate: int, width: int, channels: int = 1) -> Path:
@@ -49,7 +42,7 @@ def sine(rate: int, seconds: float, channels: int = 1, amplitude: float = 0.9) -
 
 
 def test_the_packaged_prompts_are_spoken_and_longer_than_the_tones() -> None:
-    lines = Lines()
+    lines = LogRecorder()
     prompts = load(PromptsConfig(), lines)  # type: ignore[arg-type]
     assert set(prompts) == {ev.Earcon.OFFLINE, ev.Earcon.APOLOGY, ev.Earcon.CLOSED} and not lines.lines
     for pcm in prompts.values():
@@ -83,7 +76,7 @@ def test_a_prompt_that_cannot_be_used_keeps_its_tone_and_is_said_once(tmp_path: 
         write(path, sine(8000, MAX_SECONDS + 1), 8000, 2)
     with pytest.raises(Unusable, match=cause):
         read_wav(path)
-    lines = Lines()
+    lines = LogRecorder()
     prompts = load(PromptsConfig(offline=str(path)), lines)  # type: ignore[arg-type]
     assert ev.Earcon.OFFLINE not in prompts and ev.Earcon.APOLOGY in prompts  # the others still load
     [(event, fields)] = lines.lines

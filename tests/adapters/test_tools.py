@@ -5,27 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from typing import Any
 
 from kioskd.adapters.tools import ToolRunner
 from kioskd.core import events as ev
 from kioskd.core.knowledge import Entry, Knowledge
 from kioskd.exhibit import HttpTool, Tools
-from tests.conftest import run, wait_until
+from tests.conftest import LogRecorder, run, wait_until
 
 
-class Lines:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str, dict[str, Any]]] = []
-
-    def warning(self, event: str, **fields: Any) -> None:
-        self.lines.append(("warning", event, fields))
-
-    def debug(self, event: str, **fields: Any) -> None:
-        self.lines.append(("debug", event, fields))
-
-    def info(self, event: str, **fields: Any) -> None:
-        self.lines.append(("info", event, fields))
 
 
 def free_port() -> int:
@@ -40,7 +27,7 @@ def test_every_failure_is_an_answer_and_a_failing_tool_is_said_once() -> None:
     never as it is."""
     tool = HttpTool("tours", "d", {"type": "object"}, f"http://127.0.0.1:{free_port()}/tours", 1.0)
     results: list[ev.ToolResult] = []
-    lines = Lines()
+    lines = LogRecorder()
 
     async def main() -> None:
         runner = ToolRunner(results.append, tools=Tools(http=(tool,)), log=lines)  # type: ignore[arg-type]
@@ -54,7 +41,7 @@ def test_every_failure_is_an_answer_and_a_failing_tool_is_said_once() -> None:
     errors = {r.call_id: json.loads(r.output)["error"] for r in results}
     assert errors["call_0"] == "the tool failed" and "cannot reach it" in errors["call_1"]
     assert errors["call_2"] == "the arguments are not JSON" and "there is no tool called" in errors["call_3"]
-    warnings = [(e, f["name"]) for level, e, f in lines.lines if level == "warning"]
+    warnings = [(e, f["name"]) for level, e, f in lines.records if level == "warning"]
     assert warnings == [("tool.failed", "tours"), ("tool.failed", "(unknown tool)")]
 
 
