@@ -1,6 +1,6 @@
 """kioskctl: send one command to a running kioskd over its control socket and print the reply.
 
-    kioskctl [--socket PATH] [--config FILE] press|release|status
+    kioskctl [--socket PATH] [--config FILE] press|release|status|stats
 
 Exit codes: 0 the reply says ok; 1 an error reply (also kioskd's busy reply, after the client's retries); 2 a
 usage or config error, or a fallback socket directory another user controls; 3 no daemon answered.
@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="kioskd config whose control.socket to use")
     p.add_argument("--timeout", metavar="SECONDS", type=float, default=5.0, help="reply timeout (default 5)")
     p.add_argument("command", choices=COMMANDS,
-                   help="press/release: the simulated button; status: phase, connection and audio counters")
+                   help="press/release: the simulated button; status: phase, connection and audio counters; "
+                        "stats: release → first sound and cost per turn, by backend and model")
     return p
 
 

@@ -258,6 +258,8 @@ class Daemon:
             return {"phase": self._phase()}
         if cmd == "status":
             return self.status()
+        if cmd == "stats":
+            return self.status_sink.stats()
         raise KioskError(f"unknown command {cmd!r}")
 
     def _phase(self) -> str:

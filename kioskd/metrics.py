@@ -4,8 +4,9 @@ a kioskd bug replaced."""
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import Any, Protocol
+import math
+from collections import Counter, deque
+from typing import Any, Final, Protocol
 
 from kioskd import log as log_mod
 from kioskd.core.events import Note
@@ -26,12 +27,19 @@ class LogSink:
         log_mod.emit(self._log, note)
 
 
+#: turns kept per arm for stats, and arms at most (a model name is the service's word: bounded)
+TURNS_KEPT: Final = 1000
+ARMS_MAX: Final = 8
+
+
 class StatusSink:
     """Counters for ``kioskctl status``: every note by name (those the core held back over their rate counted
     when their ``log.suppressed`` summary comes), turns by outcome, refused presses by reason (a refused press is
     not a turn), the usage of every turn summed, and the last turn's summary."""
 
     def __init__(self) -> None:
+        #: per arm (backend, model): the latest turns' (release → first sound ms or None, cost_usd), for stats
+        self.arms: dict[tuple[str, str], deque[tuple[float | None, float]]] = {}
         self.events: Counter[str] = Counter()
         self.turns: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
@@ -46,11 +54,39 @@ class StatusSink:
             if isinstance(usage, dict):
                 self.usage = add_usage(self.usage, usage)
             self.last_turn = note.fields
+            arm = (str(note.fields.get("backend", "realtime")), str(note.fields.get("model", "")))
+            if arm not in self.arms and len(self.arms) >= ARMS_MAX:
+                return
+            sound = note.fields.get("release_to_first_sound_ms")
+            cost = note.fields.get("cost_usd")
+            self.arms.setdefault(arm, deque(maxlen=TURNS_KEPT)).append(
+                (float(sound) if isinstance(sound, (int, float)) else None,
+                 float(cost) if isinstance(cost, (int, float)) else 0.0))
         elif note.name == "turn.rejected":
             self.rejected[str(note.fields.get("reason"))] += 1
         elif note.name == "log.suppressed":
             self.events[str(note.fields.get("name"))] += int(note.fields.get("count", 0))
 
+    def stats(self) -> dict[str, Any]:
+        """For ``kioskctl stats``: per arm (backend and model), over its latest ``TURNS_KEPT`` turns, release →
+        first sound p50 / p95 (answered turns that played) and the cost per turn."""
+        out: dict[str, Any] = {}
+        for (backend, model), turns in sorted(self.arms.items()):
+            sounds = sorted(t for t, _ in turns if t is not None)
+            out[f"{backend}/{model}"] = {
+                "turns": len(turns), "backend": backend, "model": model,
+                "release_to_first_sound_ms": {"p50": _quantile(sounds, 0.5), "p95": _quantile(sounds, 0.95)},
+                "cost_per_turn_usd": round(sum(c for _, c in turns) / len(turns), 6),
+            }
+        return {"arms": out, "turns_kept": TURNS_KEPT}
+
     def status(self) -> dict[str, Any]:
         return {"turns": dict(self.turns), "rejected": dict(self.rejected), "usage": self.usage,
                 "events": dict(self.events), "last_turn": self.last_turn}
+
+
+def _quantile(ordered: list[float], q: float) -> float | None:
+    """The nearest-rank quantile of sorted values; None when there are none."""
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]

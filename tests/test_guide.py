@@ -229,11 +229,14 @@ def test_every_turn_is_priced_and_the_days_total_survives_a_restart(tmp_path: Pa
     try:
         lines = [answered(kiosk, question), answered(kiosk, question)]
         status = kiosk.ctl("status")["cost"]
+        stats = kiosk.ctl("stats")["arms"]["realtime/gpt-realtime"]
     finally:
         kiosk.stop()
     assert all(line["model"] == "gpt-realtime" and line["cost_usd"] > 0 for line in lines)
     total = round(sum(line["cost_usd"] for line in lines), 6)
     assert status["today_usd"] == pytest.approx(total) and status["turns_today"] == 2
+    assert stats["turns"] == 2 and stats["cost_per_turn_usd"] == pytest.approx(total / 2, abs=1e-6)
+    assert stats["release_to_first_sound_ms"]["p50"] in [line["release_to_first_sound_ms"] for line in lines]
     again = KioskdProcess(tmp_path, f"realtime:\n  url: {thread.sim.url}\n{NULL_SINK_AUDIO}log:\n  format: json\n")
     try:
         again.wait_phase("idle", timeout_s=20 * UNIT_S)

@@ -58,7 +58,7 @@ class TurnRecord:
             "release_to_first_delta_ms": since_release(self.first_delta_at_s),
             "release_to_first_sound_ms": since_release(self.first_sound_at_s),
             "reply_ms": self.reply_ms, "reply_received_ms": self.reply_received_ms,
-            "underruns": self.underruns, "playout": self.playout, "model": self.model,
+            "underruns": self.underruns, "playout": self.playout, "backend": "realtime", "model": self.model,
             **bill.fields(),
         }
         if self.tools:

@@ -233,7 +233,7 @@ def test_response_done_then_drained_ends_turn_with_summary() -> None:
     assert line.fields | {"usage": None} == {
         "turn": 1, "outcome": "answered", "held_ms": 300, "release_to_first_delta_ms": 110,
         "release_to_first_sound_ms": 250, "reply_ms": 1200, "reply_received_ms": 1200, "underruns": 2,
-        "playout": {"target_ms": 60}, "model": "gpt-realtime",
+        "playout": {"target_ms": 60}, "backend": "realtime", "model": "gpt-realtime",
         "responses": 1, "usage": None, "cost_usd": 0.004032}  # 126 audio tokens in at $32 / 1M
     assert line.fields["usage"] == usage
     assert ev.Disarm(ev.Timer.REPLY_CAP) in out
