@@ -22,15 +22,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http
-import itertools
 import json
 import random
-import secrets
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Final, Literal
 
 import numpy as np
@@ -41,6 +38,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from kioskd.core.pcm import API_RATE_HZ, Pcm, b64_to_pcm, ms_to_samples, pcm_to_b64, samples_to_ms
+from kioskd.sim.common import DEFAULT_REPLY_TEXT, TOOL_QUESTION, Json, SimServer, serve_until_cancelled
 from kioskd.sim.voice import reply_audio
 
 PATHS: Final = ("/v1/realtime", "/openai/v1/realtime")
@@ -49,8 +47,6 @@ DEFAULT_MODEL: Final = "gpt-realtime"
 COMMIT_MIN_SAMPLES: Final = ms_to_samples(100)
 #: frames up to 16 MiB: one append may carry up to 15 MiB (reference §10)
 MAX_FRAME_BYTES: Final = 16 * 2**20
-DEFAULT_REPLY_TEXT: Final = ("The great hall was built in 1889 for the world fair. "
-                             "Its iron roof still spans forty metres without a single column.")
 #: fault modes the simulator knows (none yet; each later fault adds its name here and its behaviour below)
 #: fault modes: "bad_frames" sends, before each reply's audio, a frame that is not JSON, an audio delta with bad
 #: base64, an event type no client knows, and a retryable `error` event (server_error)
@@ -62,8 +58,6 @@ KNOWN_FAULTS: Final[frozenset[str]] = frozenset({"bad_frames"})
 #: reading the socket (so pings get no pong) and sending, as a peer behind a dead Wi-Fi link would
 ONE_SHOT_FAULTS: Final[frozenset[str]] = frozenset({"drop_mid_reply", "refuse_429", "error_mid_reply",
                                                     "silent_mid_reply"})
-
-Json = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -92,7 +86,7 @@ class SimOptions:
     tool_call: str | None = None
     """When the session declares a function tool of this name, each new question is answered first with a call
     to it (``tool_arguments``), and the answer follows the client's ``function_call_output``."""
-    tool_arguments: str = '{"query": "How old is the mosaic?"}'
+    tool_arguments: str = json.dumps({"query": TOOL_QUESTION})
     preamble_ms: int = 0
     """Audio the calling response says before its call ("Let me check"), in the same response; 0: none."""
     tool_loop: bool = False
@@ -112,10 +106,11 @@ class SimOptions:
             raise ValueError(f"unknown simulator faults: {', '.join(sorted(unknown))}")
 
 
-class RealtimeSimulator:
+class RealtimeSimulator(SimServer):
     """The simulated server. ``start()`` listens; each connection is one session with its own conversation."""
 
     def __init__(self, options: SimOptions = SimOptions()) -> None:
+        super().__init__(ONE_SHOT_FAULTS)
         self.options = options
         self.client_events: list[Json] = []
         self.server_events: list[Json] = []
@@ -138,29 +133,7 @@ class RealtimeSimulator:
         self.reply_pcm: Pcm = np.zeros(0, dtype=np.int16)
         self._server: Server | None = None
         self._host = "127.0.0.1"
-        self._tag = secrets.token_hex(3)  # ids from two simulators never collide
-        self._counter = itertools.count(1)
-        self._armed_faults: list[str] = []
-        self.faults_fired: list[str] = []  # one-shot faults in the order they happened
         self._silenced: list[asyncio.Transport] = []  # connections gone quiet by "silent_mid_reply"
-
-    def arm_fault(self, name: str) -> None:
-        """Arm a one-shot fault (see ONE_SHOT_FAULTS); arming twice makes it happen twice. Thread-safe enough
-        for a caller on another thread: list appends are atomic."""
-        if name not in ONE_SHOT_FAULTS:
-            raise ValueError(f"unknown one-shot fault {name!r} (known: {', '.join(sorted(ONE_SHOT_FAULTS))})")
-        self._armed_faults.append(name)
-
-    def take_fault(self, name: str) -> bool:
-        """True (once per arming) if ``name`` is armed: the fault happens now."""
-        if name in self._armed_faults:
-            self._armed_faults.remove(name)
-            self.faults_fired.append(name)
-            return True
-        return False
-
-    def new_id(self, prefix: str) -> str:
-        return f"{prefix}_{self._tag}{next(self._counter):05d}"
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Synthesise the reply, then listen. ``port`` 0 picks a free port (read it back from ``port``)."""
@@ -188,14 +161,6 @@ class RealtimeSimulator:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-
-    async def __aenter__(self) -> RealtimeSimulator:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.close()
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         """Before the upgrade: the path, then the key. Rejections are plain HTTP answers without the key."""
@@ -755,9 +720,4 @@ def _default_session(session_id: str, model: str, expires_at: int) -> Json:
 async def serve(options: SimOptions, host: str, port: int) -> None:
     """Run until cancelled; print one line `kioskd simulate: listening on ws://HOST:PORT/v1/realtime` (flush)."""
     sim = RealtimeSimulator(options)
-    await sim.start(host, port)
-    try:
-        print(f"kioskd simulate: listening on ws://{host}:{sim.port}/v1/realtime", flush=True)
-        await asyncio.Future()
-    finally:
-        await sim.close()
+    await serve_until_cancelled(sim, host, port, lambda: f"ws://{host}:{sim.port}/v1/realtime")
