@@ -18,6 +18,7 @@ from kioskd.core.settings import Settings, ToolSpec
 class Checked:
     cfg: config_mod.KioskConfig
     api_key: str | None
+    fallback_key: str | None = None
     knowledge: Knowledge | None = None
     tools: exhibit.Tools = field(default_factory=exhibit.Tools)
     warnings: tuple[str, ...] = ()
@@ -43,8 +44,11 @@ def load(path: str | None, url: str = "") -> Checked:
     cfg = config_mod.load(path)
     api_key = config_mod.read_api_key(cfg.realtime)
     warnings = config_mod.check_credentials(cfg, cfg.realtime.url or url, api_key)
+    fallback_key = config_mod.read_fallback_key(cfg, api_key)
+    if cfg.fallback.url is not None:
+        warnings += config_mod.check_credentials(cfg, cfg.fallback.url, fallback_key, "fallback.url")
     config_mod.check_prices(cfg)
     e = cfg.exhibit
     knowledge = exhibit.load_knowledge(e.knowledge_file) if e.knowledge_file else None
     tools = exhibit.load_tools(e.tools_file) if e.tools_file else exhibit.Tools()
-    return Checked(cfg, api_key, knowledge, tools, tuple(warnings))
+    return Checked(cfg, api_key, fallback_key, knowledge, tools, tuple(warnings))

@@ -33,7 +33,7 @@ from kioskd.errors import ConfigError
 from kioskd.core.realtime import INSTRUCTIONS_MAX_BYTES
 from kioskd.core import guide
 from kioskd.core.cost import DEFAULT_PRICES, Prices, prices_for
-from kioskd.core.settings import LinkSettings, Settings, ToolSpec, TurnSettings
+from kioskd.core.settings import LinkSettings, ModelArm, Settings, ToolSpec, TurnSettings
 
 Auth = Literal["auto", "bearer", "api-key"]
 ButtonKind = Literal["gpio", "simulated"]
@@ -213,6 +213,30 @@ class CostConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FallbackConfig:
+    url: str | None = None
+    """A Chat Completions base URL (https://api.openai.com/v1, or an Azure deployment's
+    https://<resource>.openai.azure.com/openai/deployments/<name>?api-version=...): a visitor who presses while
+    the Realtime link is down is answered through it; None: no fallback (the offline prompt), unless the embedded
+    simulator runs (realtime.url None) with simulator.fallback."""
+    model: str = "gpt-audio-1.5"
+    """The Chat Completions audio model (priced like the Realtime one; named in turn.done)."""
+    api_key_file: str | None = None
+    """A file holding the fallback's key; None: the Realtime key."""
+    auth: Auth | None = None
+    """bearer | api-key | auto; None: as realtime.auth."""
+    connect_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class AbConfig:
+    split: float = 0.0
+    """The share of new visitors (0..1) answered by ``arm`` instead of the Realtime model, for a whole visit."""
+    arm: Literal["fallback"] = "fallback"
+    """The second arm: fallback (Chat Completions with fallback.model)."""
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: LogLevel = "info"
     format: LogFormat = "auto"
@@ -229,6 +253,10 @@ class SimulatorConfig:
     """The simulated model calls this tool (when the session declares it) for each new question; None: never."""
     preamble_ms: int = 0
     """What the simulated model says before such a call ("Let me check"), in ms of its reply voice."""
+    fallback: bool = True
+    """With realtime.url None and no fallback.url: an embedded Chat Completions simulator is the fallback."""
+    first_audio_delay_ms: float = 600.0
+    """The embedded Chat Completions simulator's delay from the request to the first audio chunk."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +271,8 @@ class KioskConfig:
     conversation: ConversationConfig = field(default_factory=ConversationConfig)
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     cost: CostConfig = field(default_factory=CostConfig)
+    fallback: FallbackConfig = field(default_factory=FallbackConfig)
+    ab: AbConfig = field(default_factory=AbConfig)
     log: LogConfig = field(default_factory=LogConfig)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     source: str = DEFAULT_SOURCE
@@ -312,15 +342,15 @@ def _instructions_problem(text: str) -> str | None:
             "every session update, and kioskd reads no frame over 256 KiB")
 
 
-def _url_problem(url: str) -> str | None:
+def _url_problem(url: str, schemes: tuple[str, str], key_file: str) -> str | None:
     parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss"):
-        return "must be a ws:// or wss:// URL"
+    if parts.scheme not in schemes:
+        return f"must be a {schemes[0]}:// or {schemes[1]}:// URL"
     if not parts.hostname:
         return "has no host"
     if parts.username or parts.password or any(k.lower() in ("api-key", "api_key", "key")
                                                for k, _ in parse_qsl(parts.query)):
-        return "carries a credential; put the key in a file named by realtime.api_key_file"
+        return f"carries a credential; put the key in a file named by {key_file}"
     return None
 
 
@@ -342,7 +372,7 @@ def _key_file_problem(path: str) -> str | None:
 
 #: value checks beyond the type, by dotted key; each returns the problem (None: fine)
 CHECKS: Final[Mapping[str, Callable[[Any], str | None]]] = {
-    "realtime.url": _url_problem,
+    "realtime.url": lambda url: _url_problem(url, ("ws", "wss"), "realtime.api_key_file"),
     "realtime.api_key_file": _key_file_problem,
     "realtime.voice": _non_empty,
     "realtime.instructions": _instructions_problem,
@@ -382,13 +412,19 @@ CHECKS: Final[Mapping[str, Callable[[Any], str | None]]] = {
     "simulator.jitter_ms": _non_negative,
     "simulator.tool_call": _non_empty,
     "cost.model": _non_empty,
+    "fallback.url": lambda url: _url_problem(url, ("http", "https"), "fallback.api_key_file"),
+    "fallback.model": _non_empty,
+    "fallback.api_key_file": _key_file_problem,
+    "fallback.connect_timeout_s": _positive,
+    "ab.split": lambda value: None if 0 <= value <= 1 else "must be between 0 and 1",
+    "simulator.first_audio_delay_ms": _non_negative,
     "cost.daily_budget_usd": _non_negative,
     "turn.max_reply_tokens": _between(1, 4096),
     "simulator.preamble_ms": _between(0, 5000),
 }
 #: path-valued keys: "~" is expanded and relative paths are taken from the config file's directory, because
 #: the daemon's working directory is not the technician's (and lgpio chdir()s to $LG_WD)
-PATH_KEYS: Final = frozenset({"realtime.api_key_file", "control.socket", "exhibit.knowledge_file",
+PATH_KEYS: Final = frozenset({"realtime.api_key_file", "fallback.api_key_file", "control.socket", "exhibit.knowledge_file",
                               "exhibit.tools_file", "prompts.offline", "prompts.apology", "prompts.closed"})
 
 
@@ -711,16 +747,29 @@ def realtime_model(cfg: KioskConfig) -> str:
     return next((v for k, v in parse_qsl(urlsplit(cfg.realtime.url).query) if k == "model" and v), "")
 
 
+def has_fallback(cfg: KioskConfig) -> bool:
+    """A Chat Completions fallback answers while the Realtime link is down: fallback.url, or the embedded
+    simulator's own (no realtime.url, simulator.fallback)."""
+    return cfg.fallback.url is not None or (cfg.realtime.url is None and cfg.simulator.fallback)
+
+
 def check_prices(cfg: KioskConfig) -> None:
-    """A model with no price is a config error, never a silent zero. Raises ConfigError (file, line, key)."""
-    model = realtime_model(cfg)
-    if prices_for(model, price_table(cfg)) is not None:
-        return
-    key = "cost.model" if cfg.cost.model else "realtime.url"
+    """A model with no price is a config error, never a silent zero; so is an A/B arm with nothing behind it.
+    Raises ConfigError (file, line, key)."""
     known = ", ".join(price_table(cfg))
-    problem = f"no price for the model {model!r}" if model else "names no model= to price"
-    raise ConfigError(cfg.source, cfg.lines.get(key), key, problem,
-                      f"set cost.model to the model it runs (one of {known}), or give its prices in cost.prices")
+    model = realtime_model(cfg)
+    if prices_for(model, price_table(cfg)) is None:
+        key = "cost.model" if cfg.cost.model else "realtime.url"
+        problem = f"no price for the model {model!r}" if model else "names no model= to price"
+        raise ConfigError(cfg.source, cfg.lines.get(key), key, problem,
+                          f"set cost.model to the model it runs (one of {known}), or give its prices in cost.prices")
+    if has_fallback(cfg) and prices_for(cfg.fallback.model, price_table(cfg)) is None:
+        raise ConfigError(cfg.source, cfg.lines.get("fallback.model"), "fallback.model",
+                          f"no price for the model {cfg.fallback.model!r}",
+                          f"name one of {known}, or give its prices in cost.prices")
+    if cfg.ab.split > 0 and not has_fallback(cfg):
+        raise ConfigError(cfg.source, cfg.lines.get("ab.split"), "ab.split",
+                          "the A/B arm 'fallback' has no endpoint", "set fallback.url")
 
 
 def core_settings(cfg: KioskConfig, *, endpoint: str, tools: tuple[ToolSpec, ...] = ()) -> Settings:
@@ -728,6 +777,8 @@ def core_settings(cfg: KioskConfig, *, endpoint: str, tools: tuple[ToolSpec, ...
     the function tools the session declares (``checks.Checked.tool_specs``)."""
     r, t, e = cfg.realtime, cfg.turn, cfg.exhibit
     model = realtime_model(cfg)
+    fallback = (ModelArm("chat", cfg.fallback.model, prices_for(cfg.fallback.model, price_table(cfg)))
+                if has_fallback(cfg) else None)
     instructions = guide.instructions(e.instructions or r.instructions, name=e.name, language=e.language,
                                       tools=tools)
     return Settings(
@@ -744,7 +795,8 @@ def core_settings(cfg: KioskConfig, *, endpoint: str, tools: tuple[ToolSpec, ...
             hold_cap_s=t.hold_cap_s, reply_wait_s=t.reply_wait_s, reply_cap_s=t.reply_cap_s, rearm_ms=t.rearm_ms,
             earcons=cfg.audio.earcons, thinking_cue_s=t.thinking_cue_s, usage_wait_s=t.usage_wait_s,
             new_visitor_after_s=cfg.conversation.new_visitor_after_s, model=model, prices=prices_for(model, price_table(cfg)),
-            daily_budget_usd=cfg.cost.daily_budget_usd,
+            daily_budget_usd=cfg.cost.daily_budget_usd, fallback=fallback,
+            ab_split=cfg.ab.split if fallback is not None else 0.0, ab_arm=fallback if cfg.ab.split > 0 else None,
         ),
     )
 
@@ -847,14 +899,21 @@ def _check_key(value: str, where: str, key: str | None) -> None:
 PLAINTEXT_SCHEMES: Final = frozenset({"ws", "http"})
 
 
-def check_credentials(cfg: KioskConfig, url: str, api_key: str | None) -> list[str]:
-    """What ``run`` (and ``check-config``, and a reload) requires of the key and the endpoint it goes to: a
-    wss:// endpoint needs a key, and a key never goes unencrypted to another machine unless
-    ``realtime.allow_plaintext`` says so. Raises ConfigError naming file, line and key; returns warnings to log
-    (a key allowed over plaintext)."""
+def read_fallback_key(cfg: KioskConfig, realtime_key: str | None) -> str | None:
+    """The fallback's key: ``fallback.api_key_file`` (checked as the Realtime one), else the Realtime key."""
+    if cfg.fallback.api_key_file is not None:
+        return _read_key_file(cfg.fallback.api_key_file, "fallback.api_key_file", refuse_world_readable=True)
+    return realtime_key
+
+
+def check_credentials(cfg: KioskConfig, url: str, api_key: str | None, key: str = "realtime.url") -> list[str]:
+    """What ``run`` (and ``check-config``, and a reload) requires of the key and the endpoint (``key``: the
+    config key naming it) it goes to: a wss:// or https:// endpoint needs a key, and a key never goes
+    unencrypted to another machine unless ``realtime.allow_plaintext`` says so. Raises ConfigError naming file,
+    line and key; returns warnings to log (a key allowed over plaintext)."""
     parts = urlsplit(url)
-    where = (cfg.source, cfg.lines.get("realtime.url"), "realtime.url")
-    if parts.scheme == "wss" and not api_key:
+    where = (cfg.source, cfg.lines.get(key), key)
+    if parts.scheme in ("wss", "https") and not api_key:
         raise ConfigError(*where, "no API key for this endpoint",
                           "set realtime.api_key_file, systemd LoadCredential=openai_api_key, or OPENAI_API_KEY")
     if not api_key or parts.scheme not in PLAINTEXT_SCHEMES or _is_loopback(parts.hostname or ""):

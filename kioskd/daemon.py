@@ -27,11 +27,13 @@ from kioskd.adapters import prompts as prompts_mod
 from kioskd.adapters import realtime_ws, systemd
 from kioskd.adapters.audio import AudioIO
 from kioskd.adapters.button import ButtonAdapter, mock_pin_factory
+from kioskd.adapters.chat import ChatLink, ChatOptions
 from kioskd.adapters.control import ControlServer
 from kioskd.adapters.link import LinkOptions, RealtimeLink
 from kioskd.adapters.models import ModelLifecycle
 from kioskd.adapters.tools import ToolRunner
 from kioskd.core import events as ev
+from kioskd.core.chat import ChatRequest
 from kioskd.core.kiosk import Kiosk
 from kioskd.errors import ConfigError, DeviceError, KioskError
 from kioskd.executor import Executor
@@ -55,6 +57,7 @@ class Daemon:
         self._exit_code = 0
         self._url = cfg.realtime.url or ""
         self._simulated = not self._url
+        self._chat_sim_url = ""  # the embedded Chat Completions simulator's, when it runs
         self._log = log_mod.get_logger("kioskd")
         self._control_socket = config_mod.control_socket_path(cfg.control)  # ConfigError: an untrusted directory
         self._started_s = time.monotonic()
@@ -108,6 +111,8 @@ class Daemon:
                 os.environ.pop(standby_mod.ATTEMPT_ENV, None)
             if self._simulated:
                 self._url = await self._start_simulator(stack)
+                if self.cfg.simulator.fallback:
+                    self._chat_sim_url = await self._start_chat_simulator(stack)
             service = systemd.ServiceStatus(on_ready=lambda phase: self._log.info("daemon.ready", phase=phase))
             kiosk = Kiosk(self.checked.settings(realtime_ws.endpoint_of(self._url)), rand=random.random)
             self.models = ModelLifecycle(self._url, config_mod.realtime_model(self.cfg), auth=self.cfg.realtime.auth,
@@ -121,7 +126,8 @@ class Daemon:
                                 sinks=[LogSink(self._log), self.status_sink, self.spend],
                                 publish=lambda p: service.publish(p.phase, p.serving),
                                 reopen_speaker=supervisor.reopen, tools=tools,
-                                prompts=prompts_mod.load(self.cfg.prompts))
+                                prompts=prompts_mod.load(self.cfg.prompts),
+                                open_chat=lambda post: ChatLink(self._chat_options, post))
             self.executor = executor
             executor.post(ev.Spent(self.spend.usd))  # the day's spending so far: the budget applies at once
             control = ControlServer(self._control_socket, self._control)
@@ -181,6 +187,14 @@ class Daemon:
         r = self.cfg.realtime
         return RealtimeLink(LinkOptions(self._url, auth=r.auth, api_key=self._api_key,
                                         connect_timeout_s=r.connect_timeout_s, keepalive_s=r.keepalive_s), post)
+
+    def _chat_options(self) -> ChatOptions:
+        """The fallback's endpoint and request, from the config in force (read at each reply: a reload applies
+        to the next)."""
+        f, link = self.cfg.fallback, self.checked.settings(realtime_ws.endpoint_of(self._url)).link
+        request = ChatRequest(f.model, link.voice, link.instructions, link.tools, link.max_output_tokens)
+        return ChatOptions(f.url or self._chat_sim_url, request, auth=f.auth or self.cfg.realtime.auth,
+                           api_key=self.checked.fallback_key, connect_timeout_s=f.connect_timeout_s)
 
     def _on_drained(self, dropped_ms: int) -> None:
         assert self.audio is not None
@@ -243,6 +257,17 @@ class Daemon:
         await sim.start()
         stack.push_async_callback(sim.close)
         self._log.info("daemon.simulator", url=sim.url)
+        return sim.url
+
+    async def _start_chat_simulator(self, stack: contextlib.AsyncExitStack) -> str:
+        from kioskd.sim.chat_server import ChatSimOptions, ChatSimulator
+
+        s = self.cfg.simulator
+        sim = ChatSimulator(ChatSimOptions(api_key=None, first_audio_delay_ms=s.first_audio_delay_ms,
+                                           voice=s.voice, tool_call=s.tool_call))
+        await sim.start()
+        stack.push_async_callback(sim.close)
+        self._log.info("daemon.chat_simulator", url=sim.url)
         return sim.url
 
     # ------------------------------------------------------------------------------------------ control

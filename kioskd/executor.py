@@ -50,6 +50,7 @@ class Executor:
                  publish: Callable[[ev.Publish], None] = lambda p: None,
                  reopen_speaker: Callable[[float], Awaitable[None]] | None = None,
                  tools: ToolRuns | None = None, prompts: dict[ev.Earcon, Pcm] | None = None,
+                 open_chat: Callable[[Callable[[ev.Input], None]], Link] | None = None,
                  log: log_mod.Logger | None = None) -> None:
         self.kiosk = kiosk
         self._audio = audio
@@ -63,6 +64,8 @@ class Executor:
         self._queue: asyncio.Queue[ev.Input] = asyncio.Queue()
         self._timers: dict[ev.Timer, asyncio.TimerHandle] = {}
         self._link: Link | None = None
+        self._chat: Link | None = open_chat(self.post) if open_chat is not None else None  # the fallback backend
+        self._route: ev.Backend = "realtime"  # where the visitor's intentions go
         self._exit: int | None = None
         self._earcons = {kind: earcon_pcm(kind) for kind in ev.Earcon} | (prompts or {})  # spoken over tones
 
@@ -80,6 +83,8 @@ class Executor:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        if self._chat is not None:
+            self._chat.start()
         await self._execute(self.kiosk.begin(loop.time()))
         while self._exit is None:
             await self._feed(await self._queue.get())
@@ -89,9 +94,10 @@ class Executor:
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
-        link, self._link = self._link, None
-        if link is not None:
-            await link.close()
+        for link in (self._link, self._chat):
+            if link is not None:
+                await link.close()
+        self._link = self._chat = None
 
     async def _feed(self, inp: ev.Input) -> None:
         now = asyncio.get_running_loop().time()
@@ -165,9 +171,15 @@ class Executor:
             case ev.CancelTool(call_id):
                 if self._tools is not None:
                     await self._tools.cancel(call_id)
-            case _ if isinstance(action, ev.INTENTS):
+            case ev.Route(backend):
+                self._route = backend
+            case ev.ConfigureSession():  # the link machine's: always the Realtime session
                 if self._link is not None:
                     self._link.send(action)
+            case _ if isinstance(action, ev.INTENTS):
+                target = self._chat if self._route == "chat" else self._link
+                if target is not None:
+                    target.send(action)
             case _:
                 raise TypeError(f"no executor for {action!r}")
         return None

@@ -38,8 +38,10 @@ class StatusSink:
     not a turn), the usage of every turn summed, and the last turn's summary."""
 
     def __init__(self) -> None:
-        #: per arm (backend, model): the latest turns' (release → first sound ms or None, cost_usd), for stats
+        #: per arm (backend, model): the latest turns' (release → first sound ms or None, cost_usd), for stats;
+        #: ``ab_arms`` the same over the turns of visitors the A/B test drew (route ``ab``) only
         self.arms: dict[tuple[str, str], deque[tuple[float | None, float]]] = {}
+        self.ab_arms: dict[tuple[str, str], deque[tuple[float | None, float]]] = {}
         self.events: Counter[str] = Counter()
         self.turns: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
@@ -55,13 +57,12 @@ class StatusSink:
                 self.usage = add_usage(self.usage, usage)
             self.last_turn = note.fields
             arm = (str(note.fields.get("backend", "realtime")), str(note.fields.get("model", "")))
-            if arm not in self.arms and len(self.arms) >= ARMS_MAX:
-                return
-            sound = note.fields.get("release_to_first_sound_ms")
-            cost = note.fields.get("cost_usd")
-            self.arms.setdefault(arm, deque(maxlen=TURNS_KEPT)).append(
-                (float(sound) if isinstance(sound, (int, float)) else None,
-                 float(cost) if isinstance(cost, (int, float)) else 0.0))
+            sound, cost = note.fields.get("release_to_first_sound_ms"), note.fields.get("cost_usd")
+            entry = (float(sound) if isinstance(sound, (int, float)) else None,
+                     float(cost) if isinstance(cost, (int, float)) else 0.0)
+            for arms in (self.arms, self.ab_arms) if note.fields.get("route") == "ab" else (self.arms,):
+                if arm in arms or len(arms) < ARMS_MAX:
+                    arms.setdefault(arm, deque(maxlen=TURNS_KEPT)).append(entry)
         elif note.name == "turn.rejected":
             self.rejected[str(note.fields.get("reason"))] += 1
         elif note.name == "log.suppressed":
@@ -70,19 +71,23 @@ class StatusSink:
     def stats(self) -> dict[str, Any]:
         """For ``kioskctl stats``: per arm (backend and model), over its latest ``TURNS_KEPT`` turns, release →
         first sound p50 / p95 (answered turns that played) and the cost per turn."""
-        out: dict[str, Any] = {}
-        for (backend, model), turns in sorted(self.arms.items()):
-            sounds = sorted(t for t, _ in turns if t is not None)
-            out[f"{backend}/{model}"] = {
-                "turns": len(turns), "backend": backend, "model": model,
-                "release_to_first_sound_ms": {"p50": _quantile(sounds, 0.5), "p95": _quantile(sounds, 0.95)},
-                "cost_per_turn_usd": round(sum(c for _, c in turns) / len(turns), 6),
-            }
-        return {"arms": out, "turns_kept": TURNS_KEPT}
+        return {"arms": _by_arm(self.arms), "ab": _by_arm(self.ab_arms), "turns_kept": TURNS_KEPT}
 
     def status(self) -> dict[str, Any]:
         return {"turns": dict(self.turns), "rejected": dict(self.rejected), "usage": self.usage,
                 "events": dict(self.events), "last_turn": self.last_turn}
+
+
+def _by_arm(arms: dict[tuple[str, str], deque[tuple[float | None, float]]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for (backend, model), turns in sorted(arms.items()):
+        sounds = sorted(t for t, _ in turns if t is not None)
+        out[f"{backend}/{model}"] = {
+            "turns": len(turns), "backend": backend, "model": model,
+            "release_to_first_sound_ms": {"p50": _quantile(sounds, 0.5), "p95": _quantile(sounds, 0.95)},
+            "cost_per_turn_usd": round(sum(c for _, c in turns) / len(turns), 6),
+        }
+    return out
 
 
 def _quantile(ordered: list[float], q: float) -> float | None:

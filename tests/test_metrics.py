@@ -15,9 +15,10 @@ def test_notes_held_back_are_counted_when_their_summary_comes() -> None:
     assert sink.status()["events"] == {"ws.server_error": 5000, "log.suppressed": 1}
 
 
-def done(model: str, sound_ms: int | None, cost: float, backend: str = "realtime") -> Note:
+def done(model: str, sound_ms: int | None, cost: float, backend: str = "realtime", route: str = "main") -> Note:
     return Note("turn.done", "info", {"outcome": "answered" if sound_ms else "too_short", "backend": backend,
-                                      "model": model, "release_to_first_sound_ms": sound_ms, "cost_usd": cost})
+                                      "model": model, "release_to_first_sound_ms": sound_ms, "cost_usd": cost,
+                                      "route": route})
 
 
 def test_stats_break_latency_and_cost_per_turn_down_by_arm() -> None:
@@ -47,3 +48,17 @@ def test_stats_are_bounded_in_arms_and_turns() -> None:
         sink.note(done("model-0", 300, 0.01))
     arms = sink.stats()["arms"]
     assert len(arms) == ARMS_MAX and arms["realtime/model-0"]["turns"] == TURNS_KEPT
+
+
+def test_the_ab_section_counts_only_the_visitors_the_test_drew() -> None:
+    """Fallback turns during an outage are the chat arm's in ``arms`` but never in the A/B comparison."""
+    sink = StatusSink()
+    sink.note(done("gpt-audio-1.5", 2000, 0.02, backend="chat", route="fallback"))
+    sink.note(done("gpt-audio-1.5", 800, 0.013, backend="chat", route="ab"))
+    sink.note(done("gpt-realtime", 300, 0.012, route="ab"))
+    sink.note(done("gpt-realtime", 280, 0.012))
+    stats = sink.stats()
+    assert stats["arms"]["chat/gpt-audio-1.5"]["turns"] == 2 and stats["arms"]["realtime/gpt-realtime"]["turns"] == 2
+    ab = stats["ab"]
+    assert ab["chat/gpt-audio-1.5"]["turns"] == 1 and ab["chat/gpt-audio-1.5"]["release_to_first_sound_ms"]["p50"] == 800
+    assert ab["realtime/gpt-realtime"]["turns"] == 1

@@ -70,3 +70,28 @@ def realtime_cost_usd(usage: dict[str, Any] | None, prices: Prices) -> float | N
              + _int(usage, "output_token_details", "text_tokens") * prices.text_out
              + _int(usage, "output_token_details", "audio_tokens") * prices.audio_out)
     return micro / 1e6
+
+
+def chat_cost_usd(usage: dict[str, Any] | None, prices: Prices) -> float | None:
+    """A Chat Completions ``CompletionUsage`` in USD (None without usage): the text share of each side is what
+    its audio share leaves of the total (reference §2.4)."""
+    if usage is None:
+        return None
+    prompt, audio_in = _int(usage, "prompt_tokens"), _int(usage, "prompt_tokens_details", "audio_tokens")
+    cached = min(_int(usage, "prompt_tokens_details", "cached_tokens"), prompt)
+    completion, audio_out = _int(usage, "completion_tokens"), _int(usage, "completion_tokens_details",
+                                                                   "audio_tokens")
+    audio_in, audio_out = min(audio_in, prompt), min(audio_out, completion)
+    cached_audio = min(cached, audio_in)  # the cached share, audio first (no audio model has a cached price)
+    cached_text = min(cached - cached_audio, prompt - audio_in)
+    text_cached = prices.text_in if prices.text_cached is None else prices.text_cached
+    audio_cached = prices.audio_in if prices.audio_cached is None else prices.audio_cached
+    micro = ((prompt - audio_in - cached_text) * prices.text_in + cached_text * text_cached
+             + (audio_in - cached_audio) * prices.audio_in + cached_audio * audio_cached
+             + (completion - audio_out) * prices.text_out + audio_out * prices.audio_out)
+    return micro / 1e6
+
+
+def cost_usd(backend: str, usage: dict[str, Any] | None, prices: Prices) -> float | None:
+    """What ``usage`` from ``backend`` ("realtime" or "chat": they name their tokens differently) costs."""
+    return (chat_cost_usd if backend == "chat" else realtime_cost_usd)(usage, prices)

@@ -11,6 +11,7 @@ from enum import Enum
 from typing import Any, Final, Literal
 
 from kioskd.core.pcm import Pcm
+from kioskd.core.settings import Backend as Backend
 from kioskd.core.settings import Settings, ToolSpec
 
 # ---------------------------------------------------------------------------------------------------- names
@@ -48,9 +49,6 @@ class Mic(str, Enum):
     OFF = "off"  # nothing kept, nothing posted (a reply is playing, or no turn can start)
     PREROLL = "preroll"  # the newest pre-roll kept in the adapter, nothing posted (between visitors)
     LIVE = "live"  # every block posted as MicBlock (the button is held)
-
-
-Backend = Literal["realtime"]
 
 
 class Earcon(str, Enum):
@@ -182,6 +180,7 @@ class InputCommitted:
 @dataclass(frozen=True, slots=True)
 class ResponseCreated:
     response_id: str
+    backend: Backend = "realtime"  # a Chat Completions reply is none of the Realtime session's business
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -468,6 +467,14 @@ Level = Literal["debug", "info", "warning", "error"]
 
 
 @dataclass(frozen=True, slots=True)
+class Route:
+    """The visitor's intentions go to ``backend`` from now on (the link's own, the session's configuration,
+    always go to the Realtime link)."""
+
+    backend: Backend
+
+
+@dataclass(frozen=True, slots=True)
 class RunTool:
     """Run the tool ``name`` with the model's ``arguments`` (JSON text); its answer comes back as ``ToolResult``."""
 
@@ -495,5 +502,5 @@ class Note:
 
 Action = (
     Intent | Connect | Close | Play | EndOfReply | Interrupt | PlayEarcon | SetLed | SetMic | ReopenSpeaker
-    | Publish | Exit | Arm | Disarm | Note | RunTool | CancelTool
+    | Publish | Exit | Arm | Disarm | Note | RunTool | CancelTool | Route
 )

@@ -68,7 +68,7 @@ class Kiosk:
         self.settings = settings
         self._rand = rand
         self.link = LinkMachine(settings.link, rand=rand)
-        self.turn = TurnMachine(settings.turn)
+        self.turn = TurnMachine(settings.turn, rand=rand)
         self._told: tuple[bool, str] = (False, "connecting")  # what the turn last heard (its initial belief)
         self._published: Phase | None = None
         self._stuck_shown = False
@@ -82,7 +82,9 @@ class Kiosk:
             return Phase(self.turn.phase.value)
         if self.turn.closed:
             return Phase.CLOSED
-        return Phase.IDLE if self.link.phase is LinkPhase.READY else Phase(self.link.phase.value)
+        if self.link.phase is LinkPhase.READY or self.turn.serving:  # the fallback answers while the link is down
+            return Phase.IDLE
+        return Phase(self.link.phase.value)
 
     def begin(self, now: float) -> list[ev.Action]:
         return self._bounded([*self.link.begin(now), *self._sync(now, busy_was=False)], now)
@@ -97,7 +99,7 @@ class Kiosk:
         elif isinstance(inp, ev.ServerError):
             out += self._link(inp, now) if self.link.claims(inp) else self.turn.handle(inp, now)
         else:
-            if isinstance(inp, LINK_INPUTS):
+            if isinstance(inp, LINK_INPUTS) and getattr(inp, "backend", "realtime") == "realtime":
                 out += self._link(inp, now)
             if isinstance(inp, TURN_INPUTS):
                 out += self.turn.handle(inp, now)
@@ -123,7 +125,7 @@ class Kiosk:
             return self._bounded([*out, ev.Interrupt(), ev.Note("daemon.bug_limit", "error", {"cause": reason}),
                                   ev.Exit(1, reason)], now)
         self.link = LinkMachine(self.settings.link, rand=self._rand, carry=self.link)
-        self.turn = TurnMachine(self.settings.turn)
+        self.turn = TurnMachine(self.settings.turn, rand=self._rand)
         self._told = (False, "connecting")
         apology = [ev.PlayEarcon(ev.Earcon.APOLOGY)] if self.settings.turn.earcons else []
         return [*self._bounded([*out, ev.Interrupt(), *apology, ev.Close()], now), *self.begin(now)]

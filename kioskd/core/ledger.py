@@ -9,10 +9,14 @@ a request made while another response is still open waits here until that one is
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from kioskd.core import events as ev
-from kioskd.core.cost import Prices, realtime_cost_usd
+from kioskd.core.cost import cost_usd
+from kioskd.core.settings import ModelArm
+
+#: the arm a response is priced at when its asker named none (the Realtime default)
+_UNPRICED: Final = ModelArm("realtime", "", None)
 
 
 def add_usage(total: dict[str, Any], usage: dict[str, Any]) -> dict[str, Any]:
@@ -34,6 +38,7 @@ class _Response:
     ref: str
     turn: int
     tools: bool = True  # the reply may call tools
+    arm: ModelArm = _UNPRICED  # who answers it, at what prices
     id: str | None = None  # learnt from response.created
     cancelled: bool = False
 
@@ -45,6 +50,7 @@ class Bill:
     responses: int = 0
     usage: dict[str, Any] = field(default_factory=dict)
     missing: int = 0
+    estimated: int = 0  # responses whose usage the client estimated (a stream cut before its usage came)
     statuses: list[str] = field(default_factory=list)
     cost_usd: float = 0.0  # of the responses that reported usage
 
@@ -53,6 +59,8 @@ class Bill:
                                "cost_usd": round(self.cost_usd, 6)}
         if self.missing:
             out["usage_missing"] = self.missing
+        if self.estimated:
+            out["usage_estimated"] = self.estimated
         return out
 
 
@@ -67,11 +75,11 @@ class Ledger:
 
     # --------------------------------------------------------------------------------------------- requests
 
-    def ask(self, turn: int, *, tools: bool = True) -> list[ev.Action]:
-        """Request a reply for ``turn`` (``tools=False``: one that may call no tool): now, or once the open
-        response is done."""
+    def ask(self, turn: int, *, tools: bool = True, arm: ModelArm = _UNPRICED) -> list[ev.Action]:
+        """Request a reply for ``turn`` from ``arm`` (``tools=False``: one that may call no tool): now, or once
+        the open response is done."""
         self._refs += 1
-        resp = _Response(ref=f"req_{self._refs}", turn=turn, tools=tools)
+        resp = _Response(ref=f"req_{self._refs}", turn=turn, tools=tools, arm=arm)
         self._bills.setdefault(turn, Bill()).responses += 1
         if self._open:
             self._deferred.append(resp)
@@ -103,10 +111,9 @@ class Ledger:
                 out.append(ev.CancelReply(resp.id))
         return out
 
-    def done(self, response_id: str, status: str, usage: dict[str, Any] | None,
-             prices: Prices | None = None) -> tuple[int | None, list[ev.Action]]:
-        """A response ended: book its usage (and what it cost at ``prices``); returns its turn and a request that
-        was waiting for it."""
+    def done(self, response_id: str, status: str, usage: dict[str, Any] | None) -> tuple[int | None, list[ev.Action]]:
+        """A response ended: book its usage (and what it cost at its arm's prices); returns its turn and a request
+        that was waiting for it. A usage marked ``"estimated": true`` is counted as such."""
         resp = next((r for r in self._open if r.id == response_id), None)
         if resp is None:
             return None, []
@@ -117,7 +124,9 @@ class Ledger:
             bill.missing += 1
         else:
             bill.usage = add_usage(bill.usage, usage)
-            bill.cost_usd += (realtime_cost_usd(usage, prices) or 0.0) if prices is not None else 0.0
+            bill.estimated += usage.get("estimated") is True
+            prices = resp.arm.prices
+            bill.cost_usd += (cost_usd(resp.arm.backend, usage, prices) or 0.0) if prices is not None else 0.0
         return resp.turn, self._next()
 
     def refused(self, ref: str | None) -> tuple[int | None, list[ev.Action]]:

@@ -7,8 +7,22 @@ directly. Frozen: a reload hands the core new ones (``Reloaded``), it never edit
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from kioskd.core.cost import DEFAULT_PRICES, Prices
+
+#: who answers a visitor: the Realtime API (a session over the link) or Chat Completions audio (one request per
+#: reply, the held question uploaded as WAV)
+Backend = Literal["realtime", "chat"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelArm:
+    """One way of answering a visitor: a backend and the model behind it, with its prices (None: unknown)."""
+
+    backend: Backend
+    model: str
+    prices: Prices | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +103,17 @@ class TurnSettings:
     usage_wait_s: float = 5.0
     """How long an ended turn waits for its responses' late ``response.done`` (their usage) before it is logged
     with the usage missing."""
+    fallback: ModelArm | None = None
+    """The Chat Completions arm that answers while the Realtime link is down; None: no fallback."""
+    ab_split: float = 0.0
+    """The share of new visitors routed to ``ab_arm`` (0: none): whole visitors, never single turns."""
+    ab_arm: ModelArm | None = None
+    """The A/B test's second arm (the first is the Realtime ``model``); None: no test."""
+
+    @property
+    def main(self) -> ModelArm:
+        """The Realtime arm: ``model`` at ``prices``."""
+        return ModelArm("realtime", self.model, self.prices)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ turn ends when the visitor has heard the last reply, interrupted it, or a cap or
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final
 
 from kioskd.core import events as ev
@@ -28,7 +29,7 @@ from kioskd.core.ledger import Ledger
 from kioskd.core.pcm import Batch, Ring, ms_to_samples, samples_to_ms
 from kioskd.core.rate import Burst
 from kioskd.core.reply import Reply
-from kioskd.core.settings import TurnSettings
+from kioskd.core.settings import ModelArm, TurnSettings
 from kioskd.core.table import ANY, Key, Row, row
 from kioskd.core.turn_guide import GuideRows
 from kioskd.core.turnphase import IN_TURN, TurnPhase
@@ -58,9 +59,13 @@ class TurnMachine(GuideRows):
 
     REMOTE = REMOTE
 
-    def __init__(self, settings: TurnSettings) -> None:
+    def __init__(self, settings: TurnSettings, *, rand: Callable[[], float] = lambda: 1.0) -> None:
         super().__init__(TurnPhase.IDLE)
         self.settings = settings
+        self._rand = rand  # draws a new visitor's A/B arm (the default never picks the second arm)
+        self._arm: ModelArm | None = None  # the present visitor's arm (None: the next press is a new visitor)
+        self._route_why = "main"  # why the visitor has that arm (turn.done's route)
+        self._routed: ev.Backend = "realtime"  # where the visitor's intentions go (the executor starts there)
         self._down: dict[ev.Backend, str] = {"realtime": "connecting"}  # backends that cannot answer, and why
         self._preroll = Ring(ms_to_samples(settings.preroll_ms))
         self._pending = Batch()  # the question's audio not yet sent
@@ -133,8 +138,10 @@ class TurnMachine(GuideRows):
         return [] if pcm is None else [ev.AppendAudio(pcm)]
 
     def _start_listening(self, now: float, *, preroll: bool) -> list[ev.Action]:
+        assert self._arm is not None
         self._turns += 1
-        self._turn = TurnRecord(self._turns, pressed_at_s=now, underruns_at_start=self._underruns_total)
+        self._turn = TurnRecord(self._turns, pressed_at_s=now, underruns_at_start=self._underruns_total,
+                                arm=self._arm, route=self._route_why)
         self._calls, self._answer_due = Calls(), False
         out: list[ev.Action] = [*self.disarm(ev.Timer.NEW_VISITOR)]  # the same visitor goes on
         self._pending.take()
@@ -157,7 +164,7 @@ class TurnMachine(GuideRows):
         self._reply.ended = self._reply.drained = False
         self.phase = TurnPhase.IDLE
         out = self.disarm(ev.Timer.HOLD_CAP, ev.Timer.REPLY_WAIT, ev.Timer.REPLY_CAP, ev.Timer.THINKING_CUE)
-        if len(self._conversation):
+        if self._arm is not None:
             out.append(self.arm(ev.Timer.NEW_VISITOR, now + self.settings.new_visitor_after_s))
         if self._reopen_s is not None:
             out.append(ev.ReopenSpeaker(self._reopen_s))
@@ -170,8 +177,8 @@ class TurnMachine(GuideRows):
         turn, self._turn = self._turn, None
         if turn is None:
             return []
-        turn.tools, turn.model = self._calls.names, self.settings.model
-        owed = self._calls.cancel(answer=self.serving)  # runs stopped; every call_id answered while a session is
+        turn.tools = self._calls.names
+        owed = self._calls.cancel(answer=self._reachable)  # runs stopped; every call_id answered while a session is
         self._answer_due = False
         if turn.released_at_s is not None:  # a question was committed: this turn's reply is self._reply
             turn.reply_received_ms = self._reply.received_ms
@@ -192,14 +199,20 @@ class TurnMachine(GuideRows):
     # ------------------------------------------------------------------------------------------ backends, reload
 
     def _on_availability(self, inp: ev.Availability, now: float) -> list[ev.Action]:
+        """A backend came up or went down. Only the present visitor's backend (or, between visitors, any) touches
+        the conversation and the turn: a visitor answered by the fallback goes on there when the Realtime link
+        comes back, and is not disturbed when it drops again."""
+        mine = self._arm is None or self._arm.backend == inp.backend
         if inp.up:
             self._down.pop(inp.backend, None)
-            self._conversation.clear()  # a new session: a new, empty conversation
-            return self.disarm(ev.Timer.NEW_VISITOR)
-        self._down[inp.backend] = inp.reason
-        if self.serving:
+            if mine:
+                self._conversation.clear()  # a new session: a new, empty conversation
             return []
-        self._conversation.clear()  # the session is gone with its conversation: nothing to delete later
+        self._down[inp.backend] = inp.reason
+        if not mine:
+            return []
+        self._arm = None  # the visitor's backend is gone, with their conversation: the next press picks again
+        self._conversation.clear()  # nothing to delete later
         # the backend went away: whatever it still owed will never come
         self._ledger.lost()
         out = [*self._log.flush(), *self.disarm(ev.Timer.USAGE_WAIT, ev.Timer.NEW_VISITOR)]
@@ -247,7 +260,7 @@ class TurnMachine(GuideRows):
             reason = next(iter(self._down.values()))
             return [*out, ev.Note("turn.rejected", "warning", {"reason": reason}),
                     *self._earcon(ev.Earcon.OFFLINE, now)]
-        return [*out, *self._start_listening(now, preroll=True)]
+        return [*out, *self._visitor(), *self._start_listening(now, preroll=True)]
 
     def _on_press_held(self, inp: ev.Pressed, now: float) -> list[ev.Action]:
         return self.ignore(inp)
@@ -287,7 +300,7 @@ class TurnMachine(GuideRows):
         self._turn.released_at_s = now
         self._reply = Reply()
         out: list[ev.Action] = [*self.disarm(ev.Timer.HOLD_CAP), *self._flush_appends(), ev.Commit(),
-                                *self._ledger.ask(self._turn.id)]
+                                *self._ledger.ask(self._turn.id, arm=self._turn.arm)]
         self.phase = TurnPhase.WAITING
         return [*out, self.arm(ev.Timer.REPLY_WAIT, now + self.settings.reply_wait_s),
                 self.arm(ev.Timer.THINKING_CUE, now + self.settings.thinking_cue_s)]
@@ -329,7 +342,7 @@ class TurnMachine(GuideRows):
 
     def _response_done(self, inp: ev.ResponseDone) -> tuple[bool, list[ev.Action]]:
         """Book the response; True if it belonged to the current turn (and it has nothing else open)."""
-        turn_id, out = self._ledger.done(inp.response_id, inp.status, inp.usage, self.settings.prices)
+        turn_id, out = self._ledger.done(inp.response_id, inp.status, inp.usage)
         if turn_id is not None and turn_id == self._current_id():
             return not self._ledger.open_for(turn_id), out
         return False, [*out, *self._settle(turn_id)]
@@ -438,7 +451,7 @@ class TurnMachine(GuideRows):
         lines = self._log.played(self._reply.heard_ms)
         if lines:
             lines += self._usage_timer()
-        if not self.serving:
+        if not self._reachable:
             return lines
         out = self._reply.cut(inp.item_id, inp.played_ms)
         if self.phase is TurnPhase.LISTENING:

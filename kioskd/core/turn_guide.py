@@ -1,4 +1,5 @@
-"""The museum guide's rows of the visitor's turn: tool calls, a new visitor's fresh conversation, the day's budget.
+"""The museum guide's rows of the visitor's turn: tool calls, visitors (each with a fresh conversation and one arm:
+a backend and a model), the day's budget.
 
 ``TurnMachine`` (``core/turn.py``) inherits them; the table there routes inputs to them. They work on the turn's
 state, declared below for the type checker and set by ``TurnMachine.__init__``: the current turn's calls
@@ -7,12 +8,14 @@ state, declared below for the type checker and set by ``TurnMachine.__init__``: 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from kioskd.core import events as ev
 from kioskd.core.calls import CANCELLED, Calls
 from kioskd.core.conversation import Conversation
 from kioskd.core.ledger import Ledger
 from kioskd.core.reply import Reply
-from kioskd.core.settings import TurnSettings
+from kioskd.core.settings import ModelArm, TurnSettings
 from kioskd.core.table import Machine
 from kioskd.core.turnlog import TurnRecord
 from kioskd.core.turnphase import TurnPhase
@@ -28,11 +31,27 @@ class GuideRows(Machine[TurnPhase]):
     _conversation: Conversation
     _spent_usd: float
     _down: dict[ev.Backend, str]  # backends that cannot answer, and why
+    _rand: Callable[[], float]
+    _arm: ModelArm | None
+    _routed: ev.Backend
+    _route_why: str
 
     @property
     def serving(self) -> bool:
-        """Some backend can answer a press now."""
-        return not self._down
+        """Some arm can answer a press now."""
+        return any(self._up(arm) for arm in self._arms())
+
+    @property
+    def _reachable(self) -> bool:
+        """The present visitor's backend can still be spoken to (to answer a tool call, to truncate a reply)."""
+        return self._arm is not None and self._up(self._arm)
+
+    def _up(self, arm: ModelArm | None) -> bool:
+        return arm is not None and arm.backend not in self._down
+
+    def _arms(self) -> list[ModelArm]:
+        s = self.settings
+        return [arm for arm in (s.main, s.fallback, s.ab_arm) if arm is not None]
 
     # ------------------------------------------------------------------------------------------ tools
 
@@ -52,7 +71,7 @@ class GuideRows(Machine[TurnPhase]):
     def _on_stale_call(self, inp: ev.ToolCall, now: float) -> list[ev.Action]:
         """A call cut short, or from a response this turn cancelled: not run, but answered (the model waits on
         every call)."""
-        return [ev.ReturnToolOutput(inp.call_id, CANCELLED)] if self.serving else []
+        return [ev.ReturnToolOutput(inp.call_id, CANCELLED)] if self._reachable else []
 
     def _on_tool_result(self, inp: ev.ToolResult, now: float) -> list[ev.Action]:
         if self._turn is None or not self._calls.result(inp):
@@ -68,7 +87,7 @@ class GuideRows(Machine[TurnPhase]):
         if not outputs:
             return []  # a tool still runs
         self._answer_due = True
-        out = [*outputs, *self._ledger.ask(self._turn.id, tools=not self._calls.spent)]
+        out = [*outputs, *self._ledger.ask(self._turn.id, tools=not self._calls.spent, arm=self._turn.arm)]
         if self.phase is TurnPhase.WAITING or self._reply.drained:
             out += self._await_answer(now)
         return out
@@ -85,10 +104,34 @@ class GuideRows(Machine[TurnPhase]):
         self._conversation.added(inp.item_id)
         return []
 
+    def _visitor(self) -> list[ev.Action]:
+        """The press starts a turn (``serving`` holds): the visitor's arm. The present visitor keeps theirs while
+        its backend is up; a new one (or one whose backend went down) gets the A/B draw when both arms are up,
+        else the Realtime arm, else the fallback. The visitor's intentions are routed to its backend."""
+        if self._arm is None or not self._up(self._arm):
+            s = self.settings
+            drawn = s.ab_arm is not None and s.ab_split > 0 and self._up(s.ab_arm) and self._up(s.main)
+            if drawn:
+                assert s.ab_arm is not None
+                self._arm, self._route_why = (s.ab_arm if self._rand() < s.ab_split else s.main), "ab"
+            else:
+                self._arm = next(arm for arm in self._arms() if self._up(arm))
+                self._route_why = "main" if self._arm == s.main else "fallback"
+        if self._arm.backend == self._routed:
+            return []
+        self._routed = self._arm.backend
+        fields = {"backend": self._arm.backend, "model": self._arm.model, "why": self._route_why}
+        if self._route_why == "fallback":
+            fields["realtime"] = self._down.get("realtime", "")
+        return [ev.Route(self._arm.backend), ev.Note("turn.route", "info", fields)]
+
     def _on_new_visitor(self, inp: ev.Timeout, now: float) -> list[ev.Action]:
-        """Quiet for ``new_visitor_after_s``: whoever presses next is someone else. The conversation is emptied
-        now, while idle, so they pay no latency for it."""
+        """Quiet for ``new_visitor_after_s``: whoever presses next is someone else (and is given an arm afresh).
+        The conversation is emptied now, while idle, so they pay no latency for it."""
+        self._arm = None
         items = len(self._conversation)
+        if not items:
+            return []
         return [*self._conversation.reset(),
                 ev.Note("conversation.reset", "info", {"reason": "new visitor", "items": items,
                                                        "quiet_s": self.settings.new_visitor_after_s})]

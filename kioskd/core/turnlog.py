@@ -16,6 +16,7 @@ from typing import Any, Final
 from kioskd.core import events as ev
 from kioskd.core.ledger import Bill, Ledger
 from kioskd.core.pcm import samples_to_ms
+from kioskd.core.settings import ModelArm
 
 #: how a turn can end, and the level its ``turn.done`` line is logged at
 OUTCOMES: Final[dict[str, ev.Level]] = {
@@ -44,7 +45,8 @@ class TurnRecord:
     cause: str | None = None
     ended_at_s: float = 0.0
     tools: list[str] = field(default_factory=list)  # the tools the model called, in order
-    model: str = ""  # the model that answered (priced in the bill's cost_usd)
+    arm: ModelArm = ModelArm("realtime", "", None)  # who answered (backend and model, priced in cost_usd)
+    route: str = "main"  # why that arm: main, fallback (the Realtime link was down) or ab (the A/B draw)
 
     def summary(self, bill: Bill) -> dict[str, Any]:
         def since_release(t: float | None) -> int | None:
@@ -58,7 +60,8 @@ class TurnRecord:
             "release_to_first_delta_ms": since_release(self.first_delta_at_s),
             "release_to_first_sound_ms": since_release(self.first_sound_at_s),
             "reply_ms": self.reply_ms, "reply_received_ms": self.reply_received_ms,
-            "underruns": self.underruns, "playout": self.playout, "backend": "realtime", "model": self.model,
+            "underruns": self.underruns, "playout": self.playout, "backend": self.arm.backend, "model": self.arm.model,
+            "route": self.route,
             **bill.fields(),
         }
         if self.tools:

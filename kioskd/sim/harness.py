@@ -1,7 +1,7 @@
 """The simulated museum floor, shared by the demo, the end-to-end tests and the benchmarks.
 
-- ``SimThread``: the Realtime simulator on its own event loop in a thread, so a synchronous caller can drive a
-  visit and still read the simulator's records.
+- ``SimThread``: the Realtime simulator (or, given ``ChatSimOptions``, the Chat Completions one) on its own event
+  loop in a thread, so a synchronous caller can drive a visit and still read the simulator's records.
 - ``Room``: records the speaker null sink's monitor with a real PortAudio stream, with each sample's time.
 - ``KioskdProcess``: ``kioskd run --config FILE`` as a child process (as systemd starts it), its JSON log lines
   collected, driven through the control socket with kioskctl's own client.
@@ -24,13 +24,16 @@ import time
 import wave
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from kioskd.adapters.control import request
 from kioskd.core.pcm import Pcm
+from kioskd.sim.chat_server import ChatSimOptions, ChatSimulator
 from kioskd.sim.realtime_server import RealtimeSimulator, SimOptions
+
+T = TypeVar("T")
 
 
 def wait_for(cond: Callable[[], bool], what: str, timeout_s: float) -> None:
@@ -43,14 +46,21 @@ def wait_for(cond: Callable[[], bool], what: str, timeout_s: float) -> None:
 
 
 class SimThread:
-    """The Realtime simulator on its own loop in a daemon thread."""
+    """A simulator on its own loop in a daemon thread (on ``port``; 0: any free one): the Realtime one, or the Chat
+    Completions one when given ``ChatSimOptions``."""
 
-    def __init__(self, options: SimOptions) -> None:
+    def __init__(self, options: SimOptions | ChatSimOptions, port: int = 0) -> None:
         self.loop = asyncio.new_event_loop()
-        self.sim = RealtimeSimulator(options)
+        self.sim: Any = ChatSimulator(options) if isinstance(options, ChatSimOptions) else RealtimeSimulator(options)
         self._thread = threading.Thread(target=self.loop.run_forever, name="simulator", daemon=True)
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.sim.start(), self.loop).result(10)
+        asyncio.run_coroutine_threadsafe(self.sim.start(port=port), self.loop).result(10)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the simulator's loop (to read its records while it runs)."""
+        async def run() -> T:
+            return fn()
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
 
     def close(self) -> None:
         asyncio.run_coroutine_threadsafe(self.sim.close(), self.loop).result(10)

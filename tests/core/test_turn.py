@@ -233,7 +233,7 @@ def test_response_done_then_drained_ends_turn_with_summary() -> None:
     assert line.fields | {"usage": None} == {
         "turn": 1, "outcome": "answered", "held_ms": 300, "release_to_first_delta_ms": 110,
         "release_to_first_sound_ms": 250, "reply_ms": 1200, "reply_received_ms": 1200, "underruns": 2,
-        "playout": {"target_ms": 60}, "backend": "realtime", "model": "gpt-realtime",
+        "playout": {"target_ms": 60}, "backend": "realtime", "model": "gpt-realtime", "route": "main",
         "responses": 1, "usage": None, "cost_usd": 0.004032}  # 126 audio tokens in at $32 / 1M
     assert line.fields["usage"] == usage
     assert ev.Disarm(ev.Timer.REPLY_CAP) in out
@@ -266,7 +266,8 @@ def test_a_reply_heard_in_full_whose_response_never_ends_is_answered_after_a_gra
     out = d.feed(ev.Timeout(ev.Timer.REPLY_WAIT), after_s=DONE_GRACE_S)
     assert d.phase == "idle" and leds(out) == [ev.Led.IDLE] and not notes(out, "turn.done")
     assert ev.Disarm(ev.Timer.REPLY_CAP) in out and ev.Interrupt() not in out
-    assert arms(out) == {ev.Timer.USAGE_WAIT: d.now + SETTINGS.turn.usage_wait_s}
+    assert arms(out) == {ev.Timer.USAGE_WAIT: d.now + SETTINGS.turn.usage_wait_s,
+                         ev.Timer.NEW_VISITOR: d.now + SETTINGS.turn.new_visitor_after_s}
     line = note(d.feed(ev.Timeout(ev.Timer.USAGE_WAIT), after_s=SETTINGS.turn.usage_wait_s), "turn.done")
     assert line.fields["outcome"] == "answered" and line.fields["usage_missing"] == 1
 

@@ -1,0 +1,143 @@
+"""The fallback backend and the A/B arms, in the core: which arm answers a visitor, where their intentions go, what
+each turn is billed. Chat Completions replies reach the core as the same inputs as Realtime ones (the codec is
+tested in test_chat.py), so these tests feed those inputs with ``backend="chat"``."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import pytest
+
+from kioskd.core import events as ev
+from kioskd.core.cost import DEFAULT_PRICES
+from kioskd.core.settings import ModelArm, Settings
+
+from tests.core.drive import SETTINGS, Driver, delta, earcons, note, notes, online, said, said_kinds, then_played
+
+CHAT = ModelArm("chat", "gpt-audio-1.5", DEFAULT_PRICES["gpt-audio-1.5"])
+WITH_FALLBACK = Settings(link=SETTINGS.link, turn=dataclasses.replace(SETTINGS.turn, fallback=CHAT))
+#: a Chat Completions usage: 3 s question (30 audio tokens) + 600 text tokens in; 8 s answer (160 audio) + 30 text
+CC_USAGE = {"prompt_tokens": 630, "completion_tokens": 190, "total_tokens": 820,
+            "prompt_tokens_details": {"audio_tokens": 30, "cached_tokens": 0},
+            "completion_tokens_details": {"audio_tokens": 160, "text_tokens": 30}}
+CC_USAGE_USD = (600 * 2.5 + 30 * 32 + 30 * 10 + 160 * 64) / 1e6
+
+
+def offline(settings: Settings = WITH_FALLBACK) -> Driver:
+    """The Realtime link dropped after coming up: OFFLINE, reconnect armed."""
+    d = online(settings)
+    d.feed(ev.Disconnected(ConnectionResetError("peer reset")), after_s=1.0)
+    assert d.status()["link"] == "offline"
+    return d
+
+
+def chat_turn(d: Driver, n: int = 1, usage: dict[str, object] | None = None) -> list[ev.Action]:
+    """Press, hold 300 ms, release; the fallback's reply n streams 400 ms and is heard in full."""
+    out = d.press(after_s=1.0)
+    out += d.mic(300)[0]
+    out += d.release()
+    rid, item = f"chat_resp_{n}", f"chat_item_{n}"
+    out += d.feed(ev.ResponseCreated(rid, backend="chat"))
+    out += d.feed(delta(rid, item, 200), after_s=0.6) + d.feed(delta(rid, item, 200), after_s=0.1)
+    out += d.feed(ev.AudioDone(rid, item)) + d.feed(ev.ItemAdded(item))
+    out += d.feed(ev.ResponseDone(rid, "completed", None, CC_USAGE if usage is None else usage))
+    out += d.feed(ev.PlaybackDrained(0), after_s=0.4)
+    assert d.phase == "idle"
+    return out
+
+
+def test_a_press_while_the_link_is_down_is_answered_by_the_fallback() -> None:
+    d = offline()
+    assert d.phase == "idle"  # the kiosk answers presses: the LED does not say offline
+    out = chat_turn(d)
+    assert out[0] == ev.Route("chat")
+    route = note(out, "turn.route").fields
+    assert route == {"backend": "chat", "model": "gpt-audio-1.5", "why": "fallback", "realtime": "offline"}
+    assert said_kinds(out)[:1] == ["StartQuestion"] and "Commit" in said_kinds(out)
+    assert [a for a in said(out) if isinstance(a, ev.RequestReply)] == [ev.RequestReply("req_1")]
+    assert ev.PlayEarcon(ev.Earcon.OFFLINE) not in out
+    (line,) = d.done_lines()
+    assert (line["outcome"], line["backend"], line["model"], line["route"]) == ("answered", "chat", "gpt-audio-1.5",
+                                                                                 "fallback")
+    assert line["cost_usd"] == pytest.approx(CC_USAGE_USD, abs=1e-6)  # priced by the Chat Completions names
+    assert line["release_to_first_sound_ms"] is None and line["release_to_first_delta_ms"] == 600
+
+
+def test_the_visitor_stays_on_the_fallback_until_the_next_visitor_then_realtime_takes_over() -> None:
+    d = offline()
+    chat_turn(d, 1)
+    d.feed(ev.Timeout(ev.Timer.RECONNECT), after_s=1.0)
+    d.feed(ev.SessionCreated("sess_2", None))
+    d.feed(ev.SessionUpdated(None))
+    out = chat_turn(d, 2)  # the same visitor: no new route, their conversation is the fallback's
+    assert not any(isinstance(a, ev.Route) for a in out)
+    assert [line["backend"] for line in d.done_lines()] == ["chat", "chat"]
+    reset = d.feed(ev.Timeout(ev.Timer.NEW_VISITOR), after_s=45)
+    assert said(reset) == [ev.DeleteItem("chat_item_1"), ev.DeleteItem("chat_item_2")]  # still routed to chat
+    out = d.press(after_s=5)
+    assert out[0] == ev.Route("realtime")
+    assert note(out, "turn.route").fields == {"backend": "realtime", "model": "gpt-realtime", "why": "main"}
+
+
+def test_the_realtime_link_dropping_again_does_not_touch_a_visitor_on_the_fallback() -> None:
+    d = offline()
+    d.feed(ev.Timeout(ev.Timer.RECONNECT), after_s=1.0)  # connecting: still down for the turn
+    d.press(after_s=1.0)
+    d.mic(300)
+    d.release()
+    d.feed(ev.ResponseCreated("chat_resp_1", backend="chat"))
+    d.feed(delta("chat_resp_1", "chat_item_1", 200), after_s=0.5)
+    out = d.feed(ev.Disconnected(ConnectionRefusedError("refused")), after_s=0.1)
+    assert d.phase == "speaking" and ev.Interrupt() not in out and not notes(out, "turn.done")
+    assert d.status()["link"] == "offline"
+
+
+def test_without_a_fallback_a_press_while_offline_still_hears_the_offline_prompt() -> None:
+    d = offline(SETTINGS)
+    assert d.phase == "offline"
+    out = d.press(after_s=1.0)
+    assert earcons(out) == [ev.Earcon.OFFLINE] and not said(out)
+
+
+def test_a_cancelled_fallback_reply_is_billed_from_its_estimate_and_says_so() -> None:
+    d = offline()
+    d.press(after_s=1.0)
+    d.mic(300)
+    d.release()
+    d.feed(ev.ResponseCreated("chat_resp_1", backend="chat"))
+    d.feed(delta("chat_resp_1", "chat_item_1", 200), after_s=0.5)
+    out = then_played(d, d.press(after_s=0.1), 150, "chat_item_1")  # barge-in
+    assert ev.CancelReply("chat_resp_1") in out and ev.Truncate("chat_item_1", 150) in out
+    estimate = {**CC_USAGE, "estimated": True}
+    d.feed(ev.ResponseDone("chat_resp_1", "cancelled", None, estimate))
+    (line,) = d.done_lines()
+    assert line["outcome"] == "interrupted" and line["usage_estimated"] == 1
+    assert line["cost_usd"] == pytest.approx(CC_USAGE_USD, abs=1e-6)
+
+
+def ab(split: float, draws: list[float]) -> Driver:
+    it: Iterator[float] = iter(draws)
+    settings = Settings(link=SETTINGS.link, turn=dataclasses.replace(SETTINGS.turn, fallback=CHAT, ab_split=split,
+                                                                      ab_arm=CHAT))
+    d = online(settings)
+    d.k.turn._rand = lambda: next(it)
+    return d
+
+
+def test_ab_draws_whole_visitors_never_single_turns() -> None:
+    d = ab(0.5, [0.2, 0.9])
+    chat_turn(d, 1)
+    chat_turn(d, 2)  # the same visitor: no second draw (an exhausted draw list would raise)
+    d.feed(ev.Timeout(ev.Timer.NEW_VISITOR), after_s=45)
+    out = d.press(after_s=1.0)
+    assert out[0] == ev.Route("realtime")
+    assert [(line["backend"], line["route"]) for line in d.done_lines()] == [("chat", "ab"), ("chat", "ab")]
+    assert note(out, "turn.route").fields["why"] == "ab"
+
+
+def test_ab_does_not_draw_while_an_arm_is_down() -> None:
+    d = ab(0.5, [])  # any draw would raise StopIteration
+    d.feed(ev.Disconnected(ConnectionResetError("reset")), after_s=1.0)
+    chat_turn(d, 1)
+    assert d.done_lines()[0]["route"] == "fallback"
