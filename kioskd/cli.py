@@ -45,8 +45,9 @@ def _checked(path: str | None) -> checks.Checked:
     """Everything ``run`` needs, checked as ``check-config`` and a reload check it; the key is redacted from
     every log line from here on."""
     checked = checks.load(path)
-    if checked.api_key:
-        log_mod.add_secret(checked.api_key)
+    for key in (checked.api_key, checked.fallback_key):
+        if key:
+            log_mod.add_secret(key)
     return checked
 
 

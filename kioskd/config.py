@@ -210,6 +210,11 @@ class CostConfig:
     daily_budget_usd: float | None = None
     """Once today's answers cost this much, presses get the spoken "come back later" and nothing is sent until
     local midnight; None: no budget."""
+    degrade_model: str | None = None
+    """A cheaper Realtime model new visitors get from ``degrade_at`` of the budget (priced; on Azure, the
+    deployment's name); None: never."""
+    degrade_at: float = 0.8
+    """The share of daily_budget_usd from which new visitors get degrade_model."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,14 +231,16 @@ class FallbackConfig:
     auth: Auth | None = None
     """bearer | api-key | auto; None: as realtime.auth."""
     connect_timeout_s: float = 5.0
+    read_timeout_s: float = 5.0
+    """The longest wait for the next bytes of a reply: a stalled stream ends the turn with the apology."""
 
 
 @dataclass(frozen=True, slots=True)
 class AbConfig:
     split: float = 0.0
     """The share of new visitors (0..1) answered by ``arm`` instead of the Realtime model, for a whole visit."""
-    arm: Literal["fallback"] = "fallback"
-    """The second arm: fallback (Chat Completions with fallback.model)."""
+    arm: str = "fallback"
+    """The second arm: fallback (Chat Completions with fallback.model), or a Realtime model (gpt-realtime-mini)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,7 +423,11 @@ CHECKS: Final[Mapping[str, Callable[[Any], str | None]]] = {
     "fallback.model": _non_empty,
     "fallback.api_key_file": _key_file_problem,
     "fallback.connect_timeout_s": _positive,
+    "fallback.read_timeout_s": _positive,
     "ab.split": lambda value: None if 0 <= value <= 1 else "must be between 0 and 1",
+    "ab.arm": _non_empty,
+    "cost.degrade_model": _non_empty,
+    "cost.degrade_at": lambda value: None if 0 < value <= 1 else "must be greater than 0 and at most 1",
     "simulator.first_audio_delay_ms": _non_negative,
     "cost.daily_budget_usd": _non_negative,
     "turn.max_reply_tokens": _between(1, 4096),
@@ -767,9 +778,17 @@ def check_prices(cfg: KioskConfig) -> None:
         raise ConfigError(cfg.source, cfg.lines.get("fallback.model"), "fallback.model",
                           f"no price for the model {cfg.fallback.model!r}",
                           f"name one of {known}, or give its prices in cost.prices")
-    if cfg.ab.split > 0 and not has_fallback(cfg):
+    for key, name in (("cost.degrade_model", cfg.cost.degrade_model),
+                      ("ab.arm", cfg.ab.arm if cfg.ab.arm != "fallback" else None)):
+        if name is not None and prices_for(name, price_table(cfg)) is None:
+            raise ConfigError(cfg.source, cfg.lines.get(key), key, f"no price for the model {name!r}",
+                              f"name one of {known}, or give its prices in cost.prices")
+    if cfg.ab.split > 0 and cfg.ab.arm == "fallback" and not has_fallback(cfg):
         raise ConfigError(cfg.source, cfg.lines.get("ab.split"), "ab.split",
                           "the A/B arm 'fallback' has no endpoint", "set fallback.url")
+    if cfg.cost.degrade_model is not None and cfg.cost.daily_budget_usd is None:
+        raise ConfigError(cfg.source, cfg.lines.get("cost.degrade_model"), "cost.degrade_model",
+                          "degrades from a share of the budget, and there is none", "set cost.daily_budget_usd")
 
 
 def core_settings(cfg: KioskConfig, *, endpoint: str, tools: tuple[ToolSpec, ...] = ()) -> Settings:
@@ -779,6 +798,11 @@ def core_settings(cfg: KioskConfig, *, endpoint: str, tools: tuple[ToolSpec, ...
     model = realtime_model(cfg)
     fallback = (ModelArm("chat", cfg.fallback.model, prices_for(cfg.fallback.model, price_table(cfg)))
                 if has_fallback(cfg) else None)
+    c = cfg.cost
+    degrade = ModelArm("realtime", c.degrade_model, prices_for(c.degrade_model, price_table(cfg))) \
+        if c.degrade_model else None
+    ab_arm = fallback if cfg.ab.arm == "fallback" else \
+        ModelArm("realtime", cfg.ab.arm, prices_for(cfg.ab.arm, price_table(cfg)))
     instructions = guide.instructions(e.instructions or r.instructions, name=e.name, language=e.language,
                                       tools=tools)
     return Settings(
@@ -795,8 +819,8 @@ def core_settings(cfg: KioskConfig, *, endpoint: str, tools: tuple[ToolSpec, ...
             hold_cap_s=t.hold_cap_s, reply_wait_s=t.reply_wait_s, reply_cap_s=t.reply_cap_s, rearm_ms=t.rearm_ms,
             earcons=cfg.audio.earcons, thinking_cue_s=t.thinking_cue_s, usage_wait_s=t.usage_wait_s,
             new_visitor_after_s=cfg.conversation.new_visitor_after_s, model=model, prices=prices_for(model, price_table(cfg)),
-            daily_budget_usd=cfg.cost.daily_budget_usd, fallback=fallback,
-            ab_split=cfg.ab.split if fallback is not None else 0.0, ab_arm=fallback if cfg.ab.split > 0 else None,
+            daily_budget_usd=c.daily_budget_usd, fallback=fallback, degrade=degrade, degrade_at=c.degrade_at,
+            ab_split=cfg.ab.split if ab_arm is not None else 0.0, ab_arm=ab_arm if cfg.ab.split > 0 else None,
         ),
     )
 

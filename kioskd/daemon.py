@@ -183,9 +183,10 @@ class Daemon:
         if self.executor is not None:
             self.executor.post(inp)
 
-    def _open_link(self, post: Callable[[ev.Input], None]) -> RealtimeLink:
+    def _open_link(self, post: Callable[[ev.Input], None], model: str) -> RealtimeLink:
         r = self.cfg.realtime
-        return RealtimeLink(LinkOptions(self._url, auth=r.auth, api_key=self._api_key,
+        url = realtime_ws.with_model(self._url, model) if model else self._url
+        return RealtimeLink(LinkOptions(url, auth=r.auth, api_key=self._api_key,
                                         connect_timeout_s=r.connect_timeout_s, keepalive_s=r.keepalive_s), post)
 
     def _chat_options(self) -> ChatOptions:
@@ -194,7 +195,8 @@ class Daemon:
         f, link = self.cfg.fallback, self.checked.settings(realtime_ws.endpoint_of(self._url)).link
         request = ChatRequest(f.model, link.voice, link.instructions, link.tools, link.max_output_tokens)
         return ChatOptions(f.url or self._chat_sim_url, request, auth=f.auth or self.cfg.realtime.auth,
-                           api_key=self.checked.fallback_key, connect_timeout_s=f.connect_timeout_s)
+                           api_key=self.checked.fallback_key, connect_timeout_s=f.connect_timeout_s,
+                           read_timeout_s=f.read_timeout_s)
 
     def _on_drained(self, dropped_ms: int) -> None:
         assert self.audio is not None
@@ -231,8 +233,9 @@ class Daemon:
 
     def _apply(self, checked: checks.Checked) -> None:
         new, api_key = checked.cfg, checked.api_key
-        if api_key:
-            log_mod.add_secret(api_key)
+        for key in (api_key, checked.fallback_key):
+            if key:
+                log_mod.add_secret(key)
         self._api_key = api_key
         self.checked = checked
         restart = [s for s in RESTART_SECTIONS if getattr(new, s) != getattr(self.cfg, s)]
@@ -298,6 +301,7 @@ class Daemon:
                     "button": self.cfg.button.kind}
         out: dict[str, Any] = self.executor.kiosk.status() if self.executor is not None else {"phase": "starting"}
         out.update(self.status_sink.status())
+        out["arms"] = self.status_sink.stats()["arms"]  # release → first sound and cost per turn, by arm
         if self.models is not None:
             out["model"] = self.models.state
         out["cost"] = {**self.spend.status(), "budget_usd": self.cfg.cost.daily_budget_usd,

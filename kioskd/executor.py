@@ -46,7 +46,7 @@ class Executor:
     cancelled); ``close()`` ends the session and the timers."""
 
     def __init__(self, kiosk: Kiosk, *, audio: Speaker, set_led: Callable[[ev.Led], None],
-                 open_link: Callable[[Callable[[ev.Input], None]], Link], sinks: Sequence[Sink],
+                 open_link: Callable[[Callable[[ev.Input], None], str], Link], sinks: Sequence[Sink],
                  publish: Callable[[ev.Publish], None] = lambda p: None,
                  reopen_speaker: Callable[[float], Awaitable[None]] | None = None,
                  tools: ToolRuns | None = None, prompts: dict[ev.Earcon, Pcm] | None = None,
@@ -64,6 +64,7 @@ class Executor:
         self._queue: asyncio.Queue[ev.Input] = asyncio.Queue()
         self._timers: dict[ev.Timer, asyncio.TimerHandle] = {}
         self._link: Link | None = None
+        self._open_chat = open_chat
         self._chat: Link | None = open_chat(self.post) if open_chat is not None else None  # the fallback backend
         self._route: ev.Backend = "realtime"  # where the visitor's intentions go
         self._exit: int | None = None
@@ -151,9 +152,9 @@ class Executor:
                 handle = self._timers.pop(timer, None)
                 if handle is not None:
                     handle.cancel()
-            case ev.Connect():
+            case ev.Connect(model):
                 await self._close_link()
-                self._link = self._open_link(self.post)
+                self._link = self._open_link(self.post, model)
                 self._link.start()
             case ev.Close():
                 await self._close_link()
@@ -173,6 +174,11 @@ class Executor:
                     await self._tools.cancel(call_id)
             case ev.Route(backend):
                 self._route = backend
+            case ev.ResetFallback():
+                if self._chat is not None and self._open_chat is not None:
+                    await self._chat.close()
+                    self._chat = self._open_chat(self.post)
+                    self._chat.start()
             case ev.ConfigureSession():  # the link machine's: always the Realtime session
                 if self._link is not None:
                     self._link.send(action)

@@ -534,3 +534,53 @@ def test_prices_in_the_config_replace_or_add_models() -> None:
 def test_bad_prices_name_their_line_and_key(text: str, line: int, key: str, fragment: str) -> None:
     err = error_of(text)
     assert (err.line, err.key) == (line, key) and fragment in str(err), str(err)
+
+
+RT = "realtime:\n  url: wss://api.openai.com/v1/realtime?model=gpt-realtime\n"
+
+
+@pytest.mark.parametrize(("text", "line", "key", "fragment"), [
+    (RT + "fallback:\n  url: https://api.openai.com/v1\n  model: gpt-audio-9\n", 5, "fallback.model",
+     "no price for the model 'gpt-audio-9'"),
+    (RT + "ab:\n  split: 0.5\n", 4, "ab.split", "the A/B arm 'fallback' has no endpoint"),
+    (RT + "ab:\n  split: 0.5\n  arm: gpt-realtime-9\n", 5, "ab.arm", "no price for the model 'gpt-realtime-9'"),
+    (RT + "cost:\n  degrade_model: gpt-realtime-mini\n", 4, "cost.degrade_model", "there is none"),
+    (RT + "cost:\n  daily_budget_usd: 5\n  degrade_model: cheap-9\n", 5, "cost.degrade_model", "no price"),
+])
+def test_arms_with_nothing_behind_them_are_config_errors(text: str, line: int, key: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.check_prices(cfg_of(text))
+    assert (info.value.line, info.value.key) == (line, key) and fragment in str(info.value)
+
+
+@pytest.mark.parametrize(("text", "key", "fragment"), [
+    ("fallback:\n  url: wss://api.openai.com/v1\n", "fallback.url", "must be a http:// or https:// URL"),
+    ("fallback:\n  url: https://api.openai.com/v1?api-key=sk-x\n", "fallback.url", "fallback.api_key_file"),
+    ("ab:\n  split: 1.5\n", "ab.split", "between 0 and 1"),
+    ("cost:\n  degrade_at: 0\n", "cost.degrade_at", "greater than 0"),
+])
+def test_fallback_ab_and_degrade_values_are_checked(text: str, key: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.parse(text, "k.yaml")
+    assert info.value.key == key and fragment in str(info.value)
+
+
+def test_the_arms_reach_the_core() -> None:
+    cfg = cfg_of(RT + "fallback:\n  url: https://api.openai.com/v1\n"
+                 "ab:\n  split: 0.25\n  arm: gpt-realtime-mini\n"
+                 "cost:\n  daily_budget_usd: 10\n  degrade_model: gpt-realtime-mini\n  degrade_at: 0.5\n")
+    config.check_prices(cfg)
+    turn = config.core_settings(cfg, endpoint="").turn
+    assert turn.fallback is not None and (turn.fallback.backend, turn.fallback.model) == ("chat", "gpt-audio-1.5")
+    assert turn.ab_split == 0.25 and turn.ab_arm is not None and turn.ab_arm.model == "gpt-realtime-mini"
+    assert turn.degrade is not None and turn.degrade.prices is not None and turn.degrade.prices.audio_out == 20
+    assert turn.degrade_at == 0.5
+    assert config.has_fallback(cfg_of("")) and not config.has_fallback(cfg_of(RT))  # the embedded default has one
+
+
+def test_a_plaintext_fallback_url_with_a_key_is_refused(tmp_path: Path) -> None:
+    cfg = cfg_of(RT + "fallback:\n  url: http://10.0.0.5/v1\n")
+    with pytest.raises(ConfigError) as info:
+        config.check_credentials(cfg, "http://10.0.0.5/v1", "sk-test-key-1234567890", "fallback.url")
+    assert info.value.key == "fallback.url" and "unencrypted" in str(info.value)
+    assert config.check_credentials(cfg, "http://127.0.0.1:8080/v1", "sk-test-key-1234567890", "fallback.url") == []

@@ -88,7 +88,7 @@ async def rig(kiosk: Kiosk | None = None, set_led: Callable[[ev.Led], None] | No
     await audio.start()
     leds: list[ev.Led] = []
     executor = Executor(kiosk or Kiosk(SETTINGS, rand=random.random), audio=audio, set_led=set_led or leds.append,
-                        open_link=lambda post: RealtimeLink(LinkOptions(sim.url), post), sinks=[sink])
+                        open_link=lambda post, model: RealtimeLink(LinkOptions(sim.url), post), sinks=[sink])
     holder.append(executor)
     task = asyncio.create_task(executor.run())
     r = Rig(sim, executor, sink, task, log, leds)

@@ -113,3 +113,30 @@ def test_a_barge_in_closes_the_fallback_stream_and_the_turn_is_billed_from_an_es
         wait_for(lambda: fallback.call(lambda: bool(fallback.sim.streams) and fallback.sim.streams[0].cancelled),
                  "the stream to be closed", 10 * UNIT_S)
         assert fallback.call(lambda: fallback.sim.streams[0].audio_ms) < 20_000
+
+
+def test_degrade_switches_the_next_visitor_to_the_cheaper_model(tmp_path: Path) -> None:
+    """Past cost.degrade_at of the budget, the Realtime session is renewed with cost.degrade_model once the visitor
+    has left (its URL's model=), and the next visitor's turn is priced on it."""
+    realtime = SimThread(REALTIME)
+    kiosk = KioskdProcess(tmp_path, f"realtime:\n  url: {realtime.sim.url}\n"
+                                    "cost:\n  daily_budget_usd: 0.01\n  degrade_model: gpt-realtime-mini\n"
+                                    "  degrade_at: 0.1\nconversation:\n  new_visitor_after_s: 1\n"
+                                    f"{NULL_SINK_AUDIO}log:\n  format: json\n")
+    question = write_wav(tmp_path / "q.wav", tone(300, 600, 48000, 0.4), 48000)
+    try:
+        kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
+        first = turn(kiosk, question)
+        assert first["model"] == "gpt-realtime" and first["cost_usd"] > 0.001  # past 10 % of $0.01
+        wait_for(lambda: bool(kiosk.events("cost.degraded")), "the degrade", 10 * UNIT_S)
+        wait_for(lambda: bool(kiosk.events("ws.model_switch")), "the visitor to leave", 10 * UNIT_S)
+        wait_for(lambda: len(kiosk.events("ws.ready")) >= 2, "the renewed session", 10 * UNIT_S)
+        second = turn(kiosk, question)
+        assert second["model"] == "gpt-realtime-mini" and second["cost_usd"] < first["cost_usd"]
+        models = realtime.call(lambda: [e["session"]["model"] for e in realtime.sim.server_events
+                                        if e.get("type") == "session.created"])
+        assert models == ["gpt-realtime", "gpt-realtime-mini"]
+        assert kiosk.ctl("status")["session_model"] == "gpt-realtime-mini"
+    finally:
+        kiosk.stop()
+        realtime.close()

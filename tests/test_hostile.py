@@ -58,7 +58,7 @@ async def rig(attack: Attack) -> AsyncIterator[Rig]:
     await audio.start()
     status = StatusSink()
     executor = Executor(Kiosk(Settings(turn=TurnSettings(earcons=False)), rand=random.random), audio=audio,
-                        set_led=lambda led: None, open_link=lambda post: RealtimeLink(LinkOptions(server.url), post),
+                        set_led=lambda led: None, open_link=lambda post, model: RealtimeLink(LinkOptions(server.url), post),
                         sinks=[LogSink(log_mod.get_logger("kioskd")), status])
     holder.append(executor)
     task = asyncio.create_task(executor.run())

@@ -20,7 +20,7 @@ import contextlib
 import itertools
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -32,6 +32,11 @@ from kioskd.core.chat import BadChunk, ChatConversation, ChatReply, ChatRequest,
 
 #: what is read of an error response's body (for the reason its turn gives)
 ERROR_BODY_MAX_BYTES: Final = 16 * 1024
+#: statuses that say the fallback cannot work as configured (a bad key, no access, no such model or deployment):
+#: it is down until a reload, and presses hear the offline prompt instead of an apology each
+FATAL_STATUSES: Final = frozenset({401, 403, 404})
+#: the bytes are read as they came (no Content-Encoding): a compressed body could inflate past every bound
+HEADERS: Final = {"Accept-Encoding": "identity"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,9 +47,10 @@ class ChatOptions:
     url: str
     request: ChatRequest
     auth: realtime_ws.Auth = "auto"
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
     connect_timeout_s: float = 5.0
-    read_timeout_s: float = 30.0  # between two reads of the stream (the turn's reply wait acts long before)
+    read_timeout_s: float = 5.0
+    """The longest wait for the next bytes of a reply (a stalled stream ends as failed, with the apology)."""
 
 
 def completions_url(base: str) -> str:
@@ -60,6 +66,7 @@ class ChatLink:
         self._post = post
         self._conversation = ChatConversation()
         self._replies: dict[str, asyncio.Task[None]] = {}
+        self._closed = False
         self._ids = itertools.count(1)
         self._client: httpx.AsyncClient | None = None
 
@@ -91,6 +98,7 @@ class ChatLink:
                 pass
 
     async def close(self) -> None:
+        self._closed = True
         for task in list(self._replies.values()):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -106,25 +114,40 @@ class ChatLink:
         options = self._options()
         reply, body = self._conversation.reply(options.request, f"chat_resp_{n}", f"chat_item_{n}", tools=tools)
         self._post(ev.ResponseCreated(reply.response_id, backend="chat"))
+        if self._closed or self._client is None:
+            self._post_all(reply.cut("failed", "the fallback link is closed", billed=False))
+            return
         task = asyncio.create_task(self._stream(options, reply, body), name="chat-reply")
         self._replies[reply.response_id] = task
-        task.add_done_callback(lambda _: self._replies.pop(reply.response_id, None))
+
+        def ended(_: asyncio.Task[None]) -> None:  # a task cancelled before it first ran never entered _stream
+            self._replies.pop(reply.response_id, None)
+            self._post_all(reply.cut("cancelled", billed=False))
+
+        task.add_done_callback(ended)
 
     async def _stream(self, options: ChatOptions, reply: ChatReply, body: dict[str, object]) -> None:
         """POST, then read the stream to its end; every way out posts the reply's one ResponseDone."""
         assert self._client is not None
-        headers = realtime_ws.auth_headers(options.url, options.auth, options.api_key)
+        headers = {**HEADERS, **realtime_ws.auth_headers(options.url, options.auth, options.api_key)}
         timeout = httpx.Timeout(options.read_timeout_s, connect=options.connect_timeout_s)
         billed = False
         try:
             async with self._client.stream("POST", completions_url(options.url), json=body, headers=headers,
                                            timeout=timeout) as response:
                 if response.status_code != 200:
-                    self._post_all(reply.cut("failed", await _error_reason(response), billed=False))
+                    reason = await _error_reason(response)
+                    self._post_all(reply.cut("failed", reason, billed=False))
+                    if response.status_code in FATAL_STATUSES:
+                        self._post(ev.Availability("chat", False, "fault", reason))
+                    return
+                kind = response.headers.get("content-type", "")
+                if not kind.startswith("text/event-stream"):  # a proxy's or a portal's page: not the service
+                    self._post_all(reply.cut("failed", f"not an event stream: {kind[:60]!r}", billed=False))
                     return
                 billed = True
                 decoder = SseDecoder()
-                async for data in response.aiter_bytes():
+                async for data in response.aiter_raw():
                     for payload in decoder.feed(data):
                         if payload == "[DONE]":
                             self._post_all(reply.finish())
@@ -139,7 +162,9 @@ class ChatLink:
             raise
         except (BadChunk, ValueError, RecursionError) as exc:
             self._post_all(reply.cut("failed", f"bad stream: {str(exc)[:200]}"))
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.StreamError, httpx.InvalidURL) as exc:
+            self._post_all(reply.cut("failed", f"{type(exc).__name__}: {exc}"[:300], billed=billed))
+        except Exception as exc:  # noqa: BLE001 - whatever it was, the turn must hear its reply ended
             self._post_all(reply.cut("failed", f"{type(exc).__name__}: {exc}"[:300], billed=billed))
 
     def _post_all(self, inputs: list[ev.Input]) -> None:
@@ -150,7 +175,7 @@ class ChatLink:
 async def _error_reason(response: httpx.Response) -> str:
     """``HTTP 401 invalid_api_key: <the service's message>`` from an error response (its body read bounded)."""
     body = bytearray()
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.aiter_raw():
         body += chunk
         if len(body) > ERROR_BODY_MAX_BYTES:
             break

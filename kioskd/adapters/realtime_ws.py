@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Final, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
@@ -43,6 +43,13 @@ def endpoint_of(url: str) -> str:
     """The URL without its query string: what log lines and errors name."""
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def with_model(url: str, model: str) -> str:
+    """``url`` asking for ``model``: its ``model=`` (OpenAI's model, Azure's deployment) replaced or added."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "model"]
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode([*query, ("model", model)]), ""))
 
 
 def auth_headers(url: str, auth: Auth, api_key: str | None) -> dict[str, str]:

@@ -23,6 +23,7 @@ import base64
 import io
 import json
 import math
+import re
 import wave
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -32,8 +33,9 @@ from kioskd.core.pcm import API_RATE_HZ, BYTES_PER_SAMPLE, Batch, Pcm, b64_to_pc
 from kioskd.core.realtime import MAX_DELTA_MS
 from kioskd.core.settings import ToolSpec
 
-#: the longest SSE line (bytes) kioskd accepts: one audio chunk of MAX_DELTA_MS is ~128 KB of base64
+#: the longest SSE line, and event, (bytes) kioskd accepts: one audio chunk of MAX_DELTA_MS is ~128 KB of base64
 MAX_LINE_BYTES: Final = 512 * 1024
+_EOL: Final = re.compile(rb"\r\n|\r|\n")
 #: the longest question uploaded (ms of held audio; the hold cap is 30 s by default)
 MAX_QUESTION_MS: Final = 120_000
 #: an answer's transcript is kept up to this many characters (the conversation re-sends it every turn)
@@ -79,38 +81,38 @@ class ChatRequest:
 class SseDecoder:
     """The ``data:`` payloads of a text/event-stream, fed bytes as they arrive (WHATWG HTML §9.2.6: events end at
     a blank line, ``data`` lines join with newlines, one leading space is dropped, comments and other fields are
-    skipped). Raises ``BadChunk`` for a line longer than ``MAX_LINE_BYTES``."""
+    skipped). Each byte is scanned once. Raises ``BadChunk`` for a line or an event over ``MAX_LINE_BYTES``, or
+    more lines in one read than its bytes could hold as events (a flood of blank lines is cheap to send)."""
 
     def __init__(self) -> None:
         self._buf = b""
         self._data: list[str] = []
+        self._size = 0  # of the event being read
 
     def feed(self, chunk: bytes) -> list[str]:
-        self._buf += chunk
-        out: list[str] = []
-        while True:
-            cut = min((i for i in (self._buf.find(b"\n"), self._buf.find(b"\r")) if i >= 0), default=-1)
-            if cut < 0:
-                if len(self._buf) > MAX_LINE_BYTES:
-                    raise BadChunk(f"an event-stream line over {MAX_LINE_BYTES} bytes")
-                return out
-            line, rest = self._buf[:cut], self._buf[cut + 1:]
-            if self._buf[cut:cut + 2] == b"\r\n":
-                rest = rest[1:]
-            elif self._buf[cut:cut + 1] == b"\r" and not rest:
-                return out  # a lone CR at the end of what came: its LF may follow in the next read
-            self._buf = rest
-            if len(line) > MAX_LINE_BYTES:
-                raise BadChunk(f"an event-stream line over {MAX_LINE_BYTES} bytes")
-            text = line.decode("utf-8", "replace")
-            if not text:
-                if self._data:
-                    out.append("\n".join(self._data))
-                    self._data = []
-            elif not text.startswith(":"):
-                name, _, value = text.partition(":")
-                if name == "data":
-                    self._data.append(value[1:] if value.startswith(" ") else value)
+        buf, start, out = self._buf + chunk, 0, list[str]()
+        for m in _EOL.finditer(buf):
+            if m.group() == b"\r" and m.end() == len(buf):
+                break  # a CR at the end of what came: its LF may follow in the next read
+            self._line(buf[start:m.start()], out)
+            start = m.end()
+        self._buf = buf[start:]
+        if len(self._buf) > MAX_LINE_BYTES:
+            raise BadChunk(f"an event-stream line over {MAX_LINE_BYTES} bytes")
+        return out
+
+    def _line(self, line: bytes, out: list[str]) -> None:
+        if not line:
+            if self._data:
+                out.append("\n".join(self._data))
+            self._data, self._size = [], 0
+            return
+        if len(line) > MAX_LINE_BYTES or self._size + len(line) > MAX_LINE_BYTES:
+            raise BadChunk(f"an event-stream event over {MAX_LINE_BYTES} bytes")
+        if line.startswith(b"data:"):
+            value = line[5:].decode("utf-8", "replace")
+            self._data.append(value[1:] if value.startswith(" ") else value)
+            self._size += len(line)
 
 
 @dataclass
@@ -145,12 +147,18 @@ class ChatReply:
             self.usage = usage
         choices = chunk.get("choices")
         if not isinstance(choices, list):
+            error = chunk.get("error")
+            if isinstance(error, dict):  # the service's error, inside the stream
+                raise BadChunk(f"the service's error {str(error.get('code') or error.get('type') or '')[:64]}: "
+                               f"{str(error.get('message') or '')[:200]}")
             raise BadChunk("a chunk without a choices list")
         out: list[ev.Input] = []
         for choice in choices[:1]:
-            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if not isinstance(choice, dict):
+                raise BadChunk("a choice that is not an object")
+            delta = choice.get("delta") or {}  # Azure's content-filter chunks carry none
             if not isinstance(delta, dict):
-                raise BadChunk("a choice without a delta object")
+                raise BadChunk("a choice whose delta is not an object")
             if isinstance(choice.get("finish_reason"), str):
                 self.finish_reason = choice["finish_reason"]
             out += self._audio(delta.get("audio"))
@@ -255,6 +263,7 @@ class ChatConversation:
 
     def __init__(self) -> None:
         self._answers: dict[str, _Answer] = {}
+        self._cuts: dict[str, int] = {}  # truncates that came before their answer was kept (its stream was ending)
         self._question = Batch()
         self._wav: str | None = None  # the committed question, base64 WAV
         self._question_ms = 0
@@ -265,6 +274,7 @@ class ChatConversation:
     def start_question(self) -> None:
         self._question.take()
         self._wav, self._question_ms, self._exchange = None, 0, []
+        self._cuts.clear()
 
     def append(self, pcm: Pcm) -> None:
         if samples_to_ms(self._question.samples + pcm.size) <= MAX_QUESTION_MS:
@@ -282,7 +292,10 @@ class ChatConversation:
     def truncate(self, item_id: str, audio_end_ms: int) -> None:
         """The visitor heard ``audio_end_ms`` of the answer: keep that share of its transcript (at a word)."""
         answer = self._answers.get(item_id)
-        if answer is None or answer.heard_of_ms <= 0 or audio_end_ms >= answer.heard_of_ms:
+        if answer is None:
+            self._cuts[item_id] = audio_end_ms  # its reply is still ending: applied when it is kept
+            return
+        if answer.heard_of_ms <= 0 or audio_end_ms >= answer.heard_of_ms:
             return
         keep = len(answer.transcript) * max(audio_end_ms, 0) // answer.heard_of_ms
         cut = answer.transcript[:keep]
@@ -302,6 +315,8 @@ class ChatConversation:
         self._answers[item_id] = _Answer(transcript, audio_ms)
         while len(self._answers) > MAX_ANSWERS:
             del self._answers[next(iter(self._answers))]
+        if item_id in self._cuts:
+            self.truncate(item_id, self._cuts.pop(item_id))
         return ev.ItemAdded(item_id)
 
     def calls_made(self, transcript: str, calls: list[tuple[str, str, str]]) -> None:

@@ -141,6 +141,7 @@ class Availability:
     up: bool
     reason: str = ""  # the link's phase: offline, fault, connecting
     cause: str = ""  # what took it down, for the turn it cost
+    model: str = ""  # the model the backend's session runs (up only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,7 +385,9 @@ INTENTS: Final = (ConfigureSession, StartQuestion, AppendAudio, Commit, RequestR
 
 @dataclass(frozen=True, slots=True)
 class Connect:
-    """Open a new session (the link adapter replaces any open one)."""
+    """Open a new session (the link adapter replaces any open one) running ``model`` ("": the URL's own)."""
+
+    model: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,6 +478,12 @@ class Route:
 
 
 @dataclass(frozen=True, slots=True)
+class ResetFallback:
+    """Drop whatever the fallback backend holds: replies in flight and the visitor's conversation (fresh machines
+    after a kioskd bug know none of it)."""
+
+
+@dataclass(frozen=True, slots=True)
 class RunTool:
     """Run the tool ``name`` with the model's ``arguments`` (JSON text); its answer comes back as ``ToolResult``."""
 
@@ -502,5 +511,5 @@ class Note:
 
 Action = (
     Intent | Connect | Close | Play | EndOfReply | Interrupt | PlayEarcon | SetLed | SetMic | ReopenSpeaker
-    | Publish | Exit | Arm | Disarm | Note | RunTool | CancelTool | Route
+    | Publish | Exit | Arm | Disarm | Note | RunTool | CancelTool | Route | ResetFallback
 )

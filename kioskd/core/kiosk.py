@@ -8,7 +8,8 @@ under way when the link drops ends there), and the turn coming back to idle is a
 (which renews a session only between visitors, once the session owes no usage). The public phase, what the LED, the microphone gate, ``kioskctl
 status`` and systemd see, is the turn's phase during a turn and the link's otherwise:
 
-    turn idle + link ready → IDLE;  turn idle + link connecting / offline / fault → that;  else the turn's phase
+    turn idle + link ready (or the fallback answering while it connects) → IDLE;  turn idle + link connecting /
+    offline / fault → that;  else the turn's phase
 
 Only this module turns a public phase into an LED pattern, a microphone gate and systemd's READY. Every action
 list the core returns leaves through ``_bounded``: the notes a server can cause are rate-limited and every
@@ -54,6 +55,7 @@ TURN_INPUTS: Final = (
     ev.Pressed, ev.Released, ev.MicBlock, ev.Played, ev.PlaybackDrained, ev.PlaybackStarted, ev.InputCommitted,
     ev.ResponseCreated, ev.AudioDelta, ev.AudioDone, ev.TranscriptDone, ev.ResponseDone, ev.ItemTruncated,
     ev.ServerEvent, ev.Reloaded, ev.SpeakerReopenDue, ev.ToolCall, ev.ToolResult, ev.ItemAdded, ev.Spent,
+    ev.Availability,  # the fallback's own (the Realtime one is the coupling's, from the link's phase)
 )
 #: kioskd bugs tolerated in-process within BUG_WINDOW_S; one more and the process exits for systemd to restart
 BUG_LIMIT: Final = 3
@@ -64,12 +66,14 @@ class Kiosk:
     """Both machines. ``begin(now)`` starts, ``handle(input, now)`` advances, ``recover(now)`` replaces the
     machines after a kioskd bug."""
 
-    def __init__(self, settings: Settings, *, rand: Callable[[], float]) -> None:
+    def __init__(self, settings: Settings, *, rand: Callable[[], float],
+                 draw: Callable[[], float] | None = None) -> None:
         self.settings = settings
-        self._rand = rand
+        self._rand = rand  # the link's backoff jitter
+        self._draw = draw or rand  # each new visitor's A/B draw
         self.link = LinkMachine(settings.link, rand=rand)
-        self.turn = TurnMachine(settings.turn, rand=rand)
-        self._told: tuple[bool, str] = (False, "connecting")  # what the turn last heard (its initial belief)
+        self.turn = TurnMachine(settings.turn, rand=self._draw)
+        self._told: tuple[bool, str, str] = (False, "connecting", "")  # what the turn last heard (its belief)
         self._published: Phase | None = None
         self._stuck_shown = False
         self._serving = False
@@ -82,11 +86,14 @@ class Kiosk:
             return Phase(self.turn.phase.value)
         if self.turn.closed:
             return Phase.CLOSED
-        if self.link.phase is LinkPhase.READY or self.turn.serving:  # the fallback answers while the link is down
+        if self.link.phase is LinkPhase.READY:
             return Phase.IDLE
-        return Phase(self.link.phase.value)
+        if self.link.phase is not LinkPhase.FAULT and self.turn.serving:  # the fallback answers meanwhile
+            return Phase.IDLE
+        return Phase(self.link.phase.value)  # a fault shows (the error LED) even while the fallback answers
 
     def begin(self, now: float) -> list[ev.Action]:
+        self.link.model = self.turn.wanted_model
         return self._bounded([*self.link.begin(now), *self._sync(now, busy_was=False)], now)
 
     def handle(self, inp: ev.Input, now: float) -> list[ev.Action]:
@@ -125,14 +132,18 @@ class Kiosk:
             return self._bounded([*out, ev.Interrupt(), ev.Note("daemon.bug_limit", "error", {"cause": reason}),
                                   ev.Exit(1, reason)], now)
         self.link = LinkMachine(self.settings.link, rand=self._rand, carry=self.link)
-        self.turn = TurnMachine(self.settings.turn, rand=self._rand)
-        self._told = (False, "connecting")
+        self.turn = TurnMachine(self.settings.turn, rand=self._draw)
+        self._told = (False, "connecting", "")
         apology = [ev.PlayEarcon(ev.Earcon.APOLOGY)] if self.settings.turn.earcons else []
-        return [*self._bounded([*out, ev.Interrupt(), *apology, ev.Close()], now), *self.begin(now)]
+        # the fresh turn machine routes to the Realtime link and knows nothing the fallback holds: it is reset too
+        restart: list[ev.Action] = [ev.Interrupt(), *apology, ev.Close(), ev.Route("realtime"), ev.ResetFallback()]
+        return [*self._bounded([*out, *restart], now), *self.begin(now)]
 
     def status(self) -> dict[str, Any]:
         """A snapshot for ``kioskctl status`` (plain data)."""
         return {"phase": self.phase.value, "link": self.link.phase.value, "turn": self.turn.phase.value,
+                "session_model": self.link.session_model if self.link.phase is LinkPhase.READY else None,
+                **self.turn.arms_status,
                 "button_stuck": self.turn.stuck_since_s is not None, "last_turn": self.turn.last_turn}
 
     # ------------------------------------------------------------------------------------------ coupling
@@ -153,20 +164,25 @@ class Kiosk:
         if busy_was and not self.turn.busy:
             out += self._link(ev.TurnEnded(answered=self.turn.last_outcome == "answered"), now)
             out += self._tell(now)  # the turn's end may have renewed the session
+        self.link.turn_busy = self.turn.busy
+        wanted = self.link.want(self.turn.wanted_model, now)  # another model for the next visitor: renew between
+        if wanted:
+            out += wanted + self._tell(now)
         return out + self._publish()
 
     def _tell(self, now: float) -> list[ev.Action]:
         """An ``Availability`` for the turn whenever the link came up, went down, or is down for another reason
         (offline → connecting → fault): a refused press names the link's phase as it is now."""
         avail = self._availability()
-        if (avail.up, avail.reason) == self._told:
+        if (avail.up, avail.reason, avail.model) == self._told:
             return []
-        self._told = (avail.up, avail.reason)
+        self._told = (avail.up, avail.reason, avail.model)
         return self.turn.handle(avail, now)
 
     def _availability(self) -> ev.Availability:
         up = self.link.phase is LinkPhase.READY
-        return ev.Availability("realtime", up, "" if up else self.link.phase.value, self.link.last_error)
+        return ev.Availability("realtime", up, "" if up else self.link.phase.value, self.link.last_error,
+                               self.link.session_model if up else "")
 
     def _publish(self) -> list[ev.Action]:
         phase, stuck = self._published, self.turn.stuck_since_s is not None
@@ -195,7 +211,8 @@ def diagram() -> str:
     from kioskd.core.table import render
 
     derived = ("public phase = the turn's phase during a turn; between turns: closed if the day's budget is "
-               "spent, else idle if the link is ready, else the link's (connecting, offline, fault)")
+               "spent, else idle if the link is ready (or only offline or connecting while the fallback can "
+               "answer), else the link's (connecting, offline, fault)")
     return "\n\n".join([
         render("link (core/link.py)", LinkMachine.TABLE, LinkPhase),
         render("turn (core/turn.py)", TurnMachine.TABLE, TurnPhase),

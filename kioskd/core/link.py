@@ -77,6 +77,9 @@ class LinkMachine(Machine[LinkPhase]):
         self._bad_seen: dict[tuple[str, str], int] = {}
         self.last_error = ""  # why the last session ended, for the turn it cost
         self.turn_busy = False  # set by the coupling: a visitor is mid-turn, so no renewal now
+        self.model = ""  # the model sessions open with ("": the URL's own); the coupling sets it (``want``)
+        self.session_model = ""  # the model of the session that is (or was last) READY
+        self._opening_model = ""
 
     def begin(self, now: float) -> list[ev.Action]:
         return self._connect(now)
@@ -107,7 +110,21 @@ class LinkMachine(Machine[LinkPhase]):
 
     def _connect(self, now: float) -> list[ev.Action]:
         self.phase = LinkPhase.CONNECTING
-        return [ev.Connect(), self.arm(ev.Timer.CONNECT, now + self.settings.connect_timeout_s)]
+        self._opening_model = self.model
+        return [ev.Connect(self.model), self.arm(ev.Timer.CONNECT, now + self.settings.connect_timeout_s)]
+
+    def want(self, model: str, now: float) -> list[ev.Action]:
+        """The next visitor needs ``model`` (the coupling asks after every input): a session running another is
+        renewed, between visitors; one opening or down opens with it next."""
+        if model == self.model:
+            return []
+        out: list[ev.Action] = [ev.Note("ws.model_switch", "info", {"from": self.model, "to": model})]
+        self.model = model
+        if self.phase in (LinkPhase.READY, LinkPhase.CONNECTING):
+            self._renew_due = True
+        if self.phase is LinkPhase.READY and not self.turn_busy:
+            out += self._renew(now)
+        return out
 
     def _renew(self, now: float) -> list[ev.Action]:
         self._renew_due = False
@@ -164,6 +181,7 @@ class LinkMachine(Machine[LinkPhase]):
         self._online_since_s = now
         self._served = False
         self.phase = LinkPhase.READY
+        self.session_model = self._opening_model
         if self._lifetime_s is not None:
             lifetime_s = self._lifetime_s
             at_s = now + max(lifetime_s / 2, lifetime_s - self.settings.recycle_margin_s)

@@ -109,6 +109,11 @@ class TurnSettings:
     """The share of new visitors routed to ``ab_arm`` (0: none): whole visitors, never single turns."""
     ab_arm: ModelArm | None = None
     """The A/B test's second arm (the first is the Realtime ``model``); None: no test."""
+    degrade: ModelArm | None = None
+    """The Realtime arm new visitors get instead of ``model`` once today's spending reaches ``degrade_at`` of the
+    budget; None: never."""
+    degrade_at: float = 0.8
+    """The share of ``daily_budget_usd`` from which new visitors get ``degrade``."""
 
     @property
     def main(self) -> ModelArm:

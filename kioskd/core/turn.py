@@ -23,13 +23,14 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from kioskd.core import events as ev
+from kioskd.core.arms import Arms
 from kioskd.core.calls import Calls
 from kioskd.core.conversation import Conversation
 from kioskd.core.ledger import Ledger
 from kioskd.core.pcm import Batch, Ring, ms_to_samples, samples_to_ms
 from kioskd.core.rate import Burst
 from kioskd.core.reply import Reply
-from kioskd.core.settings import ModelArm, TurnSettings
+from kioskd.core.settings import TurnSettings
 from kioskd.core.table import ANY, Key, Row, row
 from kioskd.core.turn_guide import GuideRows
 from kioskd.core.turnphase import IN_TURN, TurnPhase
@@ -62,10 +63,7 @@ class TurnMachine(GuideRows):
     def __init__(self, settings: TurnSettings, *, rand: Callable[[], float] = lambda: 1.0) -> None:
         super().__init__(TurnPhase.IDLE)
         self.settings = settings
-        self._rand = rand  # draws a new visitor's A/B arm (the default never picks the second arm)
-        self._arm: ModelArm | None = None  # the present visitor's arm (None: the next press is a new visitor)
-        self._route_why = "main"  # why the visitor has that arm (turn.done's route)
-        self._routed: ev.Backend = "realtime"  # where the visitor's intentions go (the executor starts there)
+        self._arms = Arms(settings, rand)  # who answers which visitor (rand: the A/B draw)
         self._down: dict[ev.Backend, str] = {"realtime": "connecting"}  # backends that cannot answer, and why
         self._preroll = Ring(ms_to_samples(settings.preroll_ms))
         self._pending = Batch()  # the question's audio not yet sent
@@ -82,7 +80,6 @@ class TurnMachine(GuideRows):
         self._presses = Burst(PRESS_BURST, PRESS_WINDOW_S)
         self._calls = Calls()  # the current turn's tool calls
         self._conversation = Conversation()  # the session's items: deleted when a new visitor comes
-        self._spent_usd = 0.0  # today's spending, as the spend store last said
         self._answer_due = False  # a tool's follow-up was asked for and has said nothing yet
         self.stuck_since_s: float | None = None  # held past the hold cap and not released since (a jammed button)
 
@@ -138,10 +135,10 @@ class TurnMachine(GuideRows):
         return [] if pcm is None else [ev.AppendAudio(pcm)]
 
     def _start_listening(self, now: float, *, preroll: bool) -> list[ev.Action]:
-        assert self._arm is not None
+        assert self._arms.current is not None
         self._turns += 1
         self._turn = TurnRecord(self._turns, pressed_at_s=now, underruns_at_start=self._underruns_total,
-                                arm=self._arm, route=self._route_why)
+                                arm=self._arms.current, route=self._arms.why)
         self._calls, self._answer_due = Calls(), False
         out: list[ev.Action] = [*self.disarm(ev.Timer.NEW_VISITOR)]  # the same visitor goes on
         self._pending.take()
@@ -164,7 +161,7 @@ class TurnMachine(GuideRows):
         self._reply.ended = self._reply.drained = False
         self.phase = TurnPhase.IDLE
         out = self.disarm(ev.Timer.HOLD_CAP, ev.Timer.REPLY_WAIT, ev.Timer.REPLY_CAP, ev.Timer.THINKING_CUE)
-        if self._arm is not None:
+        if self._arms.current is not None:  # a visitor is being answered: their quiet starts
             out.append(self.arm(ev.Timer.NEW_VISITOR, now + self.settings.new_visitor_after_s))
         if self._reopen_s is not None:
             out.append(ev.ReopenSpeaker(self._reopen_s))
@@ -202,17 +199,20 @@ class TurnMachine(GuideRows):
         """A backend came up or went down. Only the present visitor's backend (or, between visitors, any) touches
         the conversation and the turn: a visitor answered by the fallback goes on there when the Realtime link
         comes back, and is not disturbed when it drops again."""
-        mine = self._arm is None or self._arm.backend == inp.backend
+        current = self._arms.current
+        mine = current is None or current.backend == inp.backend
         if inp.up:
             self._down.pop(inp.backend, None)
+            if inp.backend == "realtime":
+                self._arms.session_model = inp.model
             if mine:
                 self._conversation.clear()  # a new session: a new, empty conversation
             return []
         self._down[inp.backend] = inp.reason
         if not mine:
             return []
-        self._arm = None  # the visitor's backend is gone, with their conversation: the next press picks again
-        self._conversation.clear()  # nothing to delete later
+        self._arms.lost(inp.backend)  # the visitor's next press picks again (their A/B draw holds)
+        self._conversation.clear()  # gone with the session: nothing to delete later
         # the backend went away: whatever it still owed will never come
         self._ledger.lost()
         out = [*self._log.flush(), *self.disarm(ev.Timer.USAGE_WAIT, ev.Timer.NEW_VISITOR)]
@@ -228,6 +228,8 @@ class TurnMachine(GuideRows):
 
     def _on_reloaded(self, inp: ev.Reloaded, now: float) -> list[ev.Action]:
         self.settings = inp.settings.turn  # caps apply at once; the pre-roll ring keeps its size until restart
+        self._arms.reloaded(self.settings)
+        self._down.pop("chat", None)  # perhaps a new key or endpoint for the fallback: it is tried again
         return []
 
     def _on_reopen_due(self, inp: ev.SpeakerReopenDue, now: float) -> list[ev.Action]:
@@ -256,11 +258,12 @@ class TurnMachine(GuideRows):
         if self.closed:  # nothing is sent to the service: the day's budget is spent
             return [*out, ev.Note("turn.rejected", "info", {"reason": "budget"}),
                     *self._earcon(ev.Earcon.CLOSED, now)]
-        if not self.serving:  # a refused press is not a turn
-            reason = next(iter(self._down.values()))
+        route = self._arms.pick(self._down)
+        if route is None:  # a refused press is not a turn
+            reason = self._down.get("realtime") or next(iter(self._down.values()))
             return [*out, ev.Note("turn.rejected", "warning", {"reason": reason}),
                     *self._earcon(ev.Earcon.OFFLINE, now)]
-        return [*out, *self._visitor(), *self._start_listening(now, preroll=True)]
+        return [*out, *route, *self._start_listening(now, preroll=True)]
 
     def _on_press_held(self, inp: ev.Pressed, now: float) -> list[ev.Action]:
         return self.ignore(inp)
@@ -367,6 +370,8 @@ class TurnMachine(GuideRows):
         if inp.status == "completed" and self._calls.active:  # a preamble, then tools: their answer is next
             return [*out, *self.disarm(ev.Timer.REPLY_WAIT), *self._reply.end(), *self._follow_up(now)]
         self._answer_due = False  # an answer without audio (or none) ends the turn when the preamble has played
+        if inp.status == "failed" and self._turn is not None:  # cut mid-answer: what came plays, then the apology
+            self._turn.failure = "response failed" + (f": {inp.reason}" if inp.reason else "")
         if self._reply.drained:
             return [*out, *self._answered(now)]
         return [*out, *self._reply.end()]
@@ -400,8 +405,12 @@ class TurnMachine(GuideRows):
         return []
 
     def _answered(self, now: float) -> list[ev.Action]:
+        """The reply has played out: the visitor is answered (or, if it broke off, apologised to)."""
         assert self._turn is not None
         self._turn.underruns = self._underruns_total - self._turn.underruns_at_start
+        if self._turn.failure is not None:
+            return [*self.disarm(ev.Timer.REPLY_CAP), *self._earcon(ev.Earcon.APOLOGY, now),
+                    *self._end("failed", now, self._turn.failure), *self._go_idle(now)]
         return [*self.disarm(ev.Timer.REPLY_CAP), *self._end("answered", now), *self._go_idle(now)]
 
     def _on_done_overdue(self, inp: ev.Timeout, now: float) -> list[ev.Action]:

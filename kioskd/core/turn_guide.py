@@ -8,14 +8,13 @@ state, declared below for the type checker and set by ``TurnMachine.__init__``: 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from kioskd.core import events as ev
+from kioskd.core.arms import Arms
 from kioskd.core.calls import CANCELLED, Calls
 from kioskd.core.conversation import Conversation
 from kioskd.core.ledger import Ledger
 from kioskd.core.reply import Reply
-from kioskd.core.settings import ModelArm, TurnSettings
+from kioskd.core.settings import TurnSettings
 from kioskd.core.table import Machine
 from kioskd.core.turnlog import TurnRecord
 from kioskd.core.turnphase import TurnPhase
@@ -29,29 +28,33 @@ class GuideRows(Machine[TurnPhase]):
     _calls: Calls
     _answer_due: bool
     _conversation: Conversation
-    _spent_usd: float
     _down: dict[ev.Backend, str]  # backends that cannot answer, and why
-    _rand: Callable[[], float]
-    _arm: ModelArm | None
-    _routed: ev.Backend
-    _route_why: str
+    _arms: Arms
 
     @property
     def serving(self) -> bool:
         """Some arm can answer a press now."""
-        return any(self._up(arm) for arm in self._arms())
+        return any(arm.backend not in self._down for arm in self._arms.all())
 
     @property
     def _reachable(self) -> bool:
         """The present visitor's backend can still be spoken to (to answer a tool call, to truncate a reply)."""
-        return self._arm is not None and self._up(self._arm)
+        current = self._arms.current
+        return current is not None and current.backend not in self._down
 
-    def _up(self, arm: ModelArm | None) -> bool:
-        return arm is not None and arm.backend not in self._down
+    @property
+    def arms_status(self) -> dict[str, object]:
+        """For ``kioskctl status``: who answers the present visitor, and whether the fallback can answer."""
+        current, fallback = self._arms.current, self.settings.fallback
+        return {"visitor": None if current is None else {"backend": current.backend, "model": current.model,
+                                                         "route": self._arms.why},
+                "fallback": None if fallback is None else {"model": fallback.model, "up": "chat" not in self._down},
+                "degraded": self._arms.degraded}
 
-    def _arms(self) -> list[ModelArm]:
-        s = self.settings
-        return [arm for arm in (s.main, s.fallback, s.ab_arm) if arm is not None]
+    @property
+    def wanted_model(self) -> str:
+        """The model the Realtime session should run (the link renews it between visitors when it differs)."""
+        return self._arms.wanted_model
 
     # ------------------------------------------------------------------------------------------ tools
 
@@ -104,31 +107,10 @@ class GuideRows(Machine[TurnPhase]):
         self._conversation.added(inp.item_id)
         return []
 
-    def _visitor(self) -> list[ev.Action]:
-        """The press starts a turn (``serving`` holds): the visitor's arm. The present visitor keeps theirs while
-        its backend is up; a new one (or one whose backend went down) gets the A/B draw when both arms are up,
-        else the Realtime arm, else the fallback. The visitor's intentions are routed to its backend."""
-        if self._arm is None or not self._up(self._arm):
-            s = self.settings
-            drawn = s.ab_arm is not None and s.ab_split > 0 and self._up(s.ab_arm) and self._up(s.main)
-            if drawn:
-                assert s.ab_arm is not None
-                self._arm, self._route_why = (s.ab_arm if self._rand() < s.ab_split else s.main), "ab"
-            else:
-                self._arm = next(arm for arm in self._arms() if self._up(arm))
-                self._route_why = "main" if self._arm == s.main else "fallback"
-        if self._arm.backend == self._routed:
-            return []
-        self._routed = self._arm.backend
-        fields = {"backend": self._arm.backend, "model": self._arm.model, "why": self._route_why}
-        if self._route_why == "fallback":
-            fields["realtime"] = self._down.get("realtime", "")
-        return [ev.Route(self._arm.backend), ev.Note("turn.route", "info", fields)]
-
     def _on_new_visitor(self, inp: ev.Timeout, now: float) -> list[ev.Action]:
         """Quiet for ``new_visitor_after_s``: whoever presses next is someone else (and is given an arm afresh).
         The conversation is emptied now, while idle, so they pay no latency for it."""
-        self._arm = None
+        self._arms.draw()
         items = len(self._conversation)
         if not items:
             return []
@@ -142,14 +124,21 @@ class GuideRows(Machine[TurnPhase]):
     def closed(self) -> bool:
         """Today's budget is spent: presses get the "come back later" prompt and nothing is sent."""
         budget = self.settings.daily_budget_usd
-        return budget is not None and self._spent_usd >= budget
+        return budget is not None and self._arms.spent_usd >= budget
 
     def _on_spent(self, inp: ev.Spent, now: float) -> list[ev.Action]:
-        was, self._spent_usd = self.closed, inp.today_usd
-        if self.closed == was:
-            return []
+        was, degraded = self.closed, self._arms.degraded
+        self._arms.spent_usd = inp.today_usd
         fields = {"today_usd": round(inp.today_usd, 6), "budget_usd": self.settings.daily_budget_usd}
-        if self.closed:
-            return [ev.Note("cost.budget_spent", "warning", fields)]
-        return [ev.Note("cost.budget_reopened", "info", fields)]
+        out: list[ev.Action] = []
+        if self._arms.degraded != degraded:  # new visitors get the other model (a visitor on the old one keeps it)
+            if self._arms.degraded and self.settings.degrade is not None:
+                out.append(ev.Note("cost.degraded", "warning", {**fields, "degrade_at": self.settings.degrade_at,
+                                                                 "model": self.settings.degrade.model}))
+            else:
+                out.append(ev.Note("cost.undegraded", "info", {**fields, "model": self.settings.model}))
+        if self.closed != was:
+            out.append(ev.Note("cost.budget_spent", "warning", fields) if self.closed
+                       else ev.Note("cost.budget_reopened", "info", fields))
+        return out
 

@@ -47,6 +47,7 @@ class TurnRecord:
     tools: list[str] = field(default_factory=list)  # the tools the model called, in order
     arm: ModelArm = ModelArm("realtime", "", None)  # who answered (backend and model, priced in cost_usd)
     route: str = "main"  # why that arm: main, fallback (the Realtime link was down) or ab (the A/B draw)
+    failure: str | None = None  # the reply broke off mid-answer (a failed response): the turn fails when played
 
     def summary(self, bill: Bill) -> dict[str, Any]:
         def since_release(t: float | None) -> int | None:

@@ -7,7 +7,7 @@ intentions (``StartQuestion``, ``Commit``, ``RequestReply``…), and that is wha
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -24,9 +24,9 @@ SETTINGS = Settings(link=LINK, turn=TurnSettings(preroll_ms=200))
 class Driver:
     """A Kiosk on a fake clock: ``now`` only moves when a test moves it. Every action is also kept in ``log``."""
 
-    def __init__(self, settings: Settings = SETTINGS) -> None:
+    def __init__(self, settings: Settings = SETTINGS, draw: Callable[[], float] | None = None) -> None:
         self.settings = settings
-        self.k = Kiosk(settings, rand=lambda: 0.5)
+        self.k = Kiosk(settings, rand=lambda: 0.5, draw=draw)
         self.now = 100.0
         self.log: list[ev.Action] = []
         self._sample = 0
@@ -170,9 +170,10 @@ def appended(actions: Iterable[ev.Action]) -> list[Pcm]:
 # ------------------------------------------------------------------------------------------------ scenarios
 
 
-def online(settings: Settings = SETTINGS, expires_in_s: float | None = None) -> Driver:
+def online(settings: Settings = SETTINGS, expires_in_s: float | None = None,
+           draw: Callable[[], float] | None = None) -> Driver:
     """CONNECTING → IDLE: begin, session created, session updated with no turn detection."""
-    d = Driver(settings)
+    d = Driver(settings, draw)
     d.begin()
     d.feed(ev.SessionCreated("sess_1", 2e9 if expires_in_s else None, expires_in_s), after_s=0.1)
     d.feed(ev.SessionUpdated(turn_detection=None), after_s=0.1)

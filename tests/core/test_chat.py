@@ -184,3 +184,36 @@ def test_a_stream_that_ends_on_its_expiry_delta_without_a_finish_reason_is_compl
     reply, _ = c.reply(REQUEST, "r2", "i2")
     reply.feed(chunk({}, finish="length"))
     assert reply.finish()[-1] == ev.ResponseDone("r2", "incomplete", "length", reply.estimate())
+
+
+def test_a_truncate_that_comes_before_its_answer_is_kept_applies_when_it_is() -> None:
+    """A barge-in: the executor truncates at once, while the cancelled stream has yet to end its reply."""
+    c = ChatConversation()
+    question(c)
+    reply, _ = c.reply(REQUEST, "r1", "i1")
+    reply.feed(chunk({"audio": {"id": "a", "transcript": "The roof is iron and glass, built in 1889."}}))
+    reply.feed(chunk({"audio": {"id": "a", "data": pcm_to_b64(np.ones(ms_to_samples(1000), np.int16))}}))
+    c.truncate("i1", 250)
+    reply.cut("cancelled")
+    question(c)
+    _, body = c.reply(REQUEST, "r2", "i2")
+    assert body["messages"][1]["content"] == "The roof…"
+
+
+def test_chunks_without_a_delta_and_errors_inside_the_stream() -> None:
+    """Azure's content-filter chunks have choices without a delta (or a null one): nothing to play, no failure.
+    An error object inside the stream fails the reply with the service's words."""
+    reply, _ = ChatConversation().reply(REQUEST, "r1", "i1")
+    assert reply.feed({"choices": [{"index": 0, "content_filter_results": {}}]}) == []
+    assert reply.feed({"choices": [{"index": 0, "delta": None, "finish_reason": "stop"}]}) == []
+    assert reply.finish_reason == "stop"
+    with pytest.raises(BadChunk, match="server_error: overloaded"):
+        reply.feed({"error": {"code": "server_error", "message": "overloaded"}})
+
+
+def test_sse_bounds_an_event_of_many_lines_and_shrugs_off_blank_line_floods() -> None:
+    dec = SseDecoder()
+    assert dec.feed(b"\n" * 1_000_000) == []
+    with pytest.raises(BadChunk, match="event over"):
+        for _ in range(20):
+            dec.feed(b"data: " + b"x" * 100_000 + b"\n")

@@ -43,7 +43,7 @@ def chat_turn(d: Driver, n: int = 1, usage: dict[str, object] | None = None) -> 
     out += d.feed(ev.AudioDone(rid, item)) + d.feed(ev.ItemAdded(item))
     out += d.feed(ev.ResponseDone(rid, "completed", None, CC_USAGE if usage is None else usage))
     out += d.feed(ev.PlaybackDrained(0), after_s=0.4)
-    assert d.phase == "idle"
+    assert d.phase in ("idle", "fault")  # fault: the Realtime link's, shown while the fallback answers
     return out
 
 
@@ -117,12 +117,12 @@ def test_a_cancelled_fallback_reply_is_billed_from_its_estimate_and_says_so() ->
 
 
 def ab(split: float, draws: list[float]) -> Driver:
+    """A/B between Realtime and the fallback; each new visitor's draw is the next of ``draws`` (the first is
+    drawn at start)."""
     it: Iterator[float] = iter(draws)
     settings = Settings(link=SETTINGS.link, turn=dataclasses.replace(SETTINGS.turn, fallback=CHAT, ab_split=split,
                                                                       ab_arm=CHAT))
-    d = online(settings)
-    d.k.turn._rand = lambda: next(it)
-    return d
+    return online(settings, draw=lambda: next(it))
 
 
 def test_ab_draws_whole_visitors_never_single_turns() -> None:
@@ -136,8 +136,128 @@ def test_ab_draws_whole_visitors_never_single_turns() -> None:
     assert note(out, "turn.route").fields["why"] == "ab"
 
 
-def test_ab_does_not_draw_while_an_arm_is_down() -> None:
-    d = ab(0.5, [])  # any draw would raise StopIteration
+def test_a_visitor_drawn_to_realtime_is_answered_by_the_fallback_while_it_is_down_and_not_counted_in_the_test() -> None:
+    d = ab(0.5, [0.9])
     d.feed(ev.Disconnected(ConnectionResetError("reset")), after_s=1.0)
     chat_turn(d, 1)
     assert d.done_lines()[0]["route"] == "fallback"
+
+
+def test_a_session_renewal_between_two_turns_keeps_the_visitors_draw() -> None:
+    """The link renews (a recycle, a reload) between a visitor's turns: their next press is still theirs."""
+    d = ab(0.5, [0.9])  # drawn: Realtime
+    d.press(after_s=1.0)
+    d.mic(300)
+    d.release()
+    d.feed(ev.ResponseCreated("resp_1"))
+    d.feed(delta("resp_1", "item_1", 200), after_s=0.2)
+    d.feed(ev.AudioDone("resp_1", "item_1"))
+    d.feed(ev.ResponseDone("resp_1", "completed", None, None))
+    d.feed(ev.PlaybackDrained(0), after_s=0.3)
+    d.feed(ev.Timeout(ev.Timer.RECYCLE), after_s=1.0)  # renewing: the link is connecting for a moment
+    d.feed(ev.SessionCreated("sess_2", None))
+    d.feed(ev.SessionUpdated(None))
+    out = d.press(after_s=1.0)  # the same visitor: no new draw (the list is exhausted), still Realtime
+    assert not any(isinstance(a, ev.Route) for a in out) and d.phase == "listening"
+
+
+def test_a_reply_that_breaks_off_mid_answer_plays_what_came_then_apologises() -> None:
+    """A stalled or cut stream: the audio that came is heard, then the apology, and the turn failed."""
+    d = offline()
+    d.press(after_s=1.0)
+    d.mic(300)
+    d.release()
+    d.feed(ev.ResponseCreated("chat_resp_1", backend="chat"))
+    d.feed(delta("chat_resp_1", "chat_item_1", 200), after_s=0.5)
+    out = d.feed(ev.AudioDone("chat_resp_1", "chat_item_1"))
+    out += d.feed(ev.ResponseDone("chat_resp_1", "failed", "ReadTimeout: stalled", {**CC_USAGE, "estimated": True}))
+    assert ev.Interrupt() not in out and d.phase == "speaking"
+    out = d.feed(ev.PlaybackDrained(0), after_s=0.3)
+    assert earcons(out) == [ev.Earcon.APOLOGY] and d.phase == "idle"
+    (line,) = d.done_lines()
+    assert (line["outcome"], line["cause"]) == ("failed", "response failed: ReadTimeout: stalled")
+
+
+def test_a_fallback_that_refuses_its_key_is_down_until_a_reload() -> None:
+    """401/403/404 from the fallback: it is marked down (the adapter's Availability); with the Realtime link also
+    down a press hears the offline prompt, not an apology each time."""
+    d = offline()
+    d.feed(ev.Availability("chat", False, "fault", "HTTP 401 invalid_api_key"))
+    out = d.press(after_s=1.0)
+    assert earcons(out) == [ev.Earcon.OFFLINE] and not said(out)
+    d.feed(ev.Reloaded(WITH_FALLBACK), after_s=1.0)
+    d.release(after_s=0.1)
+    out = d.press(after_s=1.0)
+    assert ev.Route("chat") in out and d.phase == "listening"
+
+
+def test_a_realtime_fault_shows_the_error_led_while_the_fallback_answers() -> None:
+    from kioskd.errors import AuthError
+
+    d = online(WITH_FALLBACK)
+    out = d.feed(ev.Disconnected(AuthError("wss://api.openai.com/v1/realtime", 401)), after_s=1.0)
+    assert d.phase == "fault" and ev.SetLed(ev.Led.ERROR) in out
+    chat_turn(d, 1)  # the visitor is still answered
+    assert d.done_lines()[0]["backend"] == "chat"
+
+
+MINI = ModelArm("realtime", "gpt-realtime-mini", DEFAULT_PRICES["gpt-realtime-mini"])
+DEGRADING = Settings(link=SETTINGS.link, turn=dataclasses.replace(SETTINGS.turn, daily_budget_usd=1.0, degrade=MINI,
+                                                                   degrade_at=0.5))
+
+
+def connects(out: list[ev.Action]) -> list[ev.Connect]:
+    return [a for a in out if isinstance(a, ev.Connect)]
+
+
+def renewed(d: Driver) -> None:
+    d.feed(ev.SessionCreated("sess_n", None))
+    d.feed(ev.SessionUpdated(None))
+    assert d.phase == "idle"
+
+
+def test_degrade_switches_the_session_to_the_cheaper_model_between_visitors() -> None:
+    d = online(DEGRADING)
+    assert connects(d.log) == [ev.Connect("gpt-realtime")]
+    out = d.feed(ev.Spent(0.6), after_s=1.0)  # nobody is visiting: the switch is made now
+    assert note(out, "cost.degraded").fields == {"today_usd": 0.6, "budget_usd": 1.0, "degrade_at": 0.5,
+                                                 "model": "gpt-realtime-mini"}
+    assert note(out, "ws.model_switch").fields == {"from": "gpt-realtime", "to": "gpt-realtime-mini"}
+    assert connects(out) == [ev.Connect("gpt-realtime-mini")] and ev.Close() in out
+    renewed(d)
+    d.press(after_s=1.0)
+    d.mic(300)
+    d.release()
+    d.feed(ev.ResponseCreated("resp_1"))
+    d.feed(ev.ResponseDone("resp_1", "completed", None, None))
+    assert d.done_lines()[0]["model"] == "gpt-realtime-mini"
+
+
+def test_degrade_never_switches_under_a_visitor() -> None:
+    d = online(DEGRADING)
+    d.press(after_s=1.0)
+    d.mic(300)
+    d.release()
+    d.feed(ev.ResponseCreated("resp_1"))
+    d.feed(ev.ResponseDone("resp_1", "completed", None, None))  # no audio: the turn ends; the visitor stays
+    out = d.feed(ev.Spent(0.6), after_s=1.0)
+    assert notes(out, "cost.degraded") and not connects(out)  # the visitor's next question: the same session
+    out = d.feed(ev.Timeout(ev.Timer.NEW_VISITOR), after_s=45)
+    assert connects(out) == [ev.Connect("gpt-realtime-mini")]
+
+
+def test_ab_between_two_realtime_models_opens_the_drawn_model_for_each_visitor() -> None:
+    settings = Settings(link=SETTINGS.link, turn=dataclasses.replace(SETTINGS.turn, ab_split=0.5, ab_arm=MINI))
+    draws = iter([0.1, 0.9])
+    d = Driver(settings, draw=lambda: next(draws))
+    assert connects(d.begin()) == [ev.Connect("gpt-realtime-mini")]  # the first visitor's draw
+    renewed(d)
+    d.press(after_s=1.0)
+    d.mic(300)
+    d.release()
+    d.feed(ev.ResponseCreated("resp_1"))
+    d.feed(ev.ResponseDone("resp_1", "completed", None, None))
+    line = d.done_lines()[0]
+    assert (line["model"], line["route"]) == ("gpt-realtime-mini", "ab")
+    out = d.feed(ev.Timeout(ev.Timer.NEW_VISITOR), after_s=45)
+    assert connects(out) == [ev.Connect("gpt-realtime")]

@@ -56,7 +56,8 @@ def test_begin_connects_and_arms_connect_timeout() -> None:
     assert kinds(out) == ["Connect", "Arm", "SetLed"]
     assert leds(out) == [ev.Led.OFFLINE]
     assert arms(out) == {ev.Timer.CONNECT: d.now + LINK.connect_timeout_s}
-    assert d.status() == {"phase": "connecting", "link": "connecting", "turn": "idle", "button_stuck": False,
+    assert d.status() == {"phase": "connecting", "link": "connecting", "turn": "idle", "session_model": None,
+                          "visitor": None, "fallback": None, "degraded": False, "button_stuck": False,
                           "last_turn": None}
 
 
@@ -209,12 +210,12 @@ def test_reload_reconnects_from_fault_and_renews_a_changed_session_between_visit
     d = online()
     d.feed(ev.Disconnected(AuthError("wss://x", 401)))
     out = d.feed(ev.Reloaded(SETTINGS), after_s=1.0)
-    assert ev.Connect() in out and ev.Disarm(ev.Timer.RECONNECT) in out and d.phase == "connecting"
+    assert ev.Connect("gpt-realtime") in out and ev.Disarm(ev.Timer.RECONNECT) in out and d.phase == "connecting"
     d.feed(ev.SessionCreated("sess_2", None))
     d.feed(ev.SessionUpdated(None))
     assert d.feed(ev.Reloaded(SETTINGS)) == []
     out = d.feed(ev.Reloaded(with_link(voice="marin")))
-    assert ev.Close() in out and ev.Connect() in out
+    assert ev.Close() in out and ev.Connect("gpt-realtime") in out
     assert said(d.feed(ev.SessionCreated("sess_3", None))) == [ev.ConfigureSession("cfg_3", "marin",
                                                                                    LINK.instructions)]
     d.feed(ev.SessionUpdated(None))
@@ -222,7 +223,7 @@ def test_reload_reconnects_from_fault_and_renews_a_changed_session_between_visit
     assert d.feed(ev.Reloaded(with_link(voice="cedar"))) == []
     d.feed(ev.ResponseCreated("resp_1"))
     out = d.feed(done("resp_1", "failed"))
-    assert ev.Connect() in out and d.phase == "connecting"
+    assert ev.Connect("gpt-realtime") in out and d.phase == "connecting"
 
 
 def test_reload_while_connecting_renews_once_ready() -> None:
@@ -231,7 +232,7 @@ def test_reload_while_connecting_renews_once_ready() -> None:
     d.feed(ev.SessionCreated("sess_1", None))
     assert d.feed(ev.Reloaded(with_link(instructions="New words."))) == []
     out = d.feed(ev.SessionUpdated(None))
-    assert ev.Close() in out and ev.Connect() in out and d.phase == "connecting"
+    assert ev.Close() in out and ev.Connect("gpt-realtime") in out and d.phase == "connecting"
     assert said(d.feed(ev.SessionCreated("sess_2", None))) == [ev.ConfigureSession("cfg_2", "cedar", "New words.")]
 
 
@@ -425,7 +426,7 @@ def test_recover_keeps_the_backoff() -> None:
         out = d.feed(ev.Timeout(ev.Timer.CONNECT), after_s=LINK.connect_timeout_s)
         d.feed(ev.Timeout(ev.Timer.RECONNECT), after_s=arms(out)[ev.Timer.RECONNECT] - d.now)
     out = d.recover()
-    assert kinds(out) == ["Interrupt", "PlayEarcon", "Close", "Connect", "Arm"]
+    assert kinds(out) == ["Interrupt", "PlayEarcon", "Close", "Route", "ResetFallback", "Connect", "Arm"]
     assert d.phase == "connecting"
     out = d.feed(ev.Timeout(ev.Timer.CONNECT), after_s=LINK.connect_timeout_s)
     assert arms(out)[ev.Timer.RECONNECT] == pytest.approx(d.now + 3.5)  # 0.5, 1.75, then 3.5, not 0.5 again
@@ -456,7 +457,7 @@ def test_recover_mid_turn_accounts_every_turn_and_starts_afresh() -> None:
     assert [(n.fields["turn"], n.fields["outcome"], n.fields.get("usage_missing")) for n in notes(out, "turn.done")
             ] == [(2, "failed", None), (1, "interrupted", 1)]
     assert notes(out, "turn.done")[0].fields["cause"] == "kioskd bug: RuntimeError"
-    assert kinds(out) == ["Interrupt", "PlayEarcon", "Close", "Connect", "Arm", "SetLed"]
+    assert kinds(out) == ["Interrupt", "PlayEarcon", "Close", "Route", "ResetFallback", "Connect", "Arm", "SetLed"]
     assert (d.status()["phase"], d.status()["link"], d.status()["turn"]) == ("connecting", "connecting", "idle")
     for stale in (ev.Timeout(ev.Timer.HOLD_CAP), ev.Timeout(ev.Timer.USAGE_WAIT), ev.Timeout(ev.Timer.RECYCLE),
                   done("resp_1", "cancelled"), ev.Played("item_1", 0)):
