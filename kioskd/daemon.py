@@ -70,7 +70,7 @@ class Daemon:
         self.button: ButtonAdapter | None = None
         self.standby: standby_mod.Standby | None = None
         self.tools: ToolRunner | None = None
-        self.models: ModelLifecycle | None = None
+        self.models: list[ModelLifecycle] = []  # every model the config names (the Realtime one first)
         self.restart = False  # run() returned to be replaced by a fresh process (``standby.reexec``)
 
     async def run(self) -> int:
@@ -115,8 +115,7 @@ class Daemon:
                     self._chat_sim_url = await self._start_chat_simulator(stack)
             service = systemd.ServiceStatus(on_ready=lambda phase: self._log.info("daemon.ready", phase=phase))
             kiosk = Kiosk(self.checked.settings(realtime_ws.endpoint_of(self._url)), rand=random.random)
-            self.models = ModelLifecycle(self._url, config_mod.realtime_model(self.cfg), auth=self.cfg.realtime.auth,
-                                         api_key=self._api_key)
+            self.models = self._model_lifecycles()
             tools = ToolRunner(post, knowledge=self.checked.knowledge, tools=self.checked.tools)
             stack.push_async_callback(tools.close)
             self.tools = tools
@@ -141,7 +140,7 @@ class Daemon:
                          group.create_task(supervisor.watchdog(), name="watchdog"),
                          group.create_task(self._reloader(), name="reloader"),
                          group.create_task(self.spend.run(), name="spend"),
-                         group.create_task(self.models.run(), name="model-lifecycle")]
+                         *(group.create_task(m.run(), name=f"model-lifecycle-{m.model}") for m in self.models)]
                 await self._stop.wait()
                 for task in tasks:
                     task.cancel()
@@ -188,6 +187,18 @@ class Daemon:
         url = realtime_ws.with_model(self._url, model) if model else self._url
         return RealtimeLink(LinkOptions(url, auth=r.auth, api_key=self._api_key,
                                         connect_timeout_s=r.connect_timeout_s, keepalive_s=r.keepalive_s), post)
+
+    def _model_lifecycles(self) -> list[ModelLifecycle]:
+        """A daily lookup per model the config names: the Realtime ones (the model, its degrade, an A/B arm) at
+        the Realtime endpoint, the fallback's at its own."""
+        turn, r, f = self.checked.settings(realtime_ws.endpoint_of(self._url)).turn, self.cfg.realtime, self.cfg.fallback
+        realtime = dict.fromkeys(arm.model for arm in (turn.main, turn.degrade, turn.ab_arm)
+                                 if arm is not None and arm.backend == "realtime")
+        out = [ModelLifecycle(self._url, model, auth=r.auth, api_key=self._api_key) for model in realtime]
+        if turn.fallback is not None:
+            out.append(ModelLifecycle(f.url or self._chat_sim_url, turn.fallback.model, auth=f.auth or r.auth,
+                                      api_key=self.checked.fallback_key, setting="fallback.model"))
+        return out
 
     def _chat_options(self) -> ChatOptions:
         """The fallback's endpoint and request, from the config in force (read at each reply: a reload applies
@@ -302,8 +313,9 @@ class Daemon:
         out: dict[str, Any] = self.executor.kiosk.status() if self.executor is not None else {"phase": "starting"}
         out.update(self.status_sink.status())
         out["arms"] = self.status_sink.stats()["arms"]  # release → first sound and cost per turn, by arm
-        if self.models is not None:
-            out["model"] = self.models.state
+        if self.models:
+            out["model"] = self.models[0].state
+            out["models"] = [m.state for m in self.models]
         out["cost"] = {**self.spend.status(), "budget_usd": self.cfg.cost.daily_budget_usd,
                        "exhausted": self.executor.kiosk.turn.closed if self.executor is not None else False}
         out["endpoint"] = realtime_ws.endpoint_of(self._url)

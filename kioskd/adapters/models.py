@@ -28,23 +28,34 @@ LOOKUP_PERIOD_S: Final = 24 * 3600.0
 TIMEOUT_S: Final = 10.0
 
 
-def models_url(realtime_url: str, model: str) -> str | None:
-    """Where the model is described, or None (an Azure endpoint, or a path kioskd does not recognise)."""
-    parts = urlsplit(realtime_url)
-    if (parts.hostname or "").endswith(".openai.azure.com") or not parts.path.endswith("/realtime"):
+def models_url(url: str, model: str) -> str | None:
+    """Where the model is described, from a Realtime URL (``…/v1/realtime``) or a Chat Completions base URL
+    (``…/v1``); None for an Azure endpoint (it names deployments) or a path kioskd does not recognise."""
+    parts = urlsplit(url)
+    if (parts.hostname or "").endswith(".openai.azure.com"):
         return None
-    scheme = {"wss": "https", "ws": "http"}.get(parts.scheme)
-    if scheme is None:
+    if parts.scheme in ("ws", "wss"):
+        if not parts.path.endswith("/realtime"):
+            return None
+        base = parts.path[: -len("realtime")]
+    elif parts.scheme in ("http", "https"):
+        base = parts.path.rstrip("/") + "/"
+    else:
         return None
-    return urlunsplit((scheme, parts.netloc, parts.path[: -len("realtime")] + f"models/{model}", "", ""))
+    scheme = {"wss": "https", "ws": "http"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, base + f"models/{model}", "", ""))
 
 
 class ModelLifecycle:
-    def __init__(self, realtime_url: str, model: str, *, auth: Auth, api_key: str | None,
+    def __init__(self, url: str, model: str, *, auth: Auth, api_key: str | None,
+                 setting: str = "realtime.url's model= (or cost.model)",
                  today: Callable[[], date] = date.today, log: log_mod.Logger | None = None) -> None:
+        """``url``: the endpoint the model is used at (Realtime or Chat Completions); ``setting``: the config key a
+        technician fixes when the service does not know the model."""
         self.model = model
-        self._url = models_url(realtime_url, model)
-        self._headers = auth_headers(realtime_url, auth, api_key) if api_key else {}
+        self._setting = setting
+        self._url = models_url(url, model)
+        self._headers = auth_headers(url, auth, api_key) if api_key else {}
         self._today = today
         self._log = log or log_mod.get_logger("kioskd.models")
         self._said: str | None = None  # the last state said, so each is said once
@@ -72,8 +83,8 @@ class ModelLifecycle:
         code = (body.get("error") or {}).get("code") if isinstance(body, dict) else None
         if response.status_code == 404 and code == "model_not_found":
             if self._new("unknown", "model.unknown"):
-                self._log.error("model.unknown", model=self.model, cause="the service does not know this model: "
-                                                                         "set realtime.url's model= (or cost.model)")
+                self._log.error("model.unknown", model=self.model,
+                                cause=f"the service does not know this model: set {self._setting}")
             return
         if response.status_code != 200 or not isinstance(body, dict):
             if self._new("failed", "model.lookup_failed"):

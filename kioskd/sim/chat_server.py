@@ -48,6 +48,8 @@ OPENAI_PATH: Final = "/v1/chat/completions"
 AZURE_V1_PATH: Final = "/openai/v1/chat/completions"
 AZURE_DEPLOYMENT_PATH: Final = "/openai/deployments/{deployment}/chat/completions"
 DEFAULT_MODEL: Final = "gpt-audio-1.5"
+#: the models ``GET /v1/models/{model}`` knows (any other: 404 ``model_not_found``)
+MODELS: Final = ("gpt-audio-1.5", "gpt-audio", "gpt-audio-mini")
 #: the largest request body read (a minute of 24 kHz WAV is ~3.8 MB of base64); larger: 413
 MAX_BODY_BYTES: Final = 25 * 2**20
 #: how long a reply's audio can be referenced by id in a later request (its ``expires_at``)
@@ -213,6 +215,7 @@ class ChatSimulator(SimServer):
         self.chunks: list[Json] = []  # every chunk streamed, in the order written (all streams)
         self.completions: list[Json] = []  # every non-streamed chat.completion answered
         self.streams: list[StreamRecord] = []  # one per HTTP request on a chat completions path
+        self.model_lookups: list[str] = []  # GET /v1/models/{model}, in order
         self.request_headers: list[dict[str, str]] = []  # index for index with streams
         self.rng = random.Random(options.seed)
         self.reply_pcm: Pcm = np.zeros(0, dtype=np.int16)
@@ -229,6 +232,7 @@ class ChatSimulator(SimServer):
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         for path in (OPENAI_PATH, AZURE_V1_PATH, AZURE_DEPLOYMENT_PATH):
             app.router.add_post(path, self._handle)
+        app.router.add_get("/v1/models/{model}", self._model)
         # handler_cancellation: a client that goes away cancels its handler at once (generation stops there)
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -262,6 +266,16 @@ class ChatSimulator(SimServer):
         self._runner = None
 
     # ------------------------------------------------------------------------------------------- one request
+
+    async def _model(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v1/models/{model}``: the Model object (no shutdown date), or 404 ``model_not_found``."""
+        model = request.match_info["model"]
+        self.model_lookups.append(model)
+        if model not in MODELS:
+            return web.json_response(error_body("model_not_found", f"The model '{model}' does not exist or you do "
+                                                "not have access to it."), status=404)
+        return web.json_response({"id": model, "object": "model", "created": 1756339200, "owned_by": "system",
+                                  "shutdown_date": None})
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         started_s = asyncio.get_running_loop().time()

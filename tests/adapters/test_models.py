@@ -94,3 +94,31 @@ def test_the_lookup_url_follows_the_realtime_url() -> None:
         "https://api.openai.com/v1/models/gpt-realtime"
     assert models_url("ws://127.0.0.1:9/v1/realtime", "m") == "http://127.0.0.1:9/v1/models/m"
     assert models_url("wss://museum.openai.azure.com/openai/v1/realtime?model=dep", "gpt-realtime") is None
+    assert models_url("https://api.openai.com/v1/", "gpt-audio-1.5") == "https://api.openai.com/v1/models/gpt-audio-1.5"
+    assert models_url("https://museum.openai.azure.com/openai/deployments/guide?api-version=x", "m") is None
+
+
+def test_the_fallback_model_is_looked_up_at_the_chat_completions_endpoint() -> None:
+    """The Chat Completions simulator answers GET /v1/models/{model} as the service does (openai's Model type); an
+    unknown fallback model is one error naming fallback.model."""
+    from kioskd.sim.chat_server import ChatSimOptions, ChatSimulator
+
+    lines = LogRecorder()
+
+    async def main() -> tuple[list[str], dict[str, Any]]:
+        async with ChatSimulator(ChatSimOptions(voice="tone")) as sim:
+            known = ModelLifecycle(sim.url, "gpt-audio-1.5", auth="auto", api_key=None, today=lambda: TODAY,
+                                   log=lines, setting="fallback.model")
+            unknown = ModelLifecycle(sim.url, "gpt-audio-9", auth="auto", api_key=None, today=lambda: TODAY,
+                                     log=lines, setting="fallback.model")
+            async with httpx.AsyncClient() as client:
+                await known.check(client)
+                await unknown.check(client)
+                body = (await client.get(sim.url + "/models/gpt-audio-1.5")).json()
+            return sim.model_lookups, body
+
+    lookups, body = run(main())
+    assert Model.model_validate(body).model_extra in (None, {})
+    assert lookups[:2] == ["gpt-audio-1.5", "gpt-audio-9"]
+    assert [(lvl, e, f["cause"]) for lvl, e, f in lines.records] == [
+        ("error", "model.unknown", "the service does not know this model: set fallback.model")]
