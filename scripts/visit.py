@@ -6,7 +6,9 @@ loopback and the simulated button — with the example exhibit (config/examples:
 and opening hours), then plays a visitor:
   turn 1: press, ask a question into the microphone, release; the model looks it up in the exhibit's knowledge
           (a tool call, with "Let me check" first), and the visitor hears the answer;
-  turn 2: press, ask, release, then press again while the exhibit speaks (barge-in) and ask something else.
+  turn 2: press, ask, release, then press again while the exhibit speaks (barge-in) and ask something else;
+  turn 3: the Realtime API is down (a second kioskd whose Realtime URL is a closed port): the visitor is answered
+          through the Chat Completions fallback (the held question uploaded as WAV, the answer streamed back).
 Each turn's timeline comes from the daemon's own log lines; release → first sound is also measured on the
 speaker sink's monitor, i.e. what a visitor would hear.
 """
@@ -22,9 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from kioskd.sim.harness import NULL_SINK_AUDIO, KioskdProcess, Room, say
+import socket
 
-QUESTIONS = ["How old is this mosaic?", "Who found it?", "Sorry, can I touch it?"]
+from kioskd.sim.chat_server import ChatSimOptions
+from kioskd.sim.harness import NULL_SINK_AUDIO, KioskdProcess, Room, SimThread, say
+
+QUESTIONS = ["How old is this mosaic?", "Who found it?", "Sorry, can I touch it?", "When does the museum close?"]
 EXAMPLES = Path(__file__).resolve().parent.parent / "config" / "examples"
 
 
@@ -47,7 +52,7 @@ def timeline(lines: list[dict[str, Any]], start: float) -> None:
             tokens = (line.get("usage") or {}).get("total_tokens")
             tools = f" (tools: {', '.join(line['tools'])})" if line.get("tools") else ""
             print(f"  {t}  turn {line.get('turn')} done, {line.get('outcome')}{tools}: {tokens} tokens "
-                  f"(${line.get('cost_usd', 0):.4f} on {line.get('model')}); "
+                  f"(${line.get('cost_usd', 0):.4f} on {line.get('backend')}/{line.get('model')}); "
                   f"{line.get('reply_ms')} ms of reply audio heard of {line.get('reply_received_ms')} ms received; "
                   f"release → first delta "
                   f"{line.get('release_to_first_delta_ms')} ms, → first sound {line.get('release_to_first_sound_ms')} ms; "
@@ -56,6 +61,12 @@ def timeline(lines: list[dict[str, Any]], start: float) -> None:
             print(f"  {t}  TOOL CALL: the model asks {line.get('name')} (kioskd answers it locally)")
         elif event == "conversation.reset":
             print(f"  {t}  new visitor: the conversation's {line.get('items')} items deleted")
+        elif event == "turn.route":
+            print(f"  {t}  ROUTE: this visitor is answered by {line.get('backend')} ({line.get('model')}), "
+                  f"because {line.get('why')}" + (f": the Realtime link is {line['realtime']}"
+                                                   if line.get("realtime") else ""))
+        elif event == "ws.disconnected" and line.get("phase") == "connecting":
+            continue  # the closed port of the outage scene: one line per retry, not the story
         elif event == "turn.barge_in":
             print(f"  {t}  BARGE-IN: the visitor pressed while the exhibit was {line.get('phase')}")
         elif event == "turn.truncated":
@@ -80,6 +91,28 @@ def turn(kiosk: KioskdProcess, room: Room, question: Path, *, barge_in_with: Pat
         print(f"  measured on the speaker sink: release → first audible sample {heard * 1000:.0f} ms")
 
 
+def outage(work: Path, question: Path, room: Room, voice: str) -> int:
+    """Turn 3: a kioskd whose Realtime API is unreachable answers through the Chat Completions fallback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    chat = SimThread(ChatSimOptions(voice=voice, reply_text="The museum closes at six tonight."))
+    (work / "outage").mkdir()
+    kiosk = KioskdProcess(work / "outage", f"realtime:\n  url: ws://127.0.0.1:{closed}/v1/realtime?model=gpt-realtime\n"
+                                           f"fallback:\n  url: {chat.sim.url}\n{NULL_SINK_AUDIO}log:\n  format: json\n")
+    try:
+        kiosk.wait_phase("idle", timeout_s=30)
+        print(f"\nTurn 3: the Realtime API is down (connection refused); the visitor asks {QUESTIONS[3]!r} and is "
+              "answered through Chat Completions")
+        turn(kiosk, room, question)
+        status = kiosk.ctl("status")
+        print("\nkioskctl status:", json.dumps({k: status.get(k) for k in ("phase", "link", "visitor", "fallback")}))
+    finally:
+        code = kiosk.stop()
+        chat.close()
+    return code
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--voice", choices=("speech", "tone"), default="speech", help="the simulator's reply voice")
@@ -95,7 +128,7 @@ def main() -> int:
                                 f"log:\n  format: json\nsimulator:\n  voice: {args.voice}\n"
                                 f"  tool_call: lookup_exhibit_knowledge\n  preamble_ms: 700\n")
     try:
-        kiosk.wait_phase("idle", timeout_s=30)
+        kiosk.wait_ready(timeout_s=30)
         print(f"kioskd is serving, {kiosk.lines[-1]['_t']:.1f} s after start\n")
         print(f"Turn 1: the visitor asks {QUESTIONS[0]!r}; the guide looks it up and they hear the whole answer")
         turn(kiosk, room, wavs[0])
@@ -105,6 +138,9 @@ def main() -> int:
         print("\nkioskctl status:", json.dumps({k: status.get(k) for k in ("phase", "link", "turns", "rejected", "cost")}))
     finally:
         code = kiosk.stop()
+    try:
+        code = code or outage(work, wavs[3], room, args.voice)
+    finally:
         room.close()
     print(f"\nkioskd stopped (exit code {code}); demo files in {work}")
     return 0 if code == 0 else 1

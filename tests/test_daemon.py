@@ -280,7 +280,7 @@ def test_losing_the_sound_server_is_said_once_and_exits_for_a_restart(tmp_path: 
     kiosk = KioskdProcess(tmp_path, f"{NULL_SINK_AUDIO}"
                                     "log:\n  format: json\n", env=env)
     try:
-        kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
+        kiosk.wait_ready(timeout_s=20 * UNIT_S)
         os.kill(server_pid, signal.SIGKILL)
         code = kiosk.proc.wait(timeout=20 * UNIT_S)
     finally:
@@ -304,7 +304,7 @@ def test_reload_keeps_the_old_config_on_error_and_applies_a_good_one(tmp_path: P
     kiosk = KioskdProcess(tmp_path, base)
     config = tmp_path / "kioskd.yaml"
     try:
-        kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
+        kiosk.wait_ready(timeout_s=20 * UNIT_S)
         good = config.read_text()
         config.write_text(good + "turn:\n  reply_wait_s: -3\n")
         kiosk.proc.send_signal(signal.SIGHUP)
@@ -437,7 +437,7 @@ def test_a_dropped_ready_is_sent_again(tmp_path: Path) -> None:
     kiosk = KioskdProcess(tmp_path, f"{NULL_SINK_AUDIO}"
                                     "log:\n  format: json\n", env={"NOTIFY_SOCKET": path})
     try:
-        kiosk.wait_phase("idle", timeout_s=20 * UNIT_S)
+        kiosk.wait_ready(timeout_s=20 * UNIT_S)
         wait_for(lambda: bool(kiosk.events("daemon.ready")), "kioskd to be serving", 10 * UNIT_S)
         notify.settimeout(0)
         received: list[str] = []

@@ -191,6 +191,12 @@ class KioskdProcess:
             raise TimeoutError(f"{exc} (last phase {seen[-1] if seen else '?'}):\n{self.tail()}") from None
         return seen[-1]
 
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        """Idle with the Realtime session up: with a fallback configured (the embedded default has one) the kiosk
+        is idle, and answers through it, while the link is still connecting."""
+        wait_for(lambda: bool(self.events("ws.ready")), "the Realtime session", timeout_s)
+        self.wait_phase("idle", timeout_s=timeout_s)
+
     def ask(self, question: Path, room: Room | None = None) -> float:
         """A visitor's question: press, speak into the mic, release; waits until the reply starts (or the turn
         ends). Returns the release time on ``time.time()``'s clock; ``room`` is emptied just before it."""
