@@ -48,12 +48,12 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def kioskd_turns(tmp: Path, sim: SimThread, turns: int, question_ms: int = 1500,
-                 quiet_s: float = 3600) -> list[tuple[dict[str, Any], float | None]]:
+def kioskd_turns(tmp: Path, sim: SimThread, turns: int, question_ms: int = 1500, quiet_s: float = 3600,
+                 model: str = "gpt-audio-1.5") -> list[tuple[dict[str, Any], float | None]]:
     """``turns`` questions answered by the fallback (``quiet_s`` apart makes each a new visitor): each turn's
     ``turn.done`` fields and the endpoint's first audio for it (ms)."""
     kiosk = KioskdProcess(tmp, f"realtime:\n  url: ws://127.0.0.1:{closed_port()}/v1/realtime?model=gpt-realtime\n"
-                               f"fallback:\n  url: {sim.sim.url}\n"
+                               f"fallback:\n  url: {sim.sim.url}\n  model: {model}\n"
                                f"conversation:\n  new_visitor_after_s: {min(quiet_s, 3600)}\n"
                                f"{NULL_SINK_AUDIO}  earcons: false\nlog:\n  format: json\n")
     question = write_wav(tmp / "q.wav", tone(300, question_ms, 48000, 0.4), 48000)
@@ -116,11 +116,13 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "latency").mkdir()
             ours = latencies(kioskd_turns(Path(tmp) / "latency", sim, args.turns))
-            costs: dict[str, list[float]] = {}
-            for arm, quiet in (("family", 3600.0), ("strangers", 1.0)):
-                (Path(tmp) / arm).mkdir()
-                costs[arm] = [float(line["cost_usd"]) for line, _ in
-                              kioskd_turns(Path(tmp) / arm, museum_sim, 5, question_ms=3000, quiet_s=quiet)]
+            costs: dict[str, dict[str, list[float]]] = {}
+            for model in ("gpt-audio-1.5", "gpt-audio-mini"):  # gpt-audio is priced as gpt-audio-1.5
+                costs[model] = {}
+                for arm, quiet in (("family", 3600.0), ("strangers", 1.0)):
+                    (Path(tmp) / f"{model}-{arm}").mkdir()
+                    costs[model][arm] = [float(line["cost_usd"]) for line, _ in kioskd_turns(
+                        Path(tmp) / f"{model}-{arm}", museum_sim, 5, question_ms=3000, quiet_s=quiet, model=model)]
         naive = asyncio.run(naive_turns(sim.sim.url, args.turns, args.first_audio_ms))
     finally:
         sim.close()
@@ -132,10 +134,12 @@ def main() -> int:
     print(f"  {'kioskd: minus the endpoint first audio':<44}{p50_p95([a - b for a, b in ours])}   goal ≤ 150 ms")
     print(f"  {'naive (stream: false): send → audio in hand':<44}{p50_p95([a for a, _ in naive])}")
     print(f"  {'naive: minus the endpoint first audio':<44}{p50_p95([a - b for a, b in naive])}")
-    family, strangers = costs["family"], costs["strangers"]
-    print("\ncost on gpt-audio-1.5 (a 3 s question, an 8 s answer; kioskd's turn.done cost_usd; the simulator's usage)")
-    print(f"  turn 1 ${family[0]:.4f}   turn 5 (same visitor) ${family[-1]:.4f}   a 5-turn visit ${sum(family):.4f}"
-          f"   5 visitors, 1 turn each ${sum(strangers):.4f}")
+    print("\ncost (a 3 s question, an 8 s answer; kioskd's turn.done cost_usd from the simulator's usage)")
+    print(f"  {'model':<16} {'turn 1':>9} {'turn 5 (same visitor)':>22} {'5-turn visit':>13} "
+          f"{'5 visitors, 1 turn each':>24}")
+    for model, arms in costs.items():
+        family, strangers = arms["family"], arms["strangers"]
+        print(f"  {model:<16} ${family[0]:>8.4f} ${family[-1]:>21.4f} ${sum(family):>12.4f} ${sum(strangers):>23.4f}")
     return 0
 
 
