@@ -34,7 +34,7 @@ from kioskd.adapters.models import ModelLifecycle
 from kioskd.adapters.tools import ToolRunner
 from kioskd.core import events as ev
 from kioskd.core.chat import ChatRequest
-from kioskd.core.kiosk import Kiosk
+from kioskd.core.kiosk import LED, Kiosk
 from kioskd.errors import ConfigError, DeviceError, KioskError
 from kioskd.executor import Executor
 from kioskd.metrics import LogSink, StatusSink
@@ -63,6 +63,7 @@ class Daemon:
         self._started_s = time.monotonic()
         self._stop = asyncio.Event()
         self._reload_due = asyncio.Event()  # SIGHUP; the reloader task takes it
+        self._reloading = asyncio.Lock()  # one reload at a time (SIGHUP's or kioskctl's)
         self.status_sink = StatusSink()
         self.spend = spend_mod.DailySpend(spend_mod.state_dir(), on_change=lambda usd: self._post(ev.Spent(usd)))
         self.executor: Executor | None = None
@@ -225,24 +226,30 @@ class Daemon:
             self._reload_due.clear()
             await self._reload()
 
-    async def _reload(self) -> None:
+    async def _reload(self) -> dict[str, Any]:
         """Validate the file first, off the event loop (a reply keeps playing); on any error keep the running
-        config. In standby a good file starts afresh (it may name the missing device differently)."""
-        systemd.notify("RELOADING=1", f"MONOTONIC_USEC={systemd.monotonic_usec()}")
-        try:
-            checked = await asyncio.to_thread(checks.load, self._config_path, self._url)
-        except ConfigError as exc:
-            self._log.warning("config.reload_failed", **log_mod.error_fields(exc))
-        else:
-            if self.standby is not None:  # perhaps the device names were fixed: start afresh with the new file
-                self.standby.restart_now()
+        config. In standby a good file starts afresh (it may name the missing device differently). Returns what
+        ``kioskctl reload`` says."""
+        async with self._reloading:
+            systemd.notify("RELOADING=1", f"MONOTONIC_USEC={systemd.monotonic_usec()}")
+            out: dict[str, Any]
+            try:
+                checked = await asyncio.to_thread(checks.load, self._config_path, self._url)
+            except ConfigError as exc:
+                self._log.warning("config.reload_failed", **log_mod.error_fields(exc))
+                out = {"reloaded": False, "error": str(exc)}
             else:
-                for warning in checked.warnings:
-                    self._log.warning("config.plaintext_key", cause=warning)
-                self._apply(checked)
-        systemd.notify("READY=1", f"STATUS={self._phase()}")
+                if self.standby is not None:  # perhaps the device names were fixed: start afresh with the new file
+                    self.standby.restart_now()
+                    out = {"reloaded": True, "restarting": True}
+                else:
+                    for warning in checked.warnings:
+                        self._log.warning("config.plaintext_key", cause=warning)
+                    out = {"reloaded": True, "needs_restart": self._apply(checked)}
+            systemd.notify("READY=1", f"STATUS={self._phase()}")
+            return out
 
-    def _apply(self, checked: checks.Checked) -> None:
+    def _apply(self, checked: checks.Checked) -> list[str]:
         new, api_key = checked.cfg, checked.api_key
         for key in (api_key, checked.fallback_key):
             if key:
@@ -259,6 +266,7 @@ class Daemon:
         if self.tools is not None:
             self.tools.update(knowledge=checked.knowledge, tools=checked.tools)
         self._post(ev.Reloaded(checked.settings(realtime_ws.endpoint_of(self._url))))
+        return restart
 
     async def _start_simulator(self, stack: contextlib.AsyncExitStack) -> str:
         from kioskd.sim.realtime_server import RealtimeSimulator, SimOptions
@@ -298,8 +306,63 @@ class Daemon:
         if cmd == "status":
             return self.status()
         if cmd == "stats":
-            return self.status_sink.stats()
+            return {**self.status_sink.stats(), "today_usd": self.spend.status().get("today_usd")}
+        if cmd == "reload":
+            return await self._reload()
+        if cmd == "devices":
+            return await self._devices()
+        if cmd == "selftest":
+            return await self._selftest()
         raise KioskError(f"unknown command {cmd!r}")
+
+    async def _devices(self) -> dict[str, Any]:
+        """The devices in use, and PortAudio's list as this process sees it (as of its start: a device plugged
+        in since shows in ``kioskd devices`` run afresh)."""
+        from kioskd.adapters.devices import list_devices
+
+        stats = self.audio.stats() if self.audio is not None else {}
+        in_use = {d: {"device": stats.get(f"{d}_device"), "rate_hz": stats.get(f"{d}_rate_hz"),
+                      "channels": stats.get(f"{d}_channels")} for d in ("input", "output")}
+        out: dict[str, Any] = {"in_use": in_use if self.audio is not None else None,
+                               "listing": await asyncio.to_thread(list_devices)}
+        if self.standby is not None:
+            out["missing"] = self.standby.status().get("missing")
+        return out
+
+    async def _selftest(self) -> dict[str, Any]:
+        """``kioskctl selftest``, between visitors (``selftest.py``)."""
+        from kioskd import selftest
+
+        executor, audio, button = self.executor, self.audio, self.button
+        if executor is None or audio is None or button is None:
+            raise KioskError(f"no self-test while {self._phase()}: the audio devices are not open")
+        if executor.kiosk.turn.phase.value != "idle":
+            raise KioskError("a visitor is mid-turn: try again between visitors")
+        kiosk = executor.kiosk
+        stuck = kiosk.turn.stuck_since_s
+        return await selftest.run(
+            audio=audio, open_session=self._probe_session, models=[m.state for m in self.models],
+            stuck_for_s=None if stuck is None else time.monotonic() - stuck, set_led=button.set_led,
+            restore_led=lambda: LED[kiosk.phase])
+
+    async def _probe_session(self) -> str:
+        """A session opened on the configured endpoint with the configured key, closed at its ``session.created``
+        (its id returned); a server error or the connection's end raises."""
+        from kioskd.core.realtime import parse_server_event
+
+        r = self.cfg.realtime
+        conn = await realtime_ws.open_session(self._url, auth=r.auth, api_key=self._api_key,
+                                              open_timeout_s=r.connect_timeout_s)
+        try:
+            async for frame in realtime_ws.frames(conn):
+                inp = parse_server_event(frame)
+                if isinstance(inp, ev.SessionCreated):
+                    return inp.session_id
+                if isinstance(inp, ev.ServerError):
+                    raise KioskError(f"server error {inp.code}: {inp.message}")
+            raise KioskError("the connection ended before session.created")
+        finally:
+            await conn.close()
 
     def _phase(self) -> str:
         if self.standby is not None:

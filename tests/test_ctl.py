@@ -142,7 +142,7 @@ def test_server_still_serves_after_bad_clients(sock_dir: Path, capsys: pytest.Ca
 
     replies, code = run(scenario())
     assert [r["ok"] for r in replies] == [False] * len(bad)
-    assert replies[0]["error"] == "unknown command 'dance' (commands: press, release, status, stats)"
+    assert replies[0]["error"] == "unknown command 'dance' (commands: press, release, status, stats, devices, selftest, reload)"
     assert replies[1]["error"].startswith("request is not valid JSON")
     assert replies[2]["error"] == "request must be a JSON object, got list"
     assert replies[3]["error"] == f"request line over {MAX_LINE_BYTES} bytes"

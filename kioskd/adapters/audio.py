@@ -20,6 +20,7 @@ runs on the asyncio loop thread.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -109,6 +110,7 @@ class AudioIO:
         self._heard_underflows = 0  # output underflows while a stream was playing: the visitor heard a gap
         self._was_playing = False
         self._echo_until_s = 0.0  # monotonic: until then the microphone may still pick up what the speaker played
+        self._meter: list[int] | None = None  # [sum of squares, samples, clipped, non-zero, peak] while metering
         self._seen_drained = 0
         self._seen_started = 0
         self._reported_overflow = (0, 0)  # the buffer's (overflow samples, overflowing pushes) last reported
@@ -327,6 +329,21 @@ class AudioIO:
                    output_latency_s=round(self.output_latency_s, 4))
         return out
 
+    async def measure_input(self, seconds: float) -> dict[str, float | int]:
+        """The microphone's raw level over ``seconds`` (at the device's rate, before resampling): RMS and peak in
+        dBFS, the share of clipped samples and of non-zero ones, the samples seen. For ``kioskctl selftest``."""
+        self._meter = meter = [0, 0, 0, 0, 0]
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self._meter = None
+        squares, n, clipped, nonzero, peak = meter
+        rms = (squares / n) ** 0.5 if n else 0.0
+        return {"samples": n, "rms_dbfs": round(20 * math.log10(max(rms, 1e-9) / 32768), 1),
+                "peak_dbfs": round(20 * math.log10(max(peak, 1e-9) / 32768), 1),
+                "clipped_share": round(clipped / n, 4) if n else 0.0,
+                "nonzero_share": round(nonzero / n, 4) if n else 0.0}
+
     def fault(self, now_s: float, stale_s: float = 2.0) -> str | None:
         """Why the audio path is broken, or None: a stream ended by itself (device lost, PortAudio error), or a
         stream's callbacks stopped for ``stale_s`` (a callback thread hung inside PortAudio). Loop thread."""
@@ -381,6 +398,14 @@ class AudioIO:
                 block = indata[:, 0].copy()  # PortAudio reuses indata
             else:
                 block = (indata.sum(axis=1, dtype=np.int32) // indata.shape[1]).astype(np.int16)
+            meter = self._meter
+            if meter is not None:  # a self-test is measuring the microphone (a second at most)
+                x = block.astype(np.int64)  # squares of int16 overflow int32
+                meter[0] += int(np.dot(x, x))
+                meter[1] += x.size
+                meter[2] += int(np.count_nonzero(np.abs(x) >= 32767))
+                meter[3] += int(np.count_nonzero(x))
+                meter[4] = max(meter[4], int(np.abs(x).max(initial=0)))
             with self._mic_lock:
                 if self._mic is Mic.LIVE:
                     self._post(self._mic_block, block)

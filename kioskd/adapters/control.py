@@ -32,7 +32,7 @@ from kioskd.errors import KioskError
 Handler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 """``(command, request) -> reply fields``; raising gives an error reply carrying ``str(exc)``."""
 
-COMMANDS: Final = ("press", "release", "status", "stats")
+COMMANDS: Final = ("press", "release", "status", "stats", "devices", "selftest", "reload")
 MAX_LINE_BYTES: Final = 64 * 1024
 #: a connection whose next request has not arrived and been answered within this long is closed
 IDLE_TIMEOUT_S: Final = 60.0

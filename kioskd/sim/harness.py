@@ -167,8 +167,8 @@ class KioskdProcess:
             line["_bytes"] = len(raw.rstrip("\n").encode())
             self.lines.append(line)
 
-    def ctl(self, cmd: str) -> dict[str, Any]:
-        return request(self.socket, cmd)
+    def ctl(self, cmd: str, timeout_s: float = 5.0) -> dict[str, Any]:
+        return request(self.socket, cmd, timeout_s=timeout_s)
 
     def phase(self) -> str:
         if self.proc.poll() is not None:

@@ -137,11 +137,11 @@ def test_unknown_command_keeps_the_connection(sock_dir: Path) -> None:
 
     replies = run(main())
     assert replies == [
-        {"ok": False, "error": "unknown command 'dance' (commands: press, release, status, stats)"},
+        {"ok": False, "error": "unknown command 'dance' (commands: press, release, status, stats, devices, selftest, reload)"},
         {"ok": True, "phase": "idle", "cmd_seen": "status"},
     ]
     assert [c for c, _ in handler.calls] == ["status"]
-    assert COMMANDS == ("press", "release", "status", "stats")
+    assert COMMANDS == ("press", "release", "status", "stats", "devices", "selftest", "reload")
 
 
 def test_missing_cmd_is_an_error_reply(sock_dir: Path) -> None:
