@@ -240,3 +240,14 @@ def test_every_event_name_is_documented_and_every_documented_one_exists() -> Non
     assert logged, "the pattern found no log call: it no longer matches how kioskd logs"
     assert not logged - documented, f"logged but not in docs/logging.md: {sorted(logged - documented)}"
     assert not documented - logged, f"in docs/logging.md but never logged: {sorted(documented - logged)}"
+
+
+def test_the_technicians_page_says_what_to_do_about_every_event() -> None:
+    """docs/technician.md has a row for each event in docs/logging.md (what it means at the exhibit, what to do)."""
+    import re
+
+    from tests.conftest import REPO
+
+    documented = set(re.findall(r"^\| `([a-z_]+\.[a-z_]+)`", (REPO / "docs" / "logging.md").read_text(), re.M))
+    explained = set(re.findall(r"^\| `([a-z_]+\.[a-z_]+)`", (REPO / "docs" / "technician.md").read_text(), re.M))
+    assert not documented - explained, f"not in docs/technician.md: {sorted(documented - explained)}"
