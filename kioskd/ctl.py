@@ -1,6 +1,6 @@
 """kioskctl: send one command to a running kioskd over its control socket and print the reply.
 
-    kioskctl [--socket PATH] [--config FILE] press|release|status|stats
+    kioskctl [--socket PATH] [--config FILE]... press|release|status|stats
 
 Exit codes: 0 the reply says ok; 1 an error reply (also kioskd's busy reply, after the client's retries); 2 a
 usage or config error, or a fallback socket directory another user controls; 3 no daemon answered.
@@ -26,7 +26,8 @@ EXIT_NO_DAEMON: Final = 3
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kioskctl", description="Control a running kioskd.")
     p.add_argument("--socket", metavar="PATH", help="control socket (default: from the config, else the runtime dir)")
-    p.add_argument("--config", metavar="FILE", help="kioskd config whose control.socket to use")
+    p.add_argument("--config", metavar="FILE", action="append",
+                   help="kioskd config whose control.socket to use (repeat it as for kioskd run: base, overlay)")
     p.add_argument("--timeout", metavar="SECONDS", type=float, default=5.0, help="reply timeout (default 5)")
     p.add_argument("command", choices=COMMANDS,
                    help="press/release: the simulated button; status: phase, connection and audio counters; "

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import TextIO
 
 import pytest
 
@@ -122,7 +122,7 @@ def _restore() -> Iterator[None]:
     log.reset()
 
 
-def under_journald(out: IO[str], socket_path: str, level: str = "debug") -> None:
+def under_journald(out: TextIO, socket_path: str, level: str = "debug") -> None:
     """configure() as under systemd: JOURNAL_STREAM names ``out``'s device and inode."""
     st = os.fstat(out.fileno())
     log.configure(level, "auto", stream=out, environ={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"},
