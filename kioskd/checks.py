@@ -38,10 +38,11 @@ class Checked:
         return config_mod.core_settings(self.cfg, endpoint=endpoint, tools=self.tool_specs)
 
 
-def load(path: str | None, url: str = "") -> Checked:
-    """Read and check everything; ``url``: the endpoint in use when the file names none (the embedded
-    simulator's). Raises ConfigError naming file, line and key."""
-    cfg = config_mod.load(path)
+def load(paths: config_mod.Paths, url: str = "") -> Checked:
+    """Read and check everything; ``paths``: the config file, or several merged in order (a base, then an
+    exhibit's overlay); ``url``: the endpoint in use when the files name none (the embedded simulator's).
+    Raises ConfigError naming file, line and key."""
+    cfg = config_mod.load(paths)
     api_key = config_mod.read_api_key(cfg.realtime)
     warnings = config_mod.check_credentials(cfg, cfg.realtime.url or url, api_key)
     fallback_key = config_mod.read_fallback_key(cfg, api_key)

@@ -26,9 +26,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"kioskd {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the daemon (what systemd starts)")
-    run.add_argument("--config", help="YAML config file (default: the embedded default)")
-    check = sub.add_parser("check-config", help="validate a config file and print the effective config")
-    check.add_argument("config", nargs="?", help="YAML config file (default: the embedded default)")
+    run.add_argument("--config", action="append", metavar="FILE",
+                     help="YAML config file (default: the embedded default); repeat it for a shared base and an "
+                          "exhibit's overlay, merged in order, the later file winning")
+    check = sub.add_parser("check-config", help="validate config files and print the effective config")
+    check.add_argument("files", nargs="*", metavar="config", help="YAML config file(s), merged in order")
+    check.add_argument("--config", action="append", metavar="FILE",
+                       help="a config file, as for run (repeatable; after any given without --config)")
     sub.add_parser("devices", help="list the audio devices kioskd can open, by name")
     sim = sub.add_parser("simulate", help="run the local Realtime API simulator")
     sim.add_argument("--host", default="127.0.0.1")
@@ -41,18 +45,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _checked(path: str | None) -> checks.Checked:
+def _checked(paths: list[str]) -> checks.Checked:
     """Everything ``run`` needs, checked as ``check-config`` and a reload check it; the key is redacted from
-    every log line from here on."""
-    checked = checks.load(path)
+    every log line from here on. No path: the embedded default."""
+    checked = checks.load(paths)
     for key in (checked.api_key, checked.fallback_key):
         if key:
             log_mod.add_secret(key)
     return checked
 
 
-def _run(path: str | None) -> int:
-    checked = _checked(path)
+def _run(paths: list[str]) -> int:
+    checked = _checked(paths)
     log_mod.configure(checked.cfg.log.level, checked.cfg.log.format)
     for warning in checked.warnings:
         log_mod.get_logger("kioskd").warning("config.plaintext_key", cause=warning)
@@ -61,7 +65,7 @@ def _run(path: str | None) -> int:
     alsa.install(log_mod.get_logger("kioskd.audio"))  # before PortAudio is loaded: it lists devices at once
     from kioskd.daemon import Daemon
 
-    daemon = Daemon(checked, config_path=path)
+    daemon = Daemon(checked, config_path=paths)
     code = asyncio.run(daemon.run())
     if daemon.restart:  # a missing audio device is back: a fresh process enumerates it (standby.py)
         from kioskd.standby import reexec
@@ -89,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            return _run(args.config)
+            return _run(args.config or [])
         if args.command == "check-config":
-            checked = _checked(args.config)
+            checked = _checked([*args.files, *(args.config or [])])
             for warning in checked.warnings:
                 print(f"kioskd: warning: {warning}", file=sys.stderr)
             print(json.dumps(config_mod.describe(checked.cfg), indent=2))

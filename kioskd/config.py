@@ -4,6 +4,9 @@ Theory: the dataclass defaults below *are* the embedded default (embedded simula
 button), and ``config/kioskd.yaml`` spells the same values out with comments; a test keeps the two equal. The
 file is read with ``yaml.compose`` so that every value keeps its node and its line: each ``ConfigError`` names
 the file, the 1-based line, the dotted key and the problem, and unknown names come with the closest valid one.
+Several files (a fleet's shared base, then an exhibit's overlay) are each validated on their own, relative paths
+taken from the file that sets them, then merged: mappings deeply, the later file winning, lists replaced whole;
+``KioskConfig.where`` names the file and line that set a key.
 Units are in the key names; ``None`` (YAML ``null``) means off or "pick for me". The YAML names a key *file*,
 never a key: ``read_api_key`` reads it later, and no message ever includes it.
 
@@ -22,9 +25,9 @@ import math
 import os
 import stat
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Final, Literal, TypeAlias, Union, get_args, get_origin, get_type_hints
 from urllib.parse import parse_qsl, urlsplit
 
 import yaml  # type: ignore[import-untyped]
@@ -283,9 +286,15 @@ class KioskConfig:
     log: LogConfig = field(default_factory=LogConfig)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     source: str = DEFAULT_SOURCE
-    """Where this config came from: the file path, or DEFAULT_SOURCE."""
+    """Where this config came from: the file path (several: ``"base.yaml + exhibit.yaml"``), or DEFAULT_SOURCE."""
     lines: Mapping[str, int] = field(default_factory=dict, compare=False)
     """The line of each key set in the file (``"realtime.url"``: 3), for errors found after parsing."""
+    files: Mapping[str, str] = field(default_factory=dict, compare=False)
+    """The file whose line that is, for each key in ``lines`` (the last of several files that set it)."""
+
+    def where(self, key: str) -> tuple[str, int | None]:
+        """The file and line that set ``key``, for a ConfigError; a key no file sets: the source, no line."""
+        return self.files.get(key, self.source), self.lines.get(key)
 
 
 # ---------------------------------------------------------------------------------------------------- schema
@@ -318,7 +327,7 @@ def _spec_of(hint: Any) -> _Spec:
 
 
 SECTIONS: Final[dict[str, type]] = {
-    name: hint for name, hint in get_type_hints(KioskConfig).items() if name not in ("source", "lines")
+    name: hint for name, hint in get_type_hints(KioskConfig).items() if name not in ("source", "lines", "files")
 }
 SCHEMA: Final[dict[str, dict[str, _Spec]]] = {
     name: {key: _spec_of(hint) for key, hint in get_type_hints(cls).items()} for name, cls in SECTIONS.items()
@@ -442,13 +451,20 @@ PATH_KEYS: Final = frozenset({"realtime.api_key_file", "fallback.api_key_file", 
 # ---------------------------------------------------------------------------------------------------- reading
 
 
-def load(path: str | os.PathLike[str] | None) -> KioskConfig:
-    """Read and validate a config file; ``None`` gives the embedded default. Raises ConfigError."""
+#: one config file, or several merged in order
+Paths: TypeAlias = str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None
+
+
+def load(path: Paths) -> KioskConfig:
+    """Read and validate a config file, or several merged in order (a shared base, then an exhibit's overlay:
+    see ``merge``); ``None`` or no file gives the embedded default. Raises ConfigError naming the file (and line
+    and key) where the bad value came from."""
     if path is None:
         return KioskConfig()
-    name = os.fspath(path)
-    text, _ = read_small_text(name, None, "", CONFIG_MAX_BYTES)
-    return parse(text, name)
+    names = [os.fspath(path)] if isinstance(path, (str, os.PathLike)) else [os.fspath(p) for p in path]
+    if not names:
+        return KioskConfig()
+    return merge([_layer(read_small_text(name, None, "", CONFIG_MAX_BYTES)[0], name) for name in names])
 
 
 def read_small_text(path: str, key: str | None, what: str, limit_bytes: int) -> tuple[str, int]:
@@ -502,6 +518,52 @@ def _file_kind(mode: int) -> str:
 
 def parse(text: str, filename: str) -> KioskConfig:
     """Validate YAML text; ``filename`` names it in errors and anchors relative paths. Raises ConfigError."""
+    return merge([_layer(text, filename)])
+
+
+@dataclass(frozen=True, slots=True)
+class Layer:
+    """One file's validated values: only the keys it sets (paths already resolved against its directory), and
+    their lines."""
+
+    filename: str
+    sections: Mapping[str, Mapping[str, Any]]
+    lines: Mapping[str, int]
+
+
+def merge(layers: Sequence[Layer]) -> KioskConfig:
+    """The config of several files, later ones winning: a key's value is the last file's that sets it, except
+    that two mappings (``cost.prices``) merge, model by model; a list would be replaced whole. Each key's line is
+    kept with its file (``KioskConfig.where``). The checks across keys run on the merged result and name the key
+    set by the later file. Raises ConfigError."""
+    merged: dict[str, dict[str, Any]] = {}
+    lines: dict[str, int] = {}
+    files: dict[str, str] = {}
+    for layer in layers:
+        for name, values in layer.sections.items():
+            section = merged.setdefault(name, {})
+            for key, value in values.items():
+                section[key] = _deep_merge(section.get(key), value)
+        lines.update(layer.lines)
+        files.update(dict.fromkeys(layer.lines, layer.filename))
+    order = [layer.filename for layer in layers]
+    cfg = KioskConfig(source=" + ".join(order) if order else DEFAULT_SOURCE, lines=lines, files=files,
+                      **{name: SECTIONS[name](**values) for name, values in merged.items()})
+    _cross_check(cfg, order)
+    return cfg
+
+
+def _deep_merge(old: Any, new: Any) -> Any:
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        out = dict(old)
+        for key, value in new.items():
+            out[key] = _deep_merge(out.get(key), value)
+        return out
+    return new  # a scalar, a list, a record (a model's Prices) or null: replaced whole
+
+
+def _layer(text: str, filename: str) -> Layer:
+    """Validate one file on its own: YAML, section and key names, each value. Raises ConfigError."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -514,11 +576,11 @@ def parse(text: str, filename: str) -> KioskConfig:
     except yaml.YAMLError as exc:
         raise ConfigError(filename, None, None, f"invalid YAML: {exc}") from None
     if root is None or _is_null(root):
-        return KioskConfig(source=filename)
+        return Layer(filename, {}, {})
     if not isinstance(root, yaml.MappingNode):
         raise ConfigError(filename, _line(root), None, "expected a mapping of sections at the top level",
                           "sections: " + ", ".join(SECTIONS))
-    sections: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {}
     for key_node, value_node in _pairs(root, filename, None):
         name = key_node.value
         if name not in SECTIONS:
@@ -527,15 +589,13 @@ def parse(text: str, filename: str) -> KioskConfig:
         sections[name] = _section(name, value_node, filename)
     lines = {f"{s_node.value}.{k_node.value}": _line(v_node) for s_node, s_value in root.value
              if isinstance(s_value, yaml.MappingNode) for k_node, v_node in s_value.value}
-    cfg = KioskConfig(source=filename, lines=lines, **sections)
-    _cross_check(cfg, root, filename)
-    return cfg
+    return Layer(filename, sections, lines)
 
 
-def _section(name: str, node: yaml.Node, filename: str) -> Any:
-    cls = SECTIONS[name]
+def _section(name: str, node: yaml.Node, filename: str) -> dict[str, Any]:
+    """The keys a section sets, validated; an empty section sets none."""
     if _is_null(node):
-        return cls()
+        return {}
     if not isinstance(node, yaml.MappingNode):
         raise ConfigError(filename, _line(node), name, f"expected a mapping of {name} keys, got {_kind(node)}")
     specs = SCHEMA[name]
@@ -548,7 +608,7 @@ def _section(name: str, node: yaml.Node, filename: str) -> Any:
                 hint = "the YAML names a key file, never a key: use realtime.api_key_file"
             raise ConfigError(filename, _line(key_node), f"{name}.{_name_shown(key)}", "unknown key", hint)
         values[key] = _value(dotted, specs[key], value_node, filename)
-    return cls(**values)
+    return values
 
 
 PRICE_FIELDS: Final = ("text_in", "text_out", "audio_in", "audio_out", "text_cached", "audio_cached")
@@ -635,22 +695,26 @@ def _coerce(dotted: str, spec: _Spec, value: Any, filename: str, line: int) -> A
     return value
 
 
-def _cross_check(cfg: KioskConfig, root: yaml.MappingNode, filename: str) -> None:
+def _cross_check(cfg: KioskConfig, order: Sequence[str]) -> None:
+    def blamed(first: str, second: str) -> str:
+        """Of two keys in conflict, the one the later file set; ``first`` when one file set both."""
+        def rank(key: str) -> int:
+            return order.index(cfg.files[key]) if key in cfg.files else -1
+        return second if rank(second) > rank(first) else first
+
     low, high = cfg.audio.prebuffer_min_ms, cfg.audio.prebuffer_max_ms
     if low > high:
-        min_line = _find_line(root, "audio", "prebuffer_min_ms")
-        if min_line is not None:
-            raise ConfigError(filename, min_line, "audio.prebuffer_min_ms",
+        if blamed("audio.prebuffer_min_ms", "audio.prebuffer_max_ms") == "audio.prebuffer_min_ms":
+            raise ConfigError(*cfg.where("audio.prebuffer_min_ms"), "audio.prebuffer_min_ms",
                               f"is more than audio.prebuffer_max_ms ({high:g})",
                               "make prebuffer_min_ms <= prebuffer_max_ms")
-        raise ConfigError(filename, _find_line(root, "audio", "prebuffer_max_ms"), "audio.prebuffer_max_ms",
+        raise ConfigError(*cfg.where("audio.prebuffer_max_ms"), "audio.prebuffer_max_ms",
                           f"is less than audio.prebuffer_min_ms ({low:g})", "make prebuffer_min_ms <= prebuffer_max_ms")
     if cfg.led.pin is not None and cfg.led.pin == cfg.button.pin:
-        led_line = _find_line(root, "led", "pin")
-        if led_line is not None:
-            raise ConfigError(filename, led_line, "led.pin", "is the same pin as button.pin",
+        if blamed("led.pin", "button.pin") == "led.pin":
+            raise ConfigError(*cfg.where("led.pin"), "led.pin", "is the same pin as button.pin",
                               "use another pin, or null for no LED")
-        raise ConfigError(filename, _find_line(root, "button", "pin"), "button.pin", "is the same pin as led.pin",
+        raise ConfigError(*cfg.where("button.pin"), "button.pin", "is the same pin as led.pin",
                           "use another pin, or set led.pin")
 
 
@@ -679,15 +743,6 @@ def _pairs(node: yaml.MappingNode, filename: str, section: str | None) -> list[t
         seen.add(key_node.value)
         out.append((key_node, value_node))
     return out
-
-
-def _find_line(root: yaml.MappingNode, section: str, key: str) -> int | None:
-    for s_node, s_value in root.value:
-        if s_node.value == section and isinstance(s_value, yaml.MappingNode):
-            for k_node, v_node in s_value.value:
-                if k_node.value == key:
-                    return _line(v_node)
-    return None
 
 
 def _line(node: yaml.Node) -> int:
@@ -772,22 +827,22 @@ def check_prices(cfg: KioskConfig) -> None:
     if prices_for(model, price_table(cfg)) is None:
         key = "cost.model" if cfg.cost.model else "realtime.url"
         problem = f"no price for the model {model!r}" if model else "names no model= to price"
-        raise ConfigError(cfg.source, cfg.lines.get(key), key, problem,
+        raise ConfigError(*cfg.where(key), key, problem,
                           f"set cost.model to the model it runs (one of {known}), or give its prices in cost.prices")
     if has_fallback(cfg) and prices_for(cfg.fallback.model, price_table(cfg)) is None:
-        raise ConfigError(cfg.source, cfg.lines.get("fallback.model"), "fallback.model",
+        raise ConfigError(*cfg.where("fallback.model"), "fallback.model",
                           f"no price for the model {cfg.fallback.model!r}",
                           f"name one of {known}, or give its prices in cost.prices")
     for key, name in (("cost.degrade_model", cfg.cost.degrade_model),
                       ("ab.arm", cfg.ab.arm if cfg.ab.arm != "fallback" else None)):
         if name is not None and prices_for(name, price_table(cfg)) is None:
-            raise ConfigError(cfg.source, cfg.lines.get(key), key, f"no price for the model {name!r}",
+            raise ConfigError(*cfg.where(key), key, f"no price for the model {name!r}",
                               f"name one of {known}, or give its prices in cost.prices")
     if cfg.ab.split > 0 and cfg.ab.arm == "fallback" and not has_fallback(cfg):
-        raise ConfigError(cfg.source, cfg.lines.get("ab.split"), "ab.split",
+        raise ConfigError(*cfg.where("ab.split"), "ab.split",
                           "the A/B arm 'fallback' has no endpoint", "set fallback.url")
     if cfg.cost.degrade_model is not None and cfg.cost.daily_budget_usd is None:
-        raise ConfigError(cfg.source, cfg.lines.get("cost.degrade_model"), "cost.degrade_model",
+        raise ConfigError(*cfg.where("cost.degrade_model"), "cost.degrade_model",
                           "degrades from a share of the budget, and there is none", "set cost.daily_budget_usd")
 
 
@@ -936,7 +991,7 @@ def check_credentials(cfg: KioskConfig, url: str, api_key: str | None, key: str 
     unencrypted to another machine unless ``realtime.allow_plaintext`` says so. Raises ConfigError naming file,
     line and key; returns warnings to log (a key allowed over plaintext)."""
     parts = urlsplit(url)
-    where = (cfg.source, cfg.lines.get(key), key)
+    where = (*cfg.where(key), key)
     if parts.scheme in ("wss", "https") and not api_key:
         raise ConfigError(*where, "no API key for this endpoint",
                           "set realtime.api_key_file, systemd LoadCredential=openai_api_key, or OPENAI_API_KEY")
@@ -968,11 +1023,14 @@ def api_key_source(cfg: RealtimeConfig, environ: Mapping[str, str] = os.environ)
 
 
 def describe(cfg: KioskConfig, environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
-    """The effective config as plain JSON-ready data for ``kioskd check-config``: every key, plus the values
-    the defaults resolve to. Names where the key would come from; never reads or includes it."""
+    """The effective config as plain JSON-ready data for ``kioskd check-config``: every key, the file and line
+    of each key a file sets (``set_in``), plus the values the defaults resolve to. Names where the key would
+    come from; never reads or includes it."""
     out: dict[str, Any] = {"source": cfg.source}
     for name in SECTIONS:
         out[name] = dataclasses.asdict(getattr(cfg, name))
+    # which file (of a base and its overlay) set each key, and where
+    out["set_in"] = {key: f"{file}:{cfg.lines[key]}" for key, file in cfg.files.items()}
     out["effective"] = {
         "endpoint": cfg.realtime.url or "embedded simulator on loopback",
         "auth": effective_auth(cfg.realtime),

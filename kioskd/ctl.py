@@ -1,6 +1,6 @@
 """kioskctl: send one command to a running kioskd over its control socket and print the reply.
 
-    kioskctl [--socket PATH] [--config FILE] [--json] press|release|status|stats|devices|selftest|reload
+    kioskctl [--socket PATH] [--config FILE]... [--json] press|release|status|stats|devices|selftest|reload
 
 On a terminal the reply is written for a person; otherwise (or with ``--json``) it is the daemon's JSON.
 
@@ -31,7 +31,8 @@ SELFTEST_TIMEOUT_S: Final = 30.0
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kioskctl", description="Control a running kioskd.")
     p.add_argument("--socket", metavar="PATH", help="control socket (default: from the config, else the runtime dir)")
-    p.add_argument("--config", metavar="FILE", help="kioskd config whose control.socket to use")
+    p.add_argument("--config", metavar="FILE", action="append",
+                   help="kioskd config whose control.socket to use (repeat it as for kioskd run: base, overlay)")
     p.add_argument("--timeout", metavar="SECONDS", type=float, default=None,
                    help="reply timeout (default 5; 30 for selftest)")
     p.add_argument("--json", action="store_true", help="print the daemon's JSON reply (the default off a terminal)")

@@ -15,7 +15,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from kioskd import checks
@@ -48,11 +48,12 @@ RESTART_SECTIONS: Final = ("audio", "button", "led", "control", "simulator", "lo
 class Daemon:
     """kioskd's running process. ``run()`` returns the exit code."""
 
-    def __init__(self, checked: checks.Checked, *, config_path: str | None = None) -> None:
+    def __init__(self, checked: checks.Checked, *, config_path: str | Sequence[str] | None = None) -> None:
         cfg = checked.cfg
         self.cfg = cfg
         self.checked = checked
-        self._config_path = config_path
+        # every file, re-read in order on reload (a base and an exhibit's overlay); none: the embedded default
+        self._config_path = (config_path,) if isinstance(config_path, str) else tuple(config_path or ())
         self._api_key = checked.api_key
         self._exit_code = 0
         self._url = cfg.realtime.url or ""
@@ -227,7 +228,7 @@ class Daemon:
             await self._reload()
 
     async def _reload(self) -> dict[str, Any]:
-        """Validate the file first, off the event loop (a reply keeps playing); on any error keep the running
+        """Validate the files first, off the event loop (a reply keeps playing); on any error keep the running
         config. In standby a good file starts afresh (it may name the missing device differently). Returns what
         ``kioskctl reload`` says."""
         async with self._reloading:

@@ -1,4 +1,5 @@
-"""structlog set-up: JSON lines off a TTY (for journald), a console format on one, secrets redacted twice.
+"""structlog set-up: JSON lines off a TTY, native journald entries under systemd, a console format on a TTY,
+secrets redacted twice.
 
 The contract (DESIGN §6, docs/logging.md): each line has a stable dotted event name at a fixed level, and the
 fields of that event. The core never logs; it returns ``Note`` actions and ``emit`` writes them. Redaction runs
@@ -6,9 +7,13 @@ last before rendering, after the traceback has been turned into text, so it cove
 and exception text: the ``api_key``, ``authorization`` and ``api-key`` fields are masked whatever their value,
 and any registered secret's value is cut out of every string.
 
+Under journald (the output is the stream named by $JOURNAL_STREAM) each event goes to journald's socket as
+structured fields instead of a line (``kioskd/journal.py``): ``journalctl -u kioskd KIOSKD_EVENT=turn.done``.
+While that socket cannot be reached the lines go to the stream with the ``<N>`` priority prefix, said once.
+
 Thread affinity: ``configure`` and ``add_secret`` are called from the main thread (at start and after the key
-is read); logging itself is safe from any thread (structlog's WriteLogger holds a lock per write), but the audio
-callbacks never log.
+is read); logging itself is safe from any thread (structlog's WriteLogger holds a lock per write, the journal
+sender one per send), but the audio callbacks never log.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any, Final, TextIO, TypeAlias, cast
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
+from kioskd import journal
 from kioskd.core.events import Note
 
 Logger: TypeAlias = FilteringBoundLogger
@@ -45,6 +51,7 @@ STDLIB_MIN_LEVEL: Final = logging.WARNING
 
 _secrets: tuple[str, ...] = ()
 _bridge: logging.Handler | None = None
+_journal: journal.JournalSender | None = None
 
 
 def add_secret(value: str) -> None:
@@ -112,17 +119,48 @@ def _ordered(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> Eve
     return {**head, **event_dict}
 
 
-class _JsonLine:
-    """Render one JSON object per line, with journald's priority prefix when writing to the journal."""
+class _JournalEntry:
+    """Under journald: render the event as a native journal entry, and as the ``<N>`` JSON line that the stream
+    gets instead while the journal socket cannot be reached. Runs after ``redact``, so both are redacted."""
 
-    def __init__(self, journald: bool) -> None:
+    def __init__(self) -> None:
         self._json = structlog.processors.JSONRenderer()
-        self._journald = journald
 
-    def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
-        level = str(event_dict.get("level", "info"))
+    def __call__(self, logger: WrappedLogger, method: str,
+                 event_dict: EventDict) -> tuple[tuple[bytes, str], dict[str, Any]]:
+        priority = SYSLOG_PRIORITY.get(str(event_dict.get("level", "info")), 6)
         line = cast(str, self._json(logger, method, event_dict))
-        return f"<{SYSLOG_PRIORITY.get(level, 6)}>{line}" if self._journald else line
+        return (journal.encode(journal.entry(event_dict, line, priority)), f"<{priority}>{line}"), {}
+
+
+class _JournalLogger:
+    """Sends each entry to journald; one it cannot send goes to the stream as its ``<N>`` line (never lost),
+    and the first of an outage is preceded by a ``log.journal_unavailable`` line there."""
+
+    def __init__(self, sender: journal.JournalSender, file: TextIO, name: str | None) -> None:
+        self._sender = sender
+        self._stream = structlog.WriteLogger(file)  # shares the stream's lock with every other writer of it
+        self.name = name
+
+    def msg(self, entry: bytes, line: str) -> None:
+        sent, cause = self._sender.send(entry)
+        if sent:
+            return
+        if cause is not None:  # the sender is down now, so this line itself goes to the stream
+            get_logger("kioskd.log").warning("log.journal_unavailable", socket=self._sender.path, cause=cause,
+                                             retry_s=self._sender.retry_s)
+        self._stream.msg(line)
+
+    log = debug = info = warn = warning = error = err = critical = exception = fatal = failure = msg
+
+
+class _JournalLoggerFactory:
+    def __init__(self, sender: journal.JournalSender, file: TextIO) -> None:
+        self._sender = sender
+        self._file = file
+
+    def __call__(self, *args: Any) -> _JournalLogger:
+        return _JournalLogger(self._sender, self._file, str(args[0]) if args else None)
 
 
 def writes_to_journal(stream: TextIO, environ: Mapping[str, str]) -> bool:
@@ -152,13 +190,15 @@ class _StdlibBridge(logging.Handler):
 
 
 def configure(level: str = "info", fmt: str = "auto", *, stream: TextIO | None = None,
-              secrets: Iterable[str] = (), environ: Mapping[str, str] | None = None) -> None:
+              secrets: Iterable[str] = (), environ: Mapping[str, str] | None = None,
+              journal_socket: str = journal.JOURNAL_SOCKET) -> None:
     """Set up logging for the process; may be called again (tests, reload) and replaces the previous set-up.
 
-    ``fmt`` "auto" writes console lines on a TTY and JSON lines otherwise. ``stream`` defaults to stderr.
+    ``fmt`` "auto" writes console lines on a TTY and JSON otherwise: native entries to ``journal_socket`` when
+    ``stream`` is the journal stream, JSON lines to ``stream`` elsewhere. ``stream`` defaults to stderr.
     ``environ`` (default os.environ) is read for JOURNAL_STREAM. Raises ValueError for an unknown level or fmt.
     """
-    global _bridge
+    global _bridge, _journal
     if level not in LEVELS:
         raise ValueError(f"log level {level!r}: expected one of {', '.join(LEVELS)}")
     if fmt not in FORMATS:
@@ -167,11 +207,19 @@ def configure(level: str = "info", fmt: str = "auto", *, stream: TextIO | None =
     for secret in secrets:
         add_secret(secret)
     tty = _isatty(out)
+    if _journal is not None:
+        _journal.close()
+        _journal = None
     renderer: Processor
+    factory: _NamedWriteLoggerFactory | _JournalLoggerFactory = _NamedWriteLoggerFactory(out)
     if fmt == "console" or (fmt == "auto" and tty):
         renderer = structlog.dev.ConsoleRenderer(colors=tty)
+    elif writes_to_journal(out, os.environ if environ is None else environ):
+        _journal = journal.JournalSender(journal_socket)
+        renderer = _JournalEntry()
+        factory = _JournalLoggerFactory(_journal, out)
     else:
-        renderer = _JsonLine(writes_to_journal(out, os.environ if environ is None else environ))
+        renderer = structlog.processors.JSONRenderer()  # one JSON object per line
     processors: list[Processor] = [
         structlog.processors.add_log_level,
         _add_logger_name,
@@ -185,7 +233,7 @@ def configure(level: str = "info", fmt: str = "auto", *, stream: TextIO | None =
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=_NamedWriteLoggerFactory(out),
+        logger_factory=factory,
         # not cached: loggers made before configure() (module level, tests) follow a later configure()
         cache_logger_on_first_use=False,
     )
@@ -198,8 +246,11 @@ def configure(level: str = "info", fmt: str = "auto", *, stream: TextIO | None =
 
 def reset() -> None:
     """Undo ``configure``: structlog's defaults, no stdlib bridge. Registered secrets stay registered."""
-    global _bridge
+    global _bridge, _journal
     structlog.reset_defaults()
+    if _journal is not None:
+        _journal.close()
+        _journal = None
     if _bridge is not None:
         logging.getLogger().removeHandler(_bridge)
         _bridge = None

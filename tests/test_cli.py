@@ -146,3 +146,39 @@ def test_run_refuses_a_fallback_socket_directory_others_can_write(tmp_path: Path
         f"kioskd: {hostile}: control socket directory is writable by other users (mode 0777): a socket there could "
         "be another user's, answering in kioskd's place (remove it, or set control.socket)\n")
     assert os.listdir(hostile) == []
+
+
+def test_check_config_merges_a_base_and_an_overlay(tmp_path: Path) -> None:
+    """A fleet's shared base plus an exhibit's overlay, as positional files or as repeated --config (as `run`
+    takes them): the overlay wins, each key says which file set it, paths follow the file that sets them."""
+    import json
+
+    base, overlay = tmp_path / "kioskd.yaml", tmp_path / "exhibits" / "exhibit.yaml"
+    overlay.parent.mkdir()
+    base.write_text("realtime:\n  voice: marin\naudio:\n  block_ms: 10\nexhibit:\n  knowledge_file: k.yaml\n")
+    overlay.write_text(f"realtime:\n  voice: cedar\nexhibit:\n  knowledge_file: k.yaml\n"
+                       f"control:\n  socket: {tmp_path / 'control.sock'}\n")
+    (tmp_path / "k.yaml").write_text("- topic: Age\n  text: Base.\n")
+    (overlay.parent / "k.yaml").write_text("- topic: Age\n  text: Made around 320 AD.\n")
+    for args in (("check-config", str(base), str(overlay)),
+                 ("check-config", "--config", str(base), "--config", str(overlay))):
+        done = kioskd(*args)
+        assert done.returncode == 0, done.stderr
+        described = json.loads(done.stdout)
+        assert described["source"] == f"{base} + {overlay}"
+        assert described["realtime"]["voice"] == "cedar" and described["audio"]["block_ms"] == 10
+        assert described["exhibit"]["knowledge_file"] == str(overlay.parent / "k.yaml")
+        assert described["set_in"]["realtime.voice"] == f"{overlay}:2"
+        assert described["set_in"]["audio.block_ms"] == f"{base}:4"
+
+
+def test_an_error_in_the_overlay_names_the_overlay(tmp_path: Path) -> None:
+    """`run --config base --config overlay` and `check-config` exit 78 naming the overlay's file, line and key."""
+    base, overlay = tmp_path / "kioskd.yaml", tmp_path / "exhibit.yaml"
+    base.write_text("audio:\n  block_ms: 10\n")
+    overlay.write_text("realtime:\n  voice: cedar\naudio:\n  output_devcie: USB\n")
+    for args in (("run", "--config", str(base), "--config", str(overlay)),
+                 ("check-config", str(base), str(overlay))):
+        done = kioskd(*args)
+        assert done.returncode == EX_CONFIG, done.stderr
+        assert f"{overlay}:4: audio.output_devcie: unknown key (did you mean audio.output_device?)" in done.stderr

@@ -478,7 +478,8 @@ def test_describe_is_plain_data_without_the_key(tmp_path: Path) -> None:
         "endpoint": "wss://api.openai.com/v1/realtime?model=gpt-realtime", "auth": "bearer",
         "api_key_source": str(path), "control_socket": "/run/user/7/kioskd.sock",
     }
-    assert set(described) == {"source", "effective", *config.SCHEMA}
+    assert described["set_in"] == {"realtime.url": "k.yaml:2", "realtime.api_key_file": "k.yaml:3"}
+    assert set(described) == {"source", "set_in", "effective", *config.SCHEMA}
 
 
 # ---------------------------------------------------------------------------------------------------- cost
@@ -584,3 +585,167 @@ def test_a_plaintext_fallback_url_with_a_key_is_refused(tmp_path: Path) -> None:
         config.check_credentials(cfg, "http://10.0.0.5/v1", "sk-test-key-1234567890", "fallback.url")
     assert info.value.key == "fallback.url" and "unencrypted" in str(info.value)
     assert config.check_credentials(cfg, "http://127.0.0.1:8080/v1", "sk-test-key-1234567890", "fallback.url") == []
+
+
+# ---------------------------------------------------------------------------------------------------- a fleet
+
+
+def fleet(tmp_path: Path, base: str, overlay: str) -> tuple[Path, Path]:
+    """A shared base in fleet/ and an exhibit's overlay in exhibit/, as `--config base --config overlay`."""
+    (tmp_path / "fleet").mkdir(exist_ok=True)
+    (tmp_path / "exhibit").mkdir(exist_ok=True)
+    b, o = tmp_path / "fleet" / "kioskd.yaml", tmp_path / "exhibit" / "exhibit.yaml"
+    b.write_text(base)
+    o.write_text(overlay)
+    return b, o
+
+
+def load_error(*paths: Path) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        config.load(paths)
+    return info.value
+
+
+def test_an_overlay_merges_into_the_base_deeply_and_wins(tmp_path: Path) -> None:
+    """Sections merge key by key, the later file's value winning (null included); cost.prices, a mapping,
+    merges model by model, each model's prices replaced whole; each key keeps its own file and line."""
+    base, overlay = fleet(
+        tmp_path,
+        "realtime:\n  url: wss://api.openai.com/v1/realtime?model=gpt-realtime\n  voice: marin\n"
+        "audio:\n  block_ms: 10\n  output_device: USB\n"
+        "cost:\n  daily_budget_usd: 5\n  prices:\n"
+        "    museum-a: {text_in: 1, text_out: 2, audio_in: 3, audio_out: 4}\n"
+        "    museum-b: {text_in: 1, text_out: 2, audio_in: 3, audio_out: 4, audio_cached: 0.5}\n",
+        "realtime:\n  voice: cedar\n"
+        "audio:\n  output_device: Speaker\n"
+        "led:\n  pin: null\n"
+        "cost:\n  prices:\n"
+        "    museum-b: {text_in: 10, text_out: 20, audio_in: 30, audio_out: 40}\n"
+        "    museum-c: {text_in: 5, text_out: 6, audio_in: 7, audio_out: 8}\n",
+    )
+    cfg = config.load([base, overlay])
+    assert cfg.source == f"{base} + {overlay}"
+    assert cfg.realtime.url == "wss://api.openai.com/v1/realtime?model=gpt-realtime"  # the base's
+    assert cfg.realtime.voice == "cedar" and cfg.audio.output_device == "Speaker"  # the overlay's
+    assert cfg.audio.block_ms == 10 and cfg.cost.daily_budget_usd == 5  # the base's, beside the overlay's keys
+    assert cfg.led.pin is None and cfg.turn == KioskConfig().turn  # null wins too; untouched sections default
+    assert cfg.cost.prices is not None and set(cfg.cost.prices) == {"museum-a", "museum-b", "museum-c"}
+    assert cfg.cost.prices["museum-a"].audio_out == 4
+    assert cfg.cost.prices["museum-b"].audio_out == 40 and cfg.cost.prices["museum-b"].audio_cached is None
+    assert cfg.where("realtime.url") == (str(base), 2) and cfg.where("realtime.voice") == (str(overlay), 2)
+    assert cfg.where("audio.block_ms") == (str(base), 5) and cfg.where("audio.output_device") == (str(overlay), 4)
+    assert cfg.where("turn.hold_cap_s") == (cfg.source, None)  # set by no file
+    described = config.describe(cfg)
+    assert described["source"] == cfg.source and described["set_in"]["realtime.voice"] == f"{overlay}:2"
+
+
+def test_merging_replaces_lists_and_scalars_whole_and_merges_mappings() -> None:
+    """The rule itself (no key of today's schema holds a list: a list in the YAML is refused per key)."""
+    merged = config._deep_merge({"a": [1, 2], "m": {"x": 1, "n": {"p": 1}}, "s": 1},
+                                {"a": [3], "m": {"y": 2, "n": {"q": 2}}, "s": None})
+    assert merged == {"a": [3], "m": {"x": 1, "y": 2, "n": {"p": 1, "q": 2}}, "s": None}
+
+
+def test_one_file_in_a_list_is_that_file_and_no_file_the_embedded_default(tmp_path: Path) -> None:
+    path = tmp_path / "kioskd.yaml"
+    path.write_text("audio:\n  block_ms: 10\n")
+    assert config.load([path]) == config.load(path) == config.load(str(path))
+    assert config.load([path]).source == str(path)
+    assert config.load([]) == config.load(None) == KioskConfig()
+    assert config.load([path, path]).audio.block_ms == 10  # a file twice is harmless
+
+
+def test_relative_paths_are_taken_from_the_file_that_sets_them(tmp_path: Path) -> None:
+    base, overlay = fleet(
+        tmp_path,
+        "exhibit:\n  knowledge_file: knowledge.yaml\n  tools_file: tools.yaml\nprompts:\n  offline: offline.wav\n"
+        "control:\n  socket: run/control.sock\n",
+        "exhibit:\n  knowledge_file: knowledge.yaml\nprompts:\n  apology: sounds/apology.wav\n"
+        "realtime:\n  api_key_file: secrets/key\n",
+    )
+    cfg = config.load([base, overlay])
+    fleet_dir, exhibit_dir = base.parent, overlay.parent
+    assert cfg.exhibit.knowledge_file == str(exhibit_dir / "knowledge.yaml")  # the overlay's, from its directory
+    assert cfg.exhibit.tools_file == str(fleet_dir / "tools.yaml")
+    assert cfg.prompts.offline == str(fleet_dir / "offline.wav")
+    assert cfg.prompts.apology == str(exhibit_dir / "sounds" / "apology.wav")
+    assert cfg.prompts.closed == "default"
+    assert cfg.control.socket == str(fleet_dir / "run" / "control.sock")
+    assert cfg.realtime.api_key_file == str(exhibit_dir / "secrets" / "key")
+
+
+@pytest.mark.parametrize(("base", "overlay", "in_overlay", "line", "key", "fragment"), [
+    # a bad value or name in either file: that file, its line, the key
+    ("audio:\n  block_ms: 10\n", "led:\n  pin: 3\naudio:\n  block_ms: 2\n", True, 4, "audio.block_ms",
+     "between 5 and 100"),
+    ("audio:\n  block_ms: 10\n", "audio:\n  output_devcie: USB\n", True, 2, "audio.output_devcie",
+     "did you mean audio.output_device?"),
+    ("audoi:\n  block_ms: 10\n", "audio:\n  block_ms: 20\n", False, 1, "audoi", "unknown section"),
+    ("turn:\n  reply_wiat_s: 3\n", "", False, 2, "turn.reply_wiat_s", "unknown key"),
+    ("audio:\n  block_ms: 10\n", "audio:\n  block_ms: [20\n", True, 3, None, "invalid YAML"),
+    ("cost:\n  prices:\n    m: {text_in: 1, text_out: 2, audio_in: 3, audio_out: 4}\n",
+     "cost:\n  prices:\n    m: {audio_out: 5}\n", True, 3, "cost.prices.m", "has no text_in"),
+    # checks across keys run on the merged config and name the key the later file set
+    ("audio:\n  prebuffer_max_ms: 100\n", "audio:\n  prebuffer_min_ms: 200\n", True, 2,
+     "audio.prebuffer_min_ms", "more than audio.prebuffer_max_ms (100)"),
+    ("audio:\n  prebuffer_min_ms: 50\n", "audio:\n  prebuffer_max_ms: 20\n", True, 2,
+     "audio.prebuffer_max_ms", "less than audio.prebuffer_min_ms (50)"),
+    ("led:\n  pin: 5\n", "realtime:\n  voice: cedar\nbutton:\n  pin: 5\n", True, 4, "button.pin",
+     "same pin as led.pin"),
+    ("button:\n  pin: 5\n", "led:\n  pin: 5\n", True, 2, "led.pin", "same pin as button.pin"),
+])
+def test_an_error_names_the_file_it_came_from(tmp_path: Path, base: str, overlay: str, in_overlay: bool,
+                                              line: int, key: str | None, fragment: str) -> None:
+    b, o = fleet(tmp_path, base, overlay)
+    err = load_error(b, o)
+    assert (err.file, err.line, err.key) == (str(o if in_overlay else b), line, key)
+    assert str(err).startswith(f"{o if in_overlay else b}:{line}: ") and fragment in str(err)
+
+
+def test_checks_after_the_merge_name_the_file_that_set_the_key(tmp_path: Path) -> None:
+    """Prices and credentials are checked on the merged config; their errors still name file and line."""
+    b, o = fleet(tmp_path, "realtime:\n  url: ws://203.0.113.7/v1/realtime?model=gpt-realtime\n",
+                 "realtime:\n  voice: cedar\ncost:\n  model: gpt-9-turbo\n")
+    cfg = config.load([b, o])
+    with pytest.raises(ConfigError) as info:
+        config.check_prices(cfg)
+    assert (info.value.file, info.value.line, info.value.key) == (str(o), 4, "cost.model")
+    with pytest.raises(ConfigError) as info:
+        config.check_credentials(cfg, cfg.realtime.url or "", "test-key-1234567890")
+    assert (info.value.file, info.value.line, info.value.key) == (str(b), 2, "realtime.url")
+    assert "unencrypted" in str(info.value)
+
+
+def test_a_reload_re_reads_every_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGHUP's reload (Daemon._reload, in-process) reads the base and the overlay again: a change in either
+    applies; an error in the overlay is refused naming it, and the running config stays."""
+    import asyncio
+    import io
+
+    from kioskd import checks, log
+    from kioskd.daemon import Daemon
+
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    b, o = fleet(tmp_path, f"control:\n  socket: {tmp_path / 'control.sock'}\nturn:\n  reply_wait_s: 8\n",
+                 "realtime:\n  voice: cedar\n")
+    paths = [str(b), str(o)]
+    stream = io.StringIO()
+    log.configure("info", "json", stream=stream, environ={})
+    try:
+        daemon = Daemon(checks.load(paths), config_path=paths)
+        assert daemon.cfg.realtime.voice == "cedar" and daemon.cfg.turn.reply_wait_s == 8
+        b.write_text(b.read_text().replace("reply_wait_s: 8", "reply_wait_s: 12"))
+        o.write_text("realtime:\n  voice: ash\n")
+        asyncio.run(daemon._reload())
+        assert daemon.cfg.realtime.voice == "ash" and daemon.cfg.turn.reply_wait_s == 12
+        o.write_text("realtime:\n  voice: ash\nturn:\n  reply_wait_s: -1\n")
+        asyncio.run(daemon._reload())
+        assert daemon.cfg.turn.reply_wait_s == 12
+    finally:
+        log.reset()
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    reloaded = [e for e in events if e["event"] == "config.reloaded"]
+    failed = [e for e in events if e["event"] == "config.reload_failed"]
+    assert reloaded and reloaded[0]["source"] == f"{b} + {o}"
+    assert failed and failed[0]["error"].startswith(f"{o}:4: turn.reply_wait_s: must be greater than 0")

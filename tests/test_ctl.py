@@ -255,3 +255,20 @@ def test_a_missing_fallback_directory_is_made_private(fallback_root: Path, capsy
     made = fallback_root / f"kioskd-{os.getuid()}"
     assert f"no kioskd at {made}/control.sock" in capsys.readouterr().err
     assert stat.S_IMODE(os.lstat(made).st_mode) == 0o700 and os.lstat(made).st_uid == os.geteuid()
+
+
+def test_socket_from_a_base_and_an_overlay(sock_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """kioskctl takes the same --config files as `kioskd run`, merged: the overlay's control.socket wins."""
+    base, overlay = sock_dir / "kioskd.yaml", sock_dir / "exhibit.yaml"
+    base.write_text(f"control:\n  socket: {sock_dir / 'base.sock'}\n")
+    overlay.write_text("control:\n  socket: overlay.sock\n")  # relative: from the overlay's directory
+
+    async def scenario() -> int:
+        async with serving(str(sock_dir / "overlay.sock"), FakeKiosk()):
+            return await ctl("--config", str(base), "--config", str(overlay), "status")
+
+    assert run(scenario()) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True
+    overlay.write_text("control:\n  sockett: x\n")
+    assert main(["--config", str(base), "--config", str(overlay), "status"]) == 2
+    assert f"{overlay}:2: control.sockett" in capsys.readouterr().err

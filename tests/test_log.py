@@ -113,16 +113,20 @@ def test_bad_level_or_format_is_refused() -> None:
 # ---------------------------------------------------------------------------------------------------- journald
 
 
-def test_journald_priority_prefix_when_journal_stream_is_set() -> None:
-    stream = json_stream("debug", environ={"JOURNAL_STREAM": "8:12345"})
+def test_journald_priority_prefix_while_the_journal_socket_is_unreachable(tmp_path: Path) -> None:
+    """Under journald kioskd sends native entries (tests/test_journal.py); while journald's socket cannot be
+    reached the lines go to the stream instead, each with its syslog priority, after one line saying why."""
+    stream = io.StringIO()  # no descriptor to check: JOURNAL_STREAM is trusted
+    log.configure("debug", "auto", stream=stream, environ={"JOURNAL_STREAM": "8:12345"},
+                  journal_socket=str(tmp_path / "no-journal.sock"))
     logger = log.get_logger("kioskd.test")
     logger.debug("d")
     logger.info("i")
     logger.warning("w")
     logger.error("e")
     raw = stream.getvalue().splitlines()
-    assert [line[:3] for line in raw] == ["<7>", "<6>", "<4>", "<3>"]
-    assert [json.loads(line[3:])["event"] for line in raw] == ["d", "i", "w", "e"]
+    assert [line[:3] for line in raw] == ["<4>", "<7>", "<6>", "<4>", "<3>"]
+    assert [json.loads(line[3:])["event"] for line in raw] == ["log.journal_unavailable", "d", "i", "w", "e"]
 
 
 def test_no_prefix_without_journal_stream() -> None:
@@ -132,15 +136,20 @@ def test_no_prefix_without_journal_stream() -> None:
 
 
 def test_journal_stream_is_matched_against_the_real_descriptor(tmp_path: Path) -> None:
-    """A child that inherits JOURNAL_STREAM but writes elsewhere must not prefix (systemd's dev:inode rule)."""
+    """A child that inherits JOURNAL_STREAM but writes elsewhere must neither use the journal nor prefix
+    (systemd's dev:inode rule)."""
     path = tmp_path / "out.log"
+    missing = str(tmp_path / "no-journal.sock")
     with open(path, "w") as out:
         st = os.fstat(out.fileno())
-        log.configure("info", "json", stream=out, environ={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+        log.configure("info", "json", stream=out, environ={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"},
+                      journal_socket=missing)
         log.get_logger("kioskd.test").warning("w")
-        log.configure("info", "json", stream=out, environ={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino + 1}"})
+        log.configure("info", "json", stream=out, environ={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino + 1}"},
+                      journal_socket=missing)
         log.get_logger("kioskd.test").warning("w2")
-    first, second = path.read_text().splitlines()
+    unavailable, first, second = path.read_text().splitlines()
+    assert json.loads(unavailable[3:])["event"] == "log.journal_unavailable"
     assert first.startswith("<4>{") and second.startswith("{")
     assert log.writes_to_journal(io.StringIO(), {}) is False
 
