@@ -247,6 +247,18 @@ class AbConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    listen: str | None = None
+    """HOST:PORT to serve Prometheus metrics on (/metrics, no authentication): the LAN interface the monitoring
+    scrapes, chosen on purpose; None: no HTTP listener."""
+    textfile: str | None = None
+    """A ``.prom`` file for node_exporter's textfile collector, rewritten atomically every textfile_interval_s and
+    at stop (for fleets that scrape only node_exporter); None: none."""
+    textfile_interval_s: float = 30.0
+    """How often the textfile is rewritten."""
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: LogLevel = "info"
     format: LogFormat = "auto"
@@ -283,6 +295,7 @@ class KioskConfig:
     cost: CostConfig = field(default_factory=CostConfig)
     fallback: FallbackConfig = field(default_factory=FallbackConfig)
     ab: AbConfig = field(default_factory=AbConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     source: str = DEFAULT_SOURCE
@@ -386,6 +399,45 @@ def _key_file_problem(path: str) -> str | None:
     return None
 
 
+def listen_address(text: str) -> tuple[str, int]:
+    """``metrics.listen``'s ``HOST:PORT`` (``[v6]:PORT`` for an IPv6 address) as (host, port). Raises ValueError
+    saying what is wrong."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit() or not port.isascii():
+        raise ValueError("must be HOST:PORT, e.g. 0.0.0.0:9464 or this Pi's LAN address with a port")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError("has a port outside 1..65535")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError("has no IPv6 address between the brackets") from None
+        return host[1:-1], int(port)
+    if not host:
+        raise ValueError("names no host: 0.0.0.0 for every interface, or the LAN address to listen on")
+    if ":" in host:
+        raise ValueError("an IPv6 address goes in brackets: [::]:9464")
+    if not all(c.isascii() and (c.isalnum() or c in ".-") for c in host):
+        raise ValueError("has a host that is neither an address nor a host name")
+    return host, int(port)
+
+
+def _listen_problem(text: str) -> str | None:
+    try:
+        listen_address(text)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _textfile_problem(path: str) -> str | None:
+    if not path.strip():
+        return "must not be empty"
+    if not path.endswith(".prom"):
+        return "must end in .prom (node_exporter's textfile collector reads only those)"
+    return None
+
+
 #: value checks beyond the type, by dotted key; each returns the problem (None: fine)
 CHECKS: Final[Mapping[str, Callable[[Any], str | None]]] = {
     "realtime.url": lambda url: _url_problem(url, ("ws", "wss"), "realtime.api_key_file"),
@@ -441,11 +493,15 @@ CHECKS: Final[Mapping[str, Callable[[Any], str | None]]] = {
     "cost.daily_budget_usd": _non_negative,
     "turn.max_reply_tokens": _between(1, 4096),
     "simulator.preamble_ms": _between(0, 5000),
+    "metrics.listen": _listen_problem,
+    "metrics.textfile": _textfile_problem,
+    "metrics.textfile_interval_s": _between(1, 3600),
 }
 #: path-valued keys: "~" is expanded and relative paths are taken from the config file's directory, because
 #: the daemon's working directory is not the technician's (and lgpio chdir()s to $LG_WD)
 PATH_KEYS: Final = frozenset({"realtime.api_key_file", "fallback.api_key_file", "control.socket", "exhibit.knowledge_file",
-                              "exhibit.tools_file", "prompts.offline", "prompts.apology", "prompts.closed"})
+                              "exhibit.tools_file", "prompts.offline", "prompts.apology", "prompts.closed",
+                              "metrics.textfile"})
 
 
 # ---------------------------------------------------------------------------------------------------- reading

@@ -21,6 +21,7 @@ from typing import Any, Final
 from kioskd import checks
 from kioskd import config as config_mod
 from kioskd import log as log_mod
+from kioskd import prom as prom_mod
 from kioskd import spend as spend_mod
 from kioskd import standby as standby_mod
 from kioskd.adapters import prompts as prompts_mod
@@ -42,7 +43,7 @@ from kioskd.supervisor import AudioSupervisor
 
 GIL_SWITCH_S: Final = 0.001
 #: restart-requiring sections: a reload logs them and applies the rest
-RESTART_SECTIONS: Final = ("audio", "button", "led", "control", "simulator", "log", "prompts")
+RESTART_SECTIONS: Final = ("audio", "button", "led", "control", "simulator", "log", "prompts", "metrics")
 
 
 class Daemon:
@@ -66,6 +67,8 @@ class Daemon:
         self._reload_due = asyncio.Event()  # SIGHUP; the reloader task takes it
         self._reloading = asyncio.Lock()  # one reload at a time (SIGHUP's or kioskctl's)
         self.status_sink = StatusSink()
+        self.prom = prom_mod.PrometheusSink(models=lambda: self.models) \
+            if cfg.metrics.listen is not None or cfg.metrics.textfile is not None else None
         self.spend = spend_mod.DailySpend(spend_mod.state_dir(), on_change=lambda usd: self._post(ev.Spent(usd)))
         self.executor: Executor | None = None
         self.audio: AudioIO | None = None
@@ -84,6 +87,8 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload_due.set)
         async with contextlib.AsyncExitStack() as stack:
+            if self.prom is not None:  # first in, last out: the final textfile has the final counts
+                await stack.enter_async_context(prom_mod.serving(self.prom, self.cfg.metrics))
             post = self._post
             simulated = self.cfg.button.kind == "simulated"
             button = ButtonAdapter(
@@ -118,13 +123,16 @@ class Daemon:
             service = systemd.ServiceStatus(on_ready=lambda phase: self._log.info("daemon.ready", phase=phase))
             kiosk = Kiosk(self.checked.settings(realtime_ws.endpoint_of(self._url)), rand=random.random)
             self.models = self._model_lifecycles()
+            if self.prom is not None:
+                self.prom.expect_arms(kiosk.settings.turn)
             tools = ToolRunner(post, knowledge=self.checked.knowledge, tools=self.checked.tools)
             stack.push_async_callback(tools.close)
             self.tools = tools
-            supervisor = AudioSupervisor(audio, post=post, lost=self._exit, set_led=button.set_led,
+            supervisor = AudioSupervisor(audio, post=post, lost=self._device_lost, set_led=button.set_led,
                                          phase=lambda: kiosk.phase.value, on_tick=service.tick)
             executor = Executor(kiosk, audio=audio, set_led=button.set_led, open_link=self._open_link,
-                                sinks=[LogSink(self._log), self.status_sink, self.spend],
+                                sinks=[LogSink(self._log), self.status_sink, self.spend,
+                                       *([self.prom] if self.prom is not None else [])],
                                 publish=lambda p: service.publish(p.phase, p.serving),
                                 reopen_speaker=supervisor.reopen, tools=tools,
                                 prompts=prompts_mod.load(self.cfg.prompts),
@@ -158,6 +166,8 @@ class Daemon:
     async def _wait_for_devices(self, missing: DeviceError, stack: contextlib.AsyncExitStack) -> int:
         """Standby (``standby.py``) until the devices are back: then ``restart`` asks ``cli`` for a fresh process."""
         assert self.button is not None
+        if self.prom is not None:
+            self.prom.set_phase("device_missing")
         queries = {"input": self.cfg.audio.input_device, "output": self.cfg.audio.output_device}
         self.standby = standby_mod.Standby(missing, queries, poll_s=self.cfg.audio.device_poll_s,
                                            set_led=self.button.set_led, log=log_mod.get_logger("kioskd.audio"))
@@ -179,6 +189,11 @@ class Daemon:
     def _exit(self, code: int) -> None:
         self._exit_code = code
         self._stop.set()
+
+    def _device_lost(self, code: int) -> None:
+        if self.prom is not None:
+            self.prom.fault("device_lost")
+        self._exit(code)
 
     def _post(self, inp: ev.Input) -> None:
         if self.executor is not None:

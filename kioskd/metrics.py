@@ -1,6 +1,6 @@
-"""Sinks for the core's ``Note`` observations: the log line is one sink, the status counters another (and
-Prometheus, later, a third). The sinks live as long as the process, so nothing counted dies with a machine that
-a kioskd bug replaced."""
+"""Sinks for the core's ``Note`` observations: the log line is one sink, the status counters another (the day's
+spending, ``spend.py``, and the Prometheus metrics, ``prom.py``, are two more). The sinks live as long as the
+process, so nothing counted dies with a machine that a kioskd bug replaced."""
 
 from __future__ import annotations
 
