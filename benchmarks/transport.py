@@ -98,7 +98,6 @@ def in_ns(ns: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess
 def teardown() -> None:
     """Remove the namespaces (their veth ends, iptables rules and qdiscs go with them)."""
     for ns in (NS_KIOSK, NS_SERVER):
-        sh("ip", "netns", "pids", ns, check=False)
         pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
         for pid in pids:  # processes this benchmark started in its own namespace
             sh("kill", pid, check=False)
