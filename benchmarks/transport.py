@@ -463,6 +463,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def install_deps() -> None:
+    subprocess.run(["apt-get", "update"], check=True)
     subprocess.run(["apt-get", "install", "-y", "iptables", "libnetfilter-queue-dev", "build-essential"], check=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "NetfilterQueue"], check=True)
 
