@@ -30,6 +30,7 @@ from kioskd.core import events as ev
 from kioskd.core.g711 import ulaw_decode
 from kioskd.core.pcm import API_RATE_HZ, Pcm, ms_to_samples, voiced_tone
 from kioskd.core.realtime import RealtimeEncoder
+from kioskd.core.settings import InputFormat
 from kioskd.sim.voice import espeak
 
 CHUNK: Final = ms_to_samples(20)
@@ -43,18 +44,18 @@ def speech_like() -> tuple[str, Pcm]:
     return "voiced tone 140 Hz", voiced_tone(140, 1000, API_RATE_HZ, amplitude=0.5)
 
 
-def question_frames(fmt: str, pcm: Pcm) -> list[dict[str, object]]:
+def question_frames(fmt: InputFormat, pcm: Pcm) -> list[dict[str, object]]:
     encoder = RealtimeEncoder(downsampler=uplink_downsampler)
-    encoder.encode(ev.ConfigureSession("cfg_1", "marin", "", input_format=fmt))  # type: ignore[arg-type]
+    encoder.encode(ev.ConfigureSession("cfg_1", "marin", "", input_format=fmt))
     frames = encoder.encode(ev.StartQuestion())
     for start in range(0, pcm.size, CHUNK):
         frames += encoder.encode(ev.AppendAudio(pcm[start:start + CHUNK]))
     return frames + encoder.encode(ev.Commit())
 
 
-def per_chunk_us(fmt: str, pcm: Pcm, chunks: int, dumps: bool) -> float:
+def per_chunk_us(fmt: InputFormat, pcm: Pcm, chunks: int, dumps: bool) -> float:
     encoder = RealtimeEncoder(downsampler=uplink_downsampler)
-    encoder.encode(ev.ConfigureSession("cfg_1", "marin", "", input_format=fmt))  # type: ignore[arg-type]
+    encoder.encode(ev.ConfigureSession("cfg_1", "marin", "", input_format=fmt))
     blocks = [pcm[start:start + CHUNK] for start in range(0, pcm.size - CHUNK + 1, CHUNK)]
     encoder.encode(ev.StartQuestion())
     for block in blocks[:10]:  # warm up
@@ -84,7 +85,8 @@ def main() -> None:
     print(f"{'format':<22} {'wire B/s':>10} {'audio B/s':>10} {'frames':>7} {'µs/chunk':>9} {'+json':>7} "
           f"{'CPU % at real time':>19}")
     wire: dict[str, int] = {}
-    for fmt, label in (("pcm16", "pcm16 24 kHz"), ("pcmu", "pcmu 8 kHz (G.711 µ)")):
+    formats: tuple[tuple[InputFormat, str], ...] = (("pcm16", "pcm16 24 kHz"), ("pcmu", "pcmu 8 kHz (G.711 µ)"))
+    for fmt, label in formats:
         frames = question_frames(fmt, pcm)
         wire[fmt] = sum(len(json.dumps(f)) for f in frames)
         audio = sum(len(base64.b64decode(str(f["audio"]))) for f in frames if "audio" in f)
