@@ -4,7 +4,9 @@ Written from the protocol reference (shared/reference/realtime.md §1-11), never
 (``kioskd.core.realtime`` is not imported), so one typo cannot pass on both sides.
 
 What it does: the handshake (path, auth header, the retired ``OpenAI-Beta`` header), ``session.created`` /
-``session.update`` with the GA rules, the input audio buffer (append, clear, commit with the 100 ms minimum),
+``session.update`` with the GA rules, the input audio buffer (append, clear, commit with the 100 ms minimum)
+in PCM16 at 24 kHz or G.711 µ-law (``audio/pcmu``, 8 kHz: decoded with ``core/g711.ulaw_decode``, which the
+tests check against the G.711 table, and recorded at 24 kHz),
 one response at a time streamed as audio and transcript deltas on a configurable schedule (first-delta delay,
 speed-up, seeded jitter and spikes), ``response.cancel``, ``conversation.item.truncate`` checked against the
 audio sent, ``invalid_event`` for garbage, and the session lifetime (``session_expired``, close 1001).
