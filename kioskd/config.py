@@ -36,7 +36,7 @@ from kioskd.errors import ConfigError
 from kioskd.core.realtime import INSTRUCTIONS_MAX_BYTES
 from kioskd.core import guide
 from kioskd.core.cost import DEFAULT_PRICES, Prices, prices_for
-from kioskd.core.settings import LinkSettings, ModelArm, Settings, ToolSpec, TurnSettings
+from kioskd.core.settings import InputFormat, LinkSettings, ModelArm, Settings, ToolSpec, TurnSettings
 
 Auth = Literal["auto", "bearer", "api-key"]
 ButtonKind = Literal["gpio", "simulated"]
@@ -118,6 +118,9 @@ class AudioConfig:
     preroll_ms: int = 200
     """Audio from just before the press sent first, so a visitor who speaks as they press is not clipped."""
     earcons: bool = True
+    input_format: InputFormat = _LINK.input_format
+    """The question on the wire: pcm16 (24 kHz PCM16) or pcmu (8 kHz G.711 µ-law, a sixth of the bytes); a change
+    renews the session between visitors."""
     device_poll_s: float = 5.0
     """While a device is missing, how often kioskd looks for it (a short child process each time); within one
     outage the looks slow down, doubling up to a minute."""
@@ -920,7 +923,7 @@ def core_settings(cfg: KioskConfig, *, endpoint: str, tools: tuple[ToolSpec, ...
         link=LinkSettings(
             endpoint=endpoint, voice=r.voice, instructions=instructions, tools=tools,
             context_tokens=cfg.conversation.context_tokens, max_output_tokens=t.max_reply_tokens,
-            connect_timeout_s=r.connect_timeout_s,
+            input_format=cfg.audio.input_format, connect_timeout_s=r.connect_timeout_s,
             recycle_margin_s=r.recycle_margin_s, healthy_after_s=r.healthy_after_s,
             backoff_first_max_s=r.backoff_first_max_s, backoff_cap_s=r.backoff_cap_s, fault_retry_s=r.fault_retry_s,
             quick_failure_s=r.quick_failure_s, quick_failures_fatal=r.quick_failures_fatal,

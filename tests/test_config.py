@@ -151,6 +151,8 @@ def test_misspelt_key_names_file_line_key_and_suggestion() -> None:
         ("log:\n  level: verbose\n", 2, "log.level", ["'verbose' is not one of debug, info, warning, error"]),
         ("log:\n  level: INFO\n", 2, "log.level", ["did you mean info?"]),
         ("button:\n  kind: GPIO17\n", 2, "button.kind", ["gpio, simulated"]),
+        ("audio:\n  input_format: g711_ulaw\n", 2, "audio.input_format", ["pcm16, pcmu"]),
+        ("audio:\n  input_format: PCMU\n", 2, "audio.input_format", ["did you mean pcmu?"]),
         ("realtime:\n  auth: apikey\n", 2, "realtime.auth", ["auto, bearer, api-key", "did you mean api-key?"]),
         # out of range: the range
         ("audio:\n  block_ms: 4\n", 2, "audio.block_ms", ["between 5 and 100"]),
@@ -749,3 +751,16 @@ def test_a_reload_re_reads_every_file(tmp_path: Path, monkeypatch: pytest.Monkey
     failed = [e for e in events if e["event"] == "config.reload_failed"]
     assert reloaded and reloaded[0]["source"] == f"{b} + {o}"
     assert failed and failed[0]["error"].startswith(f"{o}:4: turn.reply_wait_s: must be greater than 0")
+
+
+def test_audio_input_format_reaches_the_session(tmp_path: Path) -> None:
+    """audio.input_format: pcm16 by default; pcmu reaches LinkSettings and is part of what needs a new session
+    (a reload to it renews the session between visitors)."""
+    assert KioskConfig().audio.input_format == "pcm16"
+    path = tmp_path / "k.yaml"
+    path.write_text("audio:\n  input_format: pcmu\n")
+    cfg = config.load(path)
+    link = config.core_settings(cfg, endpoint="wss://x/v1/realtime").link
+    base = config.core_settings(KioskConfig(), endpoint="wss://x/v1/realtime").link
+    assert (link.input_format, base.input_format) == ("pcmu", "pcm16")
+    assert link.session != base.session

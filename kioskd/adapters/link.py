@@ -21,6 +21,7 @@ from typing import Final
 from websockets.asyncio.client import ClientConnection
 
 from kioskd.adapters import realtime_ws
+from kioskd.adapters.resample import uplink_downsampler
 from kioskd.core import events as ev
 from kioskd.core.realtime import RealtimeEncoder, parse_server_event
 from kioskd.errors import ConnectionLost
@@ -45,7 +46,7 @@ class RealtimeLink:
     def __init__(self, options: LinkOptions, post: Callable[[ev.Input], None]) -> None:
         self._options = options
         self._post = post
-        self._encoder = RealtimeEncoder()
+        self._encoder = RealtimeEncoder(downsampler=uplink_downsampler)
         self._outbox: asyncio.Queue[str] = asyncio.Queue(OUTBOX_FRAMES)
         self._conn: ClientConnection | None = None
         self._task: asyncio.Task[None] | None = None

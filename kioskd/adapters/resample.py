@@ -9,6 +9,7 @@ from typing import Final
 import numpy as np
 import soxr  # type: ignore[import-untyped]
 
+from kioskd.core.g711 import ULAW_RATE_HZ
 from kioskd.core.limiter import PeakLimiter
 from kioskd.core.pcm import API_RATE_HZ, Pcm
 
@@ -72,3 +73,9 @@ class PlaybackResampler:
         self._rs.clear()
         self._limiter.reset()
         self._pending = False
+
+
+def uplink_downsampler() -> soxr.ResampleStream:
+    """A fresh 24 kHz → 8 kHz stream for one question sent as G.711 µ-law (``audio.input_format: pcmu``): the
+    encoder keeps it across the question's chunks, so their boundaries do not click, and flushes it at commit."""
+    return soxr.ResampleStream(API_RATE_HZ, ULAW_RATE_HZ, 1, dtype=DTYPE)

@@ -12,7 +12,7 @@ from typing import Any, Final, Literal
 
 from kioskd.core.pcm import Pcm
 from kioskd.core.settings import Backend as Backend
-from kioskd.core.settings import Settings, ToolSpec
+from kioskd.core.settings import InputFormat, Settings, ToolSpec
 
 # ---------------------------------------------------------------------------------------------------- names
 
@@ -312,6 +312,7 @@ class ConfigureSession:
     tools: tuple[ToolSpec, ...] = ()
     context_tokens: int | None = None
     max_output_tokens: int | None = None
+    input_format: InputFormat = "pcm16"
 
 
 @dataclass(frozen=True, slots=True)

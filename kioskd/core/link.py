@@ -172,7 +172,7 @@ class LinkMachine(Machine[LinkPhase]):
             lifetime_s = high_s
         self._lifetime_s = lifetime_s
         return [*out, ev.ConfigureSession(self._config_ref, s.voice, s.instructions, s.tools, s.context_tokens,
-                                          s.max_output_tokens)]
+                                          s.max_output_tokens, s.input_format)]
 
     def _on_session_updated(self, inp: ev.SessionUpdated, now: float) -> list[ev.Action]:
         out = self.disarm(ev.Timer.CONNECT)

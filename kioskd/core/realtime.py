@@ -12,13 +12,17 @@ event is a JSON text frame: a binary frame is a bad event, never decoded. ``erro
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
+
+import numpy as np
 
 from kioskd.core import events as ev
+from kioskd.core.g711 import ulaw_encode
 from kioskd.core.pcm import API_RATE_HZ, BYTES_PER_SAMPLE, Pcm, b64_to_pcm, ms_to_samples, pcm_to_b64, samples_to_ms
-from kioskd.core.settings import ToolSpec
+from kioskd.core.settings import InputFormat, ToolSpec
 
 #: GA server events that kioskd accepts and that change nothing in a turn
 ACKNOWLEDGED: Final = frozenset(
@@ -35,6 +39,8 @@ ACKNOWLEDGED: Final = frozenset(
 )
 
 AUDIO_FORMAT: Final = {"type": "audio/pcm", "rate": API_RATE_HZ}
+#: ``audio.input.format`` for each ``audio.input_format``: G.711 µ-law is 8 kHz by the standard (reference §8)
+INPUT_FORMATS: Final[dict[str, dict[str, Any]]] = {"pcm16": AUDIO_FORMAT, "pcmu": {"type": "audio/pcmu"}}
 #: the most audio one delta may carry. Deltas are tens to a few hundred ms (a few KB of base64, reference §8);
 #: a longer one is a bad event, not played (one 15 MB delta would be four minutes of audio).
 MAX_DELTA_MS: Final = 2000
@@ -182,17 +188,48 @@ def parse_server_event(frame: str | bytes) -> ev.Input:
         return ev.BadEvent(kind, "bad_field", str(exc))
 
 
+class Downsampler(Protocol):
+    """A streaming 24 kHz → 8 kHz PCM16 resampler (``soxr.ResampleStream(24000, 8000, 1, dtype="int16")``; the
+    core never imports soxr, the adapter hands the encoder a factory)."""
+
+    def resample_chunk(self, x: Pcm, last: bool = False) -> Pcm: ...
+
+
 class RealtimeEncoder:
     """Intentions → GA Realtime client events (JSON-ready dicts), for the WebSocket transport.
 
     Each event gets a unique ``event_id`` so a server ``error`` can name it; an intention that carries a ``ref``
     (``ConfigureSession``, ``RequestReply``) uses it as the event id, so the core can tell which of its requests
     the error answers. ``ClearOutput`` is a WebRTC/SIP event: over a WebSocket the client owns its output buffer,
-    so it encodes to nothing."""
+    so it encodes to nothing.
 
-    def __init__(self, prefix: str = "evt") -> None:
+    A session configured with ``input_format="pcmu"`` gets each appended 24 kHz chunk resampled to 8 kHz by one
+    stream per question (``downsampler()``, fresh at ``StartQuestion``: chunk boundaries do not click) and
+    µ-law encoded; ``Commit`` first flushes the stream's tail, so the server holds all the question's audio."""
+
+    def __init__(self, prefix: str = "evt", downsampler: Callable[[], Downsampler] | None = None) -> None:
         self._prefix = prefix
         self._count = 0
+        self._downsampler = downsampler
+        self._input_format: InputFormat = "pcm16"
+        self._stream: Downsampler | None = None
+
+    def _append(self, pcm: Pcm, last: bool = False) -> list[dict[str, Any]]:
+        if self._input_format == "pcm16":
+            return [self._event("input_audio_buffer.append", audio=pcm_to_b64(pcm))] if not last else []
+        if self._stream is None:
+            if last:
+                return []
+            if self._downsampler is None:
+                raise ValueError("audio.input_format pcmu needs a downsampler (24 kHz → 8 kHz)")
+            self._stream = self._downsampler()
+        narrow = self._stream.resample_chunk(pcm, last=last)
+        if last:
+            self._stream = None
+        if not narrow.size:
+            return []
+        return [self._event("input_audio_buffer.append",
+                            audio=base64.b64encode(ulaw_encode(narrow).tobytes()).decode("ascii"))]
 
     def _event(self, kind: str, ref: str | None = None, **fields: Any) -> dict[str, Any]:
         if ref is None:
@@ -202,15 +239,19 @@ class RealtimeEncoder:
 
     def encode(self, intent: ev.Intent) -> list[dict[str, Any]]:
         match intent:
-            case ev.ConfigureSession(ref, voice, instructions, tools, context_tokens, max_output_tokens):
+            case ev.ConfigureSession(ref, voice, instructions, tools, context_tokens, max_output_tokens,
+                                     input_format):
+                self._input_format, self._stream = input_format, None
                 return [self._event("session.update", ref, session=session_config(
-                    voice, instructions, tools, context_tokens, max_output_tokens))]
+                    voice, instructions, tools, context_tokens, max_output_tokens, input_format))]
             case ev.StartQuestion():
+                self._stream = None
                 return [self._event("input_audio_buffer.clear")]
             case ev.AppendAudio(pcm):
-                return [self._event("input_audio_buffer.append", audio=pcm_to_b64(pcm))]
+                return self._append(pcm)
             case ev.Commit():
-                return [self._event("input_audio_buffer.commit")]
+                tail = self._append(np.zeros(0, dtype=np.int16), last=True)
+                return [*tail, self._event("input_audio_buffer.commit")]
             case ev.RequestReply(ref, True):
                 return [self._event("response.create", ref)]
             case ev.RequestReply(ref, False):
@@ -233,8 +274,10 @@ class RealtimeEncoder:
 
 
 def session_config(voice: str, instructions: str, tools: tuple[ToolSpec, ...] = (),
-                   context_tokens: int | None = None, max_output_tokens: int | None = None) -> dict[str, Any]:
-    """Push-to-talk GA session: PCM 24 kHz both ways, no turn detection (the button is the turn); the exhibit's
+                   context_tokens: int | None = None, max_output_tokens: int | None = None,
+                   input_format: InputFormat = "pcm16") -> dict[str, Any]:
+    """Push-to-talk GA session: PCM 24 kHz both ways (or, with ``input_format="pcmu"``, G.711 µ-law 8 kHz in),
+    no turn detection (the button is the turn); the exhibit's
     function tools (``tool_choice`` auto: the model decides, the instructions say when); and, with
     ``context_tokens``, a truncation that keeps the conversation after the instructions within it (the server
     drops the oldest turns; model-features §4.2)."""
@@ -243,7 +286,7 @@ def session_config(voice: str, instructions: str, tools: tuple[ToolSpec, ...] = 
         "output_modalities": ["audio"],
         "instructions": instructions,
         "audio": {
-            "input": {"format": dict(AUDIO_FORMAT), "turn_detection": None},
+            "input": {"format": dict(INPUT_FORMATS[input_format]), "turn_detection": None},
             "output": {"format": dict(AUDIO_FORMAT), "voice": voice},
         },
         "tools": [{"type": "function", "name": t.name, "description": t.description,

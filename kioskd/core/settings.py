@@ -14,6 +14,8 @@ from kioskd.core.cost import DEFAULT_PRICES, Prices
 #: who answers a visitor: the Realtime API (a session over the link) or Chat Completions audio (one request per
 #: reply, the held question uploaded as WAV)
 Backend = Literal["realtime", "chat"]
+#: how the question travels to the Realtime API: PCM16 at 24 kHz, or G.711 µ-law at 8 kHz (a sixth of the bytes)
+InputFormat = Literal["pcm16", "pcmu"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +66,14 @@ class LinkSettings:
     default."""
     max_output_tokens: int | None = None
     """The most one reply may produce (audio, text and tool calls); None: the server's default."""
+    input_format: InputFormat = "pcm16"
+    """The question's format on the wire: ``pcmu`` sends it as 8 kHz G.711 µ-law (the session declares it)."""
 
     @property
     def session(self) -> tuple[object, ...]:
         """What a configured session depends on: a change needs a new session."""
         return (self.endpoint, self.voice, self.instructions, self.tools, self.context_tokens,
-                self.max_output_tokens)
+                self.max_output_tokens, self.input_format)
 
 
 @dataclass(frozen=True, slots=True)

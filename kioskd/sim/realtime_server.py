@@ -4,7 +4,9 @@ Written from the protocol reference (shared/reference/realtime.md §1-11), never
 (``kioskd.core.realtime`` is not imported), so one typo cannot pass on both sides.
 
 What it does: the handshake (path, auth header, the retired ``OpenAI-Beta`` header), ``session.created`` /
-``session.update`` with the GA rules, the input audio buffer (append, clear, commit with the 100 ms minimum),
+``session.update`` with the GA rules, the input audio buffer (append, clear, commit with the 100 ms minimum)
+in PCM16 at 24 kHz or G.711 µ-law (``audio/pcmu``, 8 kHz: decoded with ``core/g711.ulaw_decode``, which the
+tests check against the G.711 table, and recorded at 24 kHz),
 one response at a time streamed as audio and transcript deltas on a configurable schedule (first-delta delay,
 speed-up, seeded jitter and spikes), ``response.cancel``, ``conversation.item.truncate`` checked against the
 audio sent, ``invalid_event`` for garbage, and the session lifetime (``session_expired``, close 1001).
@@ -20,6 +22,8 @@ All of it runs on the event loop that called ``start()``; read the records from 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import http
 import json
@@ -31,12 +35,14 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import numpy as np
+import soxr  # type: ignore[import-untyped]
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from kioskd.core.g711 import ULAW_RATE_HZ, ulaw_decode
 from kioskd.core.pcm import API_RATE_HZ, Pcm, b64_to_pcm, ms_to_samples, pcm_to_b64, samples_to_ms
 from kioskd.sim.common import DEFAULT_REPLY_TEXT, TOOL_QUESTION, Json, SimServer, serve_until_cancelled
 from kioskd.sim.voice import reply_audio
@@ -119,6 +125,9 @@ class RealtimeSimulator(SimServer):
         self.server_times: list[float] = []
         self.fault_frames: list[str] = []  # deliberately broken frames sent by fault modes (not in server_events)
         self.committed_audio: list[Pcm] = []
+        #: each commit's input format as sent ("audio/pcm" or "audio/pcmu"), index for index with committed_audio
+        #: (which always holds 24 kHz PCM16: µ-law is decoded and resampled from 8 kHz)
+        self.committed_formats: list[str] = []
         self.sent_audio_ms: dict[str, int] = {}
         self.truncations: list[tuple[str, int]] = []
         #: the conversation's item ids at each response.create: what each answer was given
@@ -233,6 +242,8 @@ _SESSION_KEYS: Final = frozenset({"type", "model", "output_modalities", "instruc
 _AUDIO_KEYS: Final = {"input": frozenset({"format", "noise_reduction", "transcription", "turn_detection"}),
                       "output": frozenset({"format", "voice", "speed"})}
 _PCM_FORMAT: Final = {"type": "audio/pcm", "rate": API_RATE_HZ}
+#: the input formats the simulator takes: PCM16 24 kHz, and G.711 µ-law (8 kHz by the standard)
+_INPUT_FORMATS: Final = ({"type": "audio/pcm", "rate": API_RATE_HZ}, {"type": "audio/pcmu"})
 
 
 class _Session:
@@ -370,7 +381,11 @@ class _Session:
             for key in part:
                 if key not in _AUDIO_KEYS[direction]:
                     raise _unknown(f"session.audio.{direction}.{key}")
-            if "format" in part and part["format"] != _PCM_FORMAT:
+            if direction == "input" and "format" in part and part["format"] not in _INPUT_FORMATS:
+                raise _invalid("session.audio.input.format", part["format"],
+                               "the simulator only hears {'type': 'audio/pcm', 'rate': 24000} or "
+                               "{'type': 'audio/pcmu'}")
+            if direction == "output" and "format" in part and part["format"] != _PCM_FORMAT:
                 raise _invalid(f"session.audio.{direction}.format", part["format"],
                                "the simulator only speaks {'type': 'audio/pcm', 'rate': 24000}")
         # valid as a whole: apply only what is present ("model" cannot change, so it is left as it is)
@@ -387,10 +402,21 @@ class _Session:
         audio = event.get("audio")
         if not isinstance(audio, str):
             raise _ClientError("missing_required_parameter", "Missing required parameter: 'audio'.", "audio")
+        if self.ulaw:  # one byte a sample at 8 kHz, buffered as it came (resampled whole at commit)
+            try:
+                self.buffer.append(ulaw_decode(base64.b64decode(audio, validate=True)))
+            except (binascii.Error, ValueError):
+                raise _ClientError("invalid_value", "Invalid 'audio': expected base64 of G.711 µ-law audio.",
+                                   "audio") from None
+            return
         try:
             self.buffer.append(b64_to_pcm(audio))
         except ValueError:
             raise _ClientError("invalid_value", "Invalid 'audio': expected base64 of PCM16 audio.", "audio") from None
+
+    @property
+    def ulaw(self) -> bool:
+        return bool(self.session["audio"]["input"]["format"].get("type") == "audio/pcmu")
 
     async def clear(self, event: Json, event_id: str | None) -> None:
         self.buffer.clear()
@@ -398,12 +424,16 @@ class _Session:
 
     async def commit(self, event: Json, event_id: str | None) -> None:
         pcm = np.concatenate(self.buffer) if self.buffer else np.zeros(0, dtype=np.int16)
-        if pcm.size < COMMIT_MIN_SAMPLES:
+        rate = ULAW_RATE_HZ if self.ulaw else API_RATE_HZ  # the 100 ms minimum: 800 bytes of µ-law
+        if pcm.size < ms_to_samples(100, rate):
             raise _ClientError("input_audio_buffer_commit_empty",
                                "Error committing input audio buffer: buffer too small. Expected at least 100ms "
-                               f"of audio, but buffer only has {pcm.size * 1000 / API_RATE_HZ:.2f}ms of audio.")
+                               f"of audio, but buffer only has {pcm.size * 1000 / rate:.2f}ms of audio.")
         self.buffer.clear()
+        if rate != API_RATE_HZ:
+            pcm = soxr.resample(pcm, rate, API_RATE_HZ)
         self.sim.committed_audio.append(pcm)
+        self.sim.committed_formats.append(self.session["audio"]["input"]["format"]["type"])
         item_id, previous = self.sim.new_id("item"), self.last_item_id()
         self.items[item_id] = "user"
         self.tokens[item_id] = (0, pcm.size * 10 // API_RATE_HZ)

@@ -236,6 +236,15 @@ def test_reload_while_connecting_renews_once_ready() -> None:
     assert said(d.feed(ev.SessionCreated("sess_2", None))) == [ev.ConfigureSession("cfg_2", "cedar", "New words.")]
 
 
+def test_a_reload_to_pcmu_renews_the_session_and_configures_it() -> None:
+    """audio.input_format is a session setting: reloaded idle, the session is renewed and configured with it."""
+    d = online()
+    out = d.feed(ev.Reloaded(with_link(input_format="pcmu")))
+    assert ev.Close() in out and ev.Connect("gpt-realtime") in out
+    (configure,) = said(d.feed(ev.SessionCreated("sess_9", None)))
+    assert isinstance(configure, ev.ConfigureSession) and configure.input_format == "pcmu"
+
+
 # ================================================================================================ backoff, faults
 
 

@@ -402,6 +402,7 @@ def all_intents() -> dict[str, ev.Intent]:
         "request_reply": ev.RequestReply("req_1"),
         "request_reply_no_tools": ev.RequestReply("req_2", tools=False),
         "configure_guide": ev.ConfigureSession("cfg_2", "marin", "You are the guide.", (LOOKUP,), 4000, 600),
+        "configure_pcmu": ev.ConfigureSession("cfg_3", "marin", "Hi.", input_format="pcmu"),
         "cancel": ev.CancelReply("resp_001"),
         "cancel_no_id": ev.CancelReply(None),
         "truncate": ev.Truncate("item_002", 1500),

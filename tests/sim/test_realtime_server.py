@@ -7,15 +7,18 @@ end, every frame the simulator recorded as sent) against the GA server models, w
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from typing import Any
 
 import numpy as np
 import pytest
+import soxr  # type: ignore[import-untyped]
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from kioskd.core.g711 import ulaw_encode
 from kioskd.core.pcm import ms_to_samples, pcm_to_b64, tone
 from kioskd.sim.realtime_server import RealtimeSimulator, SimOptions, serve
 from kioskd.sim.voice import reply_audio
@@ -703,5 +706,56 @@ def test_no_call_when_the_session_does_not_declare_the_tool() -> None:
             await configure(c)
             output = (await ask(c))[-1]["response"]["output"]
             assert [i["type"] for i in output] == ["message"]
+
+    run(scenario())
+
+
+# ------------------------------------------------------------------------------------------------ G.711 µ-law input
+
+
+def test_pcmu_input_is_decoded_at_8_khz_with_the_100_ms_minimum_in_bytes() -> None:
+    """session.update with audio/pcmu input: appends are 8 kHz µ-law, one byte a sample; 50 ms (400 bytes) is
+    refused as too small, 800 bytes commit; committed_audio holds the question at 24 kHz, its format recorded;
+    output stays PCM 24 kHz and formats the simulator does not know are still refused."""
+
+    async def scenario() -> None:
+        async with simulator(**FAST) as sim, client(sim.url) as c:
+            await configure(c)
+            await c.send("session.update", session={"type": "realtime",
+                                                    "audio": {"input": {"format": {"type": "audio/pcmu"}}}})
+            s = (await c.expect("session.updated"))["session"]
+            assert s["audio"]["input"]["format"] == {"type": "audio/pcmu"}
+            assert s["audio"]["output"]["format"] == {"type": "audio/pcm", "rate": 24000}
+
+            question = soxr.resample(tone(QUESTION_HZ, 500), 24000, 8000)
+            ulaw = ulaw_encode(question).tobytes()
+            await c.send("input_audio_buffer.append", audio=base64.b64encode(ulaw[:400]).decode())
+            commit_id = await c.send("input_audio_buffer.commit")
+            err = error_of(await c.recv())
+            assert err["code"] == "input_audio_buffer_commit_empty" and err["event_id"] == commit_id
+            assert "only has 50.00ms of audio" in err["message"]
+            for start in range(400, len(ulaw), 160):
+                await c.send("input_audio_buffer.append", audio=base64.b64encode(ulaw[start:start + 160]).decode())
+            await c.send("input_audio_buffer.commit")
+            await c.expect("input_audio_buffer.committed")
+            await c.expect("conversation.item.added")
+            await c.expect("conversation.item.done")
+            assert sim.committed_formats == ["audio/pcmu"]
+            heard = sim.committed_audio[0]
+            assert heard.size == ms_to_samples(500)
+            ref = tone(QUESTION_HZ, 500).astype(np.float64)
+            assert np.corrcoef(ref[1200:-1200], heard[1200:-1200].astype(np.float64))[0, 1] > 0.99
+
+            for direction, fmt in [("input", {"type": "audio/pcma"}), ("input", {"type": "audio/pcm", "rate": 16000}),
+                                   ("output", {"type": "audio/pcmu"})]:
+                await c.send_raw(json.dumps({"type": "session.update", "event_id": "evt_fmt", "session": {
+                    "type": "realtime", "audio": {direction: {"format": fmt}}}}))
+                err = error_of(await c.recv())
+                assert (err["code"], err["param"]) == ("invalid_value", f"session.audio.{direction}.format")
+
+            await c.send("input_audio_buffer.append", audio=base64.b64encode(b"\xff" * 800).decode())
+            await c.send("input_audio_buffer.commit")
+            await c.expect("input_audio_buffer.committed")
+            assert sim.committed_audio[1].size == ms_to_samples(100) and np.abs(sim.committed_audio[1]).max() <= 1
 
     run(scenario())
