@@ -268,15 +268,18 @@ class NetnsKioskd:
     name = "kioskd"
     transport = "websocket"
 
-    def __init__(self, work: Path, url: str) -> None:
+    def __init__(self, work: Path, url: str, input_format: str = "pcm16") -> None:
         from kioskd.adapters.control import request
         from kioskd.sim.harness import NULL_SINK_AUDIO
 
+        if input_format != "pcm16":  # the question as 8 kHz G.711 (audio.input_format): a lighter uplink
+            self.transport = f"websocket-{input_format}"
         self._request = request
         self.socket = str(work / "control.sock")
         config = work / "kioskd.yaml"
         config.write_text(f"control:\n  socket: {self.socket}\nrealtime:\n  url: {url}\n  allow_plaintext: true\n"
-                          f"{NULL_SINK_AUDIO}  earcons: false\nlog:\n  format: json\n")
+                          f"{NULL_SINK_AUDIO}  earcons: false\n  input_format: {input_format}\n"
+                          "log:\n  format: json\n")
         env = dict(os.environ, PYTHONUNBUFFERED="1", STATE_DIRECTORY=str(work / "state"))
         env.pop("OPENAI_API_KEY", None)
         self.lines: list[dict[str, Any]] = []
@@ -504,7 +507,9 @@ def bench(args: argparse.Namespace) -> int:
                         cwork = work / f"{name}-{len(rows)}"
                         cwork.mkdir()
                         try:
-                            client = NetnsKioskd(cwork, server.url) if name == "kioskd" else NetnsBaseline(server.url)
+                            client = (NetnsKioskd(cwork, server.url) if name == "kioskd" else
+                                      NetnsKioskd(cwork, server.url, "pcmu") if name == "kioskd-pcmu" else
+                                      NetnsBaseline(server.url))
                         except (TimeoutError, RuntimeError) as exc:
                             print(f"  {cell.title()}: {name} did not start: {exc}", flush=True)
                             fig = Figures(turns_lost=turns)
@@ -515,7 +520,7 @@ def bench(args: argparse.Namespace) -> int:
                         if client is not None:
                             client.stop()
                         server.close()
-                    transport = NetnsKioskd.transport if name == "kioskd" else NetnsBaseline.transport
+                    transport = client.transport if client is not None else name
                     rows.append(row(transport, cell, fig))
                     print(f"  {cell.title()}: {name} done in {time.monotonic() - started:.0f} s", flush=True)
             finally:
@@ -543,7 +548,8 @@ def main() -> int:
     s.add_argument("--reply-ms", type=int, default=REPLY_MS)
     parser.add_argument("--quick", action="store_true", help="4 cells × 4 turns a client")
     parser.add_argument("--turns", type=int, default=0, help="turns a cell a client (default 4 quick, 20 full)")
-    parser.add_argument("--clients", default="kioskd,baseline")
+    parser.add_argument("--clients", default="kioskd,baseline",
+                        help="kioskd, kioskd-pcmu (the question as 8 kHz G.711), baseline (default kioskd,baseline)")
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--install-deps", action="store_true", help="apt + pip install what the impairment needs")
