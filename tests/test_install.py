@@ -19,7 +19,7 @@ from tests.conftest import REPO, UNIT_S
 SCRIPT = REPO / "scripts" / "install"
 UNIT = REPO / "systemd" / "kioskd.service"
 EXAMPLE = REPO / "config" / "kioskd.yaml"
-KEY = "sk-test-install-0123456789abcdef"
+KEY = "test-install-key-0123456789abcdef"
 CRED = "etc/credstore/kioskd.openai_api_key"
 UNIT_PATH = "etc/systemd/system/kioskd.service"
 WANTS = "etc/systemd/system/multi-user.target.wants/kioskd.service"
@@ -217,17 +217,17 @@ def test_an_edited_config_survives_and_a_new_key_replaces_the_old(installed: Pat
     edited = config.read_text() + "# edited on site\n"
     config.write_text(edited)
     new_key = tmp_path / "new_key"
-    new_key.write_text("  sk-a-new-key-9876543210  \n\n")
+    new_key.write_text("  test-a-new-key-9876543210  \n\n")
     done = install(installed, "--key-file", str(new_key))
     assert done.returncode == 0, done.stderr
     assert config.read_text() == edited
     assert (installed / "etc/kioskd/kioskd.yaml.example").read_bytes() == EXAMPLE.read_bytes()
-    assert (installed / CRED).read_text() == "sk-a-new-key-9876543210\n"  # surrounding whitespace dropped
+    assert (installed / CRED).read_text() == "test-a-new-key-9876543210\n"  # surrounding whitespace dropped
     assert stat.S_IMODE((installed / CRED).stat().st_mode) == 0o600
     assert "sk-a-new-key" not in done.stdout + done.stderr
     again = install(installed)  # no key given: the installed one stays
     assert again.stdout.splitlines()[-1] == "kioskd install: nothing to do (already installed)"
-    assert config.read_text() == edited and (installed / CRED).read_text() == "sk-a-new-key-9876543210\n"
+    assert config.read_text() == edited and (installed / CRED).read_text() == "test-a-new-key-9876543210\n"
 
 
 @needs_root_tools
