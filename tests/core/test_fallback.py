@@ -47,6 +47,15 @@ def chat_turn(d: Driver, n: int = 1, usage: dict[str, object] | None = None) -> 
     return out
 
 
+def chat_speaking(d: Driver) -> None:
+    """Press, hold 300 ms, release; the fallback's reply 1 starts: 200 ms of it have come."""
+    d.press(after_s=1.0)
+    d.mic(300)
+    d.release()
+    d.feed(ev.ResponseCreated("chat_resp_1", backend="chat"))
+    d.feed(delta("chat_resp_1", "chat_item_1", 200), after_s=0.5)
+
+
 def test_a_press_while_the_link_is_down_is_answered_by_the_fallback() -> None:
     d = offline()
     assert d.phase == "idle"  # the kiosk answers presses: the LED does not say offline
@@ -83,11 +92,7 @@ def test_the_visitor_stays_on_the_fallback_until_the_next_visitor_then_realtime_
 def test_the_realtime_link_dropping_again_does_not_touch_a_visitor_on_the_fallback() -> None:
     d = offline()
     d.feed(ev.Timeout(ev.Timer.RECONNECT), after_s=1.0)  # connecting: still down for the turn
-    d.press(after_s=1.0)
-    d.mic(300)
-    d.release()
-    d.feed(ev.ResponseCreated("chat_resp_1", backend="chat"))
-    d.feed(delta("chat_resp_1", "chat_item_1", 200), after_s=0.5)
+    chat_speaking(d)
     out = d.feed(ev.Disconnected(ConnectionRefusedError("refused")), after_s=0.1)
     assert d.phase == "speaking" and ev.Interrupt() not in out and not notes(out, "turn.done")
     assert d.status()["link"] == "offline"
@@ -102,11 +107,7 @@ def test_without_a_fallback_a_press_while_offline_still_hears_the_offline_prompt
 
 def test_a_cancelled_fallback_reply_is_billed_from_its_estimate_and_says_so() -> None:
     d = offline()
-    d.press(after_s=1.0)
-    d.mic(300)
-    d.release()
-    d.feed(ev.ResponseCreated("chat_resp_1", backend="chat"))
-    d.feed(delta("chat_resp_1", "chat_item_1", 200), after_s=0.5)
+    chat_speaking(d)
     out = then_played(d, d.press(after_s=0.1), 150, "chat_item_1")  # barge-in
     assert ev.CancelReply("chat_resp_1") in out and ev.Truncate("chat_item_1", 150) in out
     estimate = {**CC_USAGE, "estimated": True}
@@ -164,11 +165,7 @@ def test_a_session_renewal_between_two_turns_keeps_the_visitors_draw() -> None:
 def test_a_reply_that_breaks_off_mid_answer_plays_what_came_then_apologises() -> None:
     """A stalled or cut stream: the audio that came is heard, then the apology, and the turn failed."""
     d = offline()
-    d.press(after_s=1.0)
-    d.mic(300)
-    d.release()
-    d.feed(ev.ResponseCreated("chat_resp_1", backend="chat"))
-    d.feed(delta("chat_resp_1", "chat_item_1", 200), after_s=0.5)
+    chat_speaking(d)
     out = d.feed(ev.AudioDone("chat_resp_1", "chat_item_1"))
     out += d.feed(ev.ResponseDone("chat_resp_1", "failed", "ReadTimeout: stalled", {**CC_USAGE, "estimated": True}))
     assert ev.Interrupt() not in out and d.phase == "speaking"
