@@ -207,6 +207,15 @@ def connects(out: list[ev.Action]) -> list[ev.Connect]:
     return [a for a in out if isinstance(a, ev.Connect)]
 
 
+def silent_turn(d: Driver) -> None:
+    """A Realtime turn whose response ends without audio: the turn is over, the visitor stays."""
+    d.press(after_s=1.0)
+    d.mic(300)
+    d.release()
+    d.feed(ev.ResponseCreated("resp_1"))
+    d.feed(ev.ResponseDone("resp_1", "completed", None, None))
+
+
 def renewed(d: Driver) -> None:
     d.feed(ev.SessionCreated("sess_n", None))
     d.feed(ev.SessionUpdated(None))
@@ -222,21 +231,13 @@ def test_degrade_switches_the_session_to_the_cheaper_model_between_visitors() ->
     assert note(out, "ws.model_switch").fields == {"from": "gpt-realtime", "to": "gpt-realtime-mini"}
     assert connects(out) == [ev.Connect("gpt-realtime-mini")] and ev.Close() in out
     renewed(d)
-    d.press(after_s=1.0)
-    d.mic(300)
-    d.release()
-    d.feed(ev.ResponseCreated("resp_1"))
-    d.feed(ev.ResponseDone("resp_1", "completed", None, None))
+    silent_turn(d)
     assert d.done_lines()[0]["model"] == "gpt-realtime-mini"
 
 
 def test_degrade_never_switches_under_a_visitor() -> None:
     d = online(DEGRADING)
-    d.press(after_s=1.0)
-    d.mic(300)
-    d.release()
-    d.feed(ev.ResponseCreated("resp_1"))
-    d.feed(ev.ResponseDone("resp_1", "completed", None, None))  # no audio: the turn ends; the visitor stays
+    silent_turn(d)  # no audio: the turn ends; the visitor stays
     out = d.feed(ev.Spent(0.6), after_s=1.0)
     assert notes(out, "cost.degraded") and not connects(out)  # the visitor's next question: the same session
     out = d.feed(ev.Timeout(ev.Timer.NEW_VISITOR), after_s=45)
@@ -249,11 +250,7 @@ def test_ab_between_two_realtime_models_opens_the_drawn_model_for_each_visitor()
     d = Driver(settings, draw=lambda: next(draws))
     assert connects(d.begin()) == [ev.Connect("gpt-realtime-mini")]  # the first visitor's draw
     renewed(d)
-    d.press(after_s=1.0)
-    d.mic(300)
-    d.release()
-    d.feed(ev.ResponseCreated("resp_1"))
-    d.feed(ev.ResponseDone("resp_1", "completed", None, None))
+    silent_turn(d)
     line = d.done_lines()[0]
     assert (line["model"], line["route"]) == ("gpt-realtime-mini", "ab")
     out = d.feed(ev.Timeout(ev.Timer.NEW_VISITOR), after_s=45)
