@@ -1,0 +1,119 @@
+"""What kioskd changes inside aiortc, in one place, for the pinned version only.
+
+aiortc is the optional ``webrtc`` extra. Two of its defaults are wrong for a lossy museum Wi-Fi (reference
+webrtc.md §2.6, §2.7), and both can only be fixed by reaching into it:
+
+- **The audio jitter buffer.** aiortc's ``JitterBuffer(capacity=16, prefetch=4)`` stalls on a lost packet until
+  its window overflows and then stays about 14 packets (280 ms) deep for good (aiortc#543). kioskd has its own
+  adaptive playout buffer, so the receiver's only job is to put packets back in order and skip holes:
+  ``AudioJitterBuffer`` holds ``PREFETCH_PACKETS`` (40 ms) and never grows. It replaces the receiver's private
+  ``_RTCRtpReceiver__jitter_buffer`` for audio.
+- **The SCTP retransmission floor.** aiortc retransmits a lost data-channel packet after at least 1 s
+  (``SCTP_RTO_MIN``) and starts at 3 s (``SCTP_RTO_INITIAL``); a lost ``input_audio_buffer.commit`` would cost a
+  second. kioskd sets 200 ms and 500 ms, the module globals aiortc reads when it computes a timeout.
+
+``tests/adapters/test_rtc_internals.py`` fails when the pinned version or any of these internals moves; moving
+the pin means running it and the transport benchmark again.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Final
+
+#: the one aiortc version kioskd's reach into its internals was written and tested against
+AIORTC_VERSION: Final = "1.16.0"
+INSTALL_HINT: Final = f"pip install 'kioskd[webrtc]' (aiortc=={AIORTC_VERSION})"
+#: packets the audio jitter buffer holds before it releases the oldest: reordering within 40 ms is put right
+PREFETCH_PACKETS: Final = 2
+#: a packet this far (in sequence numbers) from the next one expected is a new stream: start again
+RESET_DISTANCE: Final = 100
+SCTP_RTO_MIN_S: Final = 0.2
+SCTP_RTO_INITIAL_S: Final = 0.5
+
+
+def missing() -> str | None:
+    """Why the webrtc transport cannot run here (aiortc absent, or not the pinned version), or None."""
+    try:
+        import aiortc  # noqa: PLC0415  (optional extra: imported only when the webrtc transport is chosen)
+    except ImportError:
+        return f"webrtc needs the optional webrtc extra: {INSTALL_HINT}"
+    if aiortc.__version__ != AIORTC_VERSION:
+        return (f"webrtc needs aiortc {AIORTC_VERSION} exactly (kioskd reaches into its internals), found "
+                f"{aiortc.__version__}: {INSTALL_HINT}")
+    return None
+
+
+class AudioJitterBuffer:
+    """Audio only, one RTP packet per frame (Opus): hold ``prefetch`` packets, release the oldest as each new one
+    arrives, and step over a hole rather than wait for it. A packet older than the next one expected is late and
+    dropped. Same interface as aiortc's ``JitterBuffer.add``: at most one frame out per packet in, so the depth
+    stays ``prefetch`` whatever was lost."""
+
+    def __init__(self, prefetch: int = PREFETCH_PACKETS) -> None:
+        self._prefetch = prefetch
+        self._next: int | None = None  # the sequence number expected next out
+        self._held: dict[int, Any] = {}  # sequence number → RtpPacket
+
+    @property
+    def depth(self) -> int:
+        return len(self._held)
+
+    def add(self, packet: Any) -> tuple[bool, Any]:
+        from aiortc.jitterbuffer import JitterFrame  # noqa: PLC0415
+        seq = packet.sequence_number
+        if self._next is None:
+            self._next = seq
+        ahead = (seq - self._next) % 65536
+        if ahead >= 32768:  # behind the next expected: late or a duplicate
+            if 65536 - ahead < RESET_DISTANCE:
+                return False, None
+            ahead = RESET_DISTANCE  # far behind: the sender started again
+        if ahead >= RESET_DISTANCE:
+            self._held.clear()
+            self._next = seq
+        self._held[seq] = packet
+        if len(self._held) <= self._prefetch:
+            return False, None
+        while self._next not in self._held:  # a hole: lost, or still coming; waiting cannot help the speaker
+            self._next = (self._next + 1) % 65536
+        out = self._held.pop(self._next)
+        self._next = (self._next + 1) % 65536
+        return False, JitterFrame(data=out._data, timestamp=out.timestamp)
+
+
+@functools.cache
+def install() -> None:
+    """Apply both changes to aiortc (once per process; peer connections built after this get them)."""
+    problem = missing()
+    if problem is not None:
+        raise RuntimeError(problem)
+    from aiortc import rtcsctptransport  # noqa: PLC0415
+    from aiortc.rtcrtpreceiver import RTCRtpReceiver  # noqa: PLC0415
+
+    rtcsctptransport.SCTP_RTO_MIN = SCTP_RTO_MIN_S  # type: ignore[assignment]
+    rtcsctptransport.SCTP_RTO_INITIAL = SCTP_RTO_INITIAL_S
+    original = RTCRtpReceiver.__init__
+
+    @functools.wraps(original)
+    def init(self: Any, kind: str, transport: Any) -> None:
+        original(self, kind, transport)
+        if kind == "audio":
+            if not hasattr(self, "_RTCRtpReceiver__jitter_buffer"):
+                raise RuntimeError(f"aiortc {AIORTC_VERSION}'s receiver has no audio jitter buffer to replace")
+            self._RTCRtpReceiver__jitter_buffer = AudioJitterBuffer()
+
+    RTCRtpReceiver.__init__ = init  # type: ignore[method-assign]
+
+
+@functools.cache
+def allow_loopback() -> None:
+    """Offer 127.0.0.1 as a host candidate, which aioice leaves out (reference §2.7): only for a peer on this
+    machine (the embedded simulator, tests); a kiosk talking to OpenAI never needs it."""
+    from aioice import ice  # noqa: PLC0415
+    found = ice.get_host_addresses
+
+    def with_loopback(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return ["127.0.0.1", *found(use_ipv4, use_ipv6)] if use_ipv4 else found(use_ipv4, use_ipv6)
+
+    ice.get_host_addresses = with_loopback
