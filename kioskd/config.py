@@ -39,6 +39,7 @@ from kioskd.core.cost import DEFAULT_PRICES, Prices, prices_for
 from kioskd.core.settings import InputFormat, LinkSettings, ModelArm, Settings, ToolSpec, TurnSettings
 
 Auth = Literal["auto", "bearer", "api-key"]
+Transport = Literal["websocket", "webrtc"]
 ButtonKind = Literal["gpio", "simulated"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["auto", "json", "console"]
@@ -94,6 +95,9 @@ class RealtimeConfig:
     keepalive_s: float = 20.0
     """A ping this often; a link that answers none within the same time is lost (a silent dead peer: Wi-Fi gone
     without a TCP reset), so the worst case to notice is twice this."""
+    transport: Transport = "websocket"
+    """websocket (events and audio over one TCP connection) or webrtc (events on a data channel, audio as Opus
+    RTP over UDP; the optional ``kioskd[webrtc]`` extra). docs/performance.md compares them on a lossy link."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -769,6 +773,16 @@ def _cross_check(cfg: KioskConfig, order: Sequence[str]) -> None:
                               "make prebuffer_min_ms <= prebuffer_max_ms")
         raise ConfigError(*cfg.where("audio.prebuffer_max_ms"), "audio.prebuffer_max_ms",
                           f"is less than audio.prebuffer_min_ms ({low:g})", "make prebuffer_min_ms <= prebuffer_max_ms")
+    if cfg.realtime.transport == "webrtc":
+        from kioskd.adapters import rtc_internals
+
+        problem = rtc_internals.missing()
+        if problem is not None:
+            raise ConfigError(*cfg.where("realtime.transport"), "realtime.transport", problem)
+        if cfg.audio.input_format != "pcm16":
+            key = blamed("realtime.transport", "audio.input_format")
+            raise ConfigError(*cfg.where(key), key, "audio.input_format pcmu is for the websocket transport",
+                              "over webrtc the question goes up as Opus: leave audio.input_format at pcm16")
     if cfg.led.pin is not None and cfg.led.pin == cfg.button.pin:
         if blamed("led.pin", "button.pin") == "led.pin":
             raise ConfigError(*cfg.where("led.pin"), "led.pin", "is the same pin as button.pin",

@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from kioskd import checks
 from kioskd import config as config_mod
@@ -31,6 +31,9 @@ from kioskd.adapters.button import ButtonAdapter, mock_pin_factory
 from kioskd.adapters.chat import ChatLink, ChatOptions
 from kioskd.adapters.control import ControlServer
 from kioskd.adapters.link import LinkOptions, RealtimeLink
+
+if TYPE_CHECKING:
+    from kioskd.adapters.webrtc import RtcLink
 from kioskd.adapters.models import ModelLifecycle
 from kioskd.adapters.tools import ToolRunner
 from kioskd.core import events as ev
@@ -199,11 +202,17 @@ class Daemon:
         if self.executor is not None:
             self.executor.post(inp)
 
-    def _open_link(self, post: Callable[[ev.Input], None], model: str) -> RealtimeLink:
+    def _open_link(self, post: Callable[[ev.Input], None], model: str) -> RealtimeLink | RtcLink:
+        """A session on the configured transport (read at each connect: a reload's change applies to the next)."""
         r = self.cfg.realtime
         url = realtime_ws.with_model(self._url, model) if model else self._url
-        return RealtimeLink(LinkOptions(url, auth=r.auth, api_key=self._api_key,
-                                        connect_timeout_s=r.connect_timeout_s, keepalive_s=r.keepalive_s), post)
+        options = LinkOptions(url, auth=r.auth, api_key=self._api_key, connect_timeout_s=r.connect_timeout_s,
+                              keepalive_s=r.keepalive_s)
+        if r.transport == "webrtc":
+            from kioskd.adapters.webrtc import RtcLink
+
+            return RtcLink(options, post, model or realtime_ws.model_of(self._url) or config_mod.realtime_model(self.cfg))
+        return RealtimeLink(options, post)
 
     def _model_lifecycles(self) -> list[ModelLifecycle]:
         """A daily lookup per model the config names: the Realtime ones (the model, its degrade, an A/B arm) at

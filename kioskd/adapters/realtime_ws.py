@@ -52,6 +52,11 @@ def with_model(url: str, model: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode([*query, ("model", model)]), ""))
 
 
+def model_of(url: str) -> str:
+    """The URL's ``model=`` (OpenAI's model, Azure's deployment), or ""."""
+    return next((v for k, v in parse_qsl(urlsplit(url).query) if k == "model" and v), "")
+
+
 def auth_headers(url: str, auth: Auth, api_key: str | None) -> dict[str, str]:
     """Bearer for OpenAI, ``api-key`` for Azure (``auto`` picks by host). Never the beta header."""
     if not api_key:
