@@ -764,3 +764,33 @@ def test_audio_input_format_reaches_the_session(tmp_path: Path) -> None:
     base = config.core_settings(KioskConfig(), endpoint="wss://x/v1/realtime").link
     assert (link.input_format, base.input_format) == ("pcmu", "pcm16")
     assert link.session != base.session
+
+
+def test_realtime_transport_is_websocket_unless_webrtc_is_asked_for() -> None:
+    assert KioskConfig().realtime.transport == "websocket"
+    assert config.parse("realtime:\n  transport: webrtc\n", "k.yaml").realtime.transport == "webrtc"
+    err = error_of("realtime:\n  transport: quic\n")
+    assert (err.line, err.key) == (2, "realtime.transport") and "websocket, webrtc" in str(err)
+
+
+def test_webrtc_with_a_g711_uplink_names_the_key_the_later_file_set() -> None:
+    err = error_of("realtime:\n  transport: webrtc\naudio:\n  input_format: pcmu\n")
+    assert err.key in ("realtime.transport", "audio.input_format") and "Opus" in str(err)
+
+
+def test_webrtc_without_aiortc_says_what_to_install(tmp_path: Path) -> None:
+    """A machine without the optional extra: the websocket transport still loads, webrtc names the extra."""
+    import subprocess
+    import sys
+
+    (tmp_path / "ws.yaml").write_text("realtime:\n  transport: websocket\n")
+    (tmp_path / "rtc.yaml").write_text("# exhibit\nrealtime:\n  transport: webrtc\n")
+    script = ("import sys; sys.modules['aiortc'] = None\n"  # import aiortc now raises ImportError
+              "from kioskd import config\n"
+              "print(config.load(sys.argv[1]).realtime.transport)\n"
+              "try:\n    config.load(sys.argv[2])\nexcept config.ConfigError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "ws.yaml"), str(tmp_path / "rtc.yaml")],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == "websocket"
+    assert out[1].startswith(f"{tmp_path / 'rtc.yaml'}:3: realtime.transport:")
+    assert "pip install 'kioskd[webrtc]'" in out[1] and "aiortc==1.16.0" in out[1]

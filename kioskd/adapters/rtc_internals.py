@@ -91,7 +91,7 @@ def install() -> None:
     from aiortc import rtcsctptransport  # noqa: PLC0415
     from aiortc.rtcrtpreceiver import RTCRtpReceiver  # noqa: PLC0415
 
-    rtcsctptransport.SCTP_RTO_MIN = SCTP_RTO_MIN_S  # type: ignore[assignment]
+    rtcsctptransport.SCTP_RTO_MIN = SCTP_RTO_MIN_S
     rtcsctptransport.SCTP_RTO_INITIAL = SCTP_RTO_INITIAL_S
     original = RTCRtpReceiver.__init__
 
@@ -103,7 +103,7 @@ def install() -> None:
                 raise RuntimeError(f"aiortc {AIORTC_VERSION}'s receiver has no audio jitter buffer to replace")
             self._RTCRtpReceiver__jitter_buffer = AudioJitterBuffer()
 
-    RTCRtpReceiver.__init__ = init  # type: ignore[method-assign]
+    RTCRtpReceiver.__init__ = init
 
 
 @functools.cache

@@ -75,7 +75,7 @@ class MicTrack:
     def __init__(self) -> None:
         from aiortc.mediastreams import MediaStreamTrack  # noqa: PLC0415  (the optional extra)
 
-        class _Track(MediaStreamTrack):
+        class _Track(MediaStreamTrack):  # type: ignore[misc]
             kind = "audio"
 
             async def recv(inner) -> Any:  # noqa: N805
@@ -239,15 +239,23 @@ class RtcLink:
         loop = asyncio.get_running_loop()
         opened: asyncio.Future[None] = loop.create_future()
         remote: asyncio.Future[Any] = loop.create_future()
-        channel.on("open", lambda: opened.done() or opened.set_result(None))
-        channel.on("message", self._on_message)
-        channel.on("close", lambda: self._end(ConnectionLost(None, "the data channel closed")))
-        pc.on("track", lambda track: track.kind == "audio" and not remote.done() and remote.set_result(track))
+        def on_open() -> None:
+            if not opened.done():
+                opened.set_result(None)
 
-        @pc.on("connectionstatechange")
-        def changed() -> None:
+        def on_track(track: Any) -> None:
+            if track.kind == "audio" and not remote.done():
+                remote.set_result(track)
+
+        def on_state() -> None:
             if pc.connectionState in ("failed", "closed"):
                 self._end(ConnectionLost(None, f"the WebRTC connection {pc.connectionState}"))
+
+        channel.on("open", on_open)
+        channel.on("message", self._on_message)
+        channel.on("close", lambda: self._end(ConnectionLost(None, "the data channel closed")))
+        pc.on("track", on_track)
+        pc.on("connectionstatechange", on_state)
 
         await pc.setLocalDescription(await pc.createOffer())
         answer = await self._post_offer(http, pc.localDescription.sdp)
