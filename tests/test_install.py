@@ -149,6 +149,19 @@ def test_pi_flag_adds_lgpio(tmp_path: Path) -> None:
     assert "python3-lgpio" in done.stdout
 
 
+def test_webrtc_flag_installs_the_extra() -> None:
+    """A dry run on this machine (nothing changed): the package goes in with the webrtc extra only when asked."""
+    def dry(*args: str) -> str:
+        done = subprocess.run([str(SCRIPT), "--dry-run", "--skip-apt", *args], capture_output=True, text=True,
+                              timeout=60 * UNIT_S)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    plain, rtc = dry(), dry("--webrtc")
+    assert "-m pip install" in plain and "[webrtc" not in plain.replace("\\", "")
+    assert "/opt/kioskd/.build[webrtc]" in rtc.replace("\\", "")
+
+
 @pytest.mark.parametrize("args", [["--purge"], ["--bogus"], ["--key-file", "x", "--key-stdin"],
                                   ["--uninstall", "--key-file", "x"]])
 def test_usage_errors_exit_2(args: list[str]) -> None:
