@@ -297,10 +297,15 @@ class Daemon:
         from kioskd.sim.realtime_server import RealtimeSimulator, SimOptions
 
         s = self.cfg.simulator
-        sim = RealtimeSimulator(SimOptions(
-            api_key=None, first_delta_delay_ms=s.first_delta_delay_ms, jitter_ms=s.jitter_ms, voice=s.voice,
-            tool_call=s.tool_call, preamble_ms=s.preamble_ms,
-        ))
+        options = SimOptions(api_key=None, first_delta_delay_ms=s.first_delta_delay_ms, jitter_ms=s.jitter_ms,
+                             voice=s.voice, tool_call=s.tool_call, preamble_ms=s.preamble_ms)
+        sim: Any
+        if self.cfg.realtime.transport == "webrtc":  # the same session core, served over WebRTC
+            from kioskd.sim.webrtc_server import RtcSimulator
+
+            sim = RtcSimulator(options)
+        else:
+            sim = RealtimeSimulator(options)
         await sim.start()
         stack.push_async_callback(sim.close)
         self._log.info("daemon.simulator", url=sim.url)

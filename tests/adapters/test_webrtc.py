@@ -1,0 +1,193 @@
+"""The WebRTC link (adapters/webrtc.py) on real parts: aiortc peers over loopback UDP, the WebRTC simulator on
+real HTTP. What is asserted is what the turn sees and what the server got, never timing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("aiortc")
+
+from kioskd.adapters.link import LinkOptions  # noqa: E402
+from kioskd.adapters.webrtc import RtcLink, calls_url  # noqa: E402
+from kioskd.core import events as ev  # noqa: E402
+from kioskd.core.pcm import tone  # noqa: E402
+from kioskd.errors import AuthError, HandshakeError, classify  # noqa: E402
+from kioskd.sim.realtime_session import SimOptions  # noqa: E402
+from kioskd.sim.webrtc_server import RtcSimulator  # noqa: E402
+from tests.conftest import UNIT_S, run  # noqa: E402
+from tests.realtime_schema import validate_client, validate_server  # noqa: E402
+
+KEY = "test-key-not-a-secret-0123456789"
+REPLY_HZ = 1000.0
+QUESTION_HZ = 300.0
+
+
+async def until(check: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s * UNIT_S
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def dominant_hz(pcm: np.ndarray, rate_hz: int = 24000) -> float:
+    x = pcm.astype(np.float64)
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(x.size)))
+    return float(np.fft.rfftfreq(x.size, 1 / rate_hz)[int(np.argmax(spectrum[1:])) + 1])
+
+
+class Session:
+    """A link to the simulator and everything it posted."""
+
+    def __init__(self, sim: RtcSimulator, key: str | None = KEY) -> None:
+        self.sim = sim
+        self.got: list[ev.Input] = []
+        self.link = RtcLink(LinkOptions(sim.url, api_key=key, connect_timeout_s=10 * UNIT_S), self.got.append,
+                            "gpt-realtime")
+
+    def named(self, kind: type) -> list[Any]:
+        return [g for g in self.got if isinstance(g, kind)]
+
+    async def open(self) -> None:
+        self.link.start()
+        await until(lambda: bool(self.named(ev.SessionCreated)) or bool(self.named(ev.Disconnected)), "the call")
+        assert not self.named(ev.Disconnected), self.named(ev.Disconnected)
+        self.link.send(ev.ConfigureSession("cfg_1", "marin", "Be brief."))
+        await until(lambda: bool(self.named(ev.SessionUpdated)), "session.updated")
+
+    async def ask(self, seconds: float = 0.6) -> None:
+        """A question as the core sends it: the pre-roll and appends in 10 ms blocks at real time, then the
+        commit and the request."""
+        self.link.send(ev.StartQuestion())
+        pcm = tone(QUESTION_HZ, int(seconds * 1000), 24000, 0.3)
+        for i in range(0, pcm.size, 240):
+            self.link.send(ev.AppendAudio(pcm[i:i + 240]))
+            await asyncio.sleep(0.01)
+        self.link.send(ev.Commit())
+        self.link.send(ev.RequestReply("req_1"))
+
+
+def simulator(**options: Any) -> RtcSimulator:
+    defaults: dict[str, Any] = {"api_key": KEY, "voice": "tone", "tone_hz": REPLY_HZ, "reply_ms": 800,
+                                "first_delta_delay_ms": 50}
+    return RtcSimulator(SimOptions(**{**defaults, **options}))
+
+
+def test_calls_url_follows_the_realtime_url() -> None:
+    assert calls_url("wss://api.openai.com/v1/realtime?model=gpt-realtime") == "https://api.openai.com/v1/realtime/calls"
+    assert (calls_url("wss://r.openai.azure.com/openai/v1/realtime?model=dep")
+            == "https://r.openai.azure.com/openai/v1/realtime/calls")
+    assert calls_url("ws://127.0.0.1:8/v1/realtime") == "http://127.0.0.1:8/v1/realtime/calls"
+
+
+def test_a_question_and_its_reply_over_webrtc() -> None:
+    """The call is made with the key and the model; the whole question (its last word too) is at the server when
+    the commit arrives; the reply's audio reaches the turn as deltas of its item, and the reply's end only after
+    its audio; every event both ways is a valid GA event."""
+    async def main() -> None:
+        async with simulator() as sim:
+            s = Session(sim)
+            await s.open()
+            await s.ask(0.6)
+            await until(lambda: bool(s.named(ev.ResponseDone)), "the reply's end")
+            await s.link.close()
+            assert [c.model for c in sim.calls] == ["gpt-realtime"]
+            assert sim.calls[0].labels == ["oai-events"]
+
+            [question] = sim.committed_audio
+            assert dominant_hz(question) == pytest.approx(QUESTION_HZ, abs=15)
+            loud = np.flatnonzero(np.abs(question.astype(np.int32)) > 2000)
+            assert (loud[-1] - loud[0]) / 24000 > 0.55  # the last word was not cut before the commit
+
+            deltas = s.named(ev.AudioDelta)
+            [done] = s.named(ev.ResponseDone)
+            assert {d.response_id for d in deltas} == {done.response_id}
+            reply = np.concatenate([d.pcm for d in deltas])
+            assert dominant_hz(reply) == pytest.approx(REPLY_HZ, abs=15)
+            assert reply.size / 24000 == pytest.approx(0.8, abs=0.1)  # all of it, and not the idle silence after
+            order = [type(g) for g in s.got if isinstance(g, (ev.AudioDelta, ev.AudioDone, ev.ResponseDone))]
+            assert order[-2:] == [ev.AudioDone, ev.ResponseDone] and ev.AudioDone not in order[:-2]
+            assert done.usage and done.usage["total_tokens"] > 0
+
+            assert sim.hangups == [sim.calls[0].id]
+            types = [e["type"] for e in sim.client_events]
+            assert "input_audio_buffer.append" not in types  # the audio went on the track
+            assert types.index("input_audio_buffer.commit") < types.index("response.create")
+            for event in sim.client_events:
+                validate_client(event)
+            for event in sim.server_events:
+                validate_server(event)
+    run(main())
+
+
+def test_barge_in_clears_the_servers_buffer_and_truncates() -> None:
+    """cancel + clear + truncate at the heard position: the server drops what it still held, the turn gets no
+    more of the cancelled reply, and the next question is answered."""
+    async def main() -> None:
+        async with simulator(reply_ms=4000) as sim:
+            s = Session(sim)
+            await s.open()
+            await s.ask(0.3)
+            await until(lambda: len(s.named(ev.AudioDelta)) >= 20, "some of the reply")
+            [created] = s.named(ev.ResponseCreated)
+            item = s.named(ev.AudioDelta)[0].item_id
+            s.link.send(ev.CancelReply(created.response_id))
+            s.link.send(ev.ClearOutput())
+            s.link.send(ev.Truncate(item, 300))
+            cut = len(s.got)
+            await until(lambda: bool(sim.output_clears) and bool(sim.truncations), "the clear and the truncate")
+            await until(lambda: bool(s.named(ev.ResponseDone)), "the cancelled response's end")
+            await asyncio.sleep(0.3)
+            assert not [g for g in s.got[cut:] if isinstance(g, ev.AudioDelta)]
+            assert sim.truncations == [(item, 300)]
+            assert sim.output_clears[0][1] > 0  # audio the server had not played yet was dropped
+            assert s.named(ev.ResponseDone)[0].status == "cancelled"
+            await s.ask(0.3)
+            await until(lambda: len(s.named(ev.ResponseDone)) == 2, "the next answer")
+            await s.link.close()
+    run(main())
+
+
+@pytest.mark.parametrize(("key", "fault", "error"), [("wrong-key", None, AuthError), (KEY, "refuse_429", HandshakeError)])
+def test_a_refused_call_is_one_disconnected_with_its_cause(key: str, fault: str | None, error: type) -> None:
+    async def main() -> None:
+        async with simulator() as sim:
+            if fault:
+                sim.arm_fault(fault)
+            s = Session(sim, key=key)
+            s.link.start()
+            await until(lambda: bool(s.named(ev.Disconnected)), "the refusal")
+            await asyncio.sleep(0.1)
+            [gone] = s.got
+            assert isinstance(gone, ev.Disconnected) and isinstance(gone.cause, error)
+            assert classify(gone.cause) == ("fatal" if error is AuthError else "retry")
+            assert "wrong-key" not in str(gone.cause) and KEY not in str(gone.cause)
+            await s.link.close()
+    run(main())
+
+
+def test_a_call_dropped_mid_reply_is_reported_once_and_close_reports_nothing() -> None:
+    async def main() -> None:
+        async with simulator(reply_ms=3000) as sim:
+            s = Session(sim)
+            await s.open()
+            sim.arm_fault("drop_mid_reply")
+            await s.ask(0.3)
+            await until(lambda: bool(s.named(ev.Disconnected)), "the drop", timeout_s=40)
+            await asyncio.sleep(0.2)
+            assert len(s.named(ev.Disconnected)) == 1
+            await s.link.close()
+
+            quiet = Session(sim)
+            await quiet.open()
+            before = len(quiet.got)
+            await quiet.link.close()
+            await asyncio.sleep(0.2)
+            assert len(quiet.got) == before  # kioskd closed it: nothing reported after
+            assert sim.calls[-1].hung_up
+    run(main())
