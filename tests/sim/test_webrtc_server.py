@@ -542,3 +542,48 @@ def test_output_audio_buffer_clear_is_still_refused_over_websocket() -> None:
             assert error["error"]["code"] == "invalid_event"
 
     run(body())
+
+
+def test_the_session_expires_and_the_call_closes() -> None:
+    async def body() -> None:
+        async with rtc_simulator(**FAST, session_lifetime_s=0.3) as sim, call(sim, {}) as c:
+            error = (await c.until("error"))[-1]["error"]
+            assert error["code"] == "session_expired"
+            await asyncio.wait_for(c.closed.wait(), 10 * UNIT_S)
+            await eventually(lambda: sim.calls[0].closed, "the simulator's side of the call is closed")
+
+    run(body())
+
+
+def test_the_client_leaving_ends_the_call() -> None:
+    async def body() -> None:
+        async with rtc_simulator(**FAST) as sim:
+            async with call(sim, {}):
+                pass
+            await eventually(lambda: sim.calls[0].closed, "the call is closed")
+            assert sim.session_of(sim.calls[0].id) is None
+
+    run(body())
+
+
+def test_a_channel_with_another_label_is_closed() -> None:
+    """Events travel only on oai-events: a channel labelled otherwise is closed and gets no session."""
+
+    async def body() -> None:
+        async with rtc_simulator(**FAST) as sim:
+            pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            try:
+                channel = pc.createDataChannel("realtime-channel")
+                closed = asyncio.Event()
+                channel.on("close", closed.set)
+                pc.addTrack(MicTrack())
+                await pc.setLocalDescription(await pc.createOffer())
+                status, _, answer = await post(sim.calls_url, multipart(pc.localDescription.sdp))
+                assert status == 201, answer
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+                await asyncio.wait_for(closed.wait(), 10 * UNIT_S)
+                assert sim.calls[0].labels == ["realtime-channel"] and sim.server_events == []
+            finally:
+                await pc.close()
+
+    run(body())
