@@ -180,7 +180,7 @@ class RtcSimulator(RealtimeRecords):
         if session is None:
             return _error(404, "call_not_found", f"Call with id '{call_id}' not found.", "call_id")
         self.hangups.append(call_id)
-        session.call.hung_up = True
+        session.record.hung_up = True
         await session.hang_up()
         return web.Response(status=200)
 
@@ -334,7 +334,7 @@ class _RtcSession(Session):
 
     def __init__(self, sim: RtcSimulator, call: RtcCall) -> None:
         super().__init__(sim, call.model)
-        self.rtc_sim, self.call = sim, call
+        self.rtc_sim, self.record = sim, call
         self.pc: RTCPeerConnection | None = None
         self.channel: RTCDataChannel | None = None
         self.track = make_output_track(call)
@@ -367,7 +367,7 @@ class _RtcSession(Session):
         return str(pc.localDescription.sdp)
 
     def on_channel(self, channel: RTCDataChannel) -> None:
-        self.call.labels.append(channel.label)
+        self.record.labels.append(channel.label)
         if channel.label != EVENTS_LABEL or self.channel is not None:
             channel.close()
             return
@@ -387,7 +387,7 @@ class _RtcSession(Session):
     async def hear(self, track: MediaStreamTrack) -> None:
         """The client's mic: decoded 48 kHz frames, resampled to 24 kHz mono PCM16, into the input buffer."""
         from aiortc.mediastreams import MediaStreamError  # noqa: PLC0415
-        from av import AudioResampler  # noqa: PLC0415
+        from av import AudioFrame, AudioResampler  # noqa: PLC0415
 
         resampler = AudioResampler(format="s16", layout="mono", rate=API_RATE_HZ)
         while True:
@@ -395,10 +395,12 @@ class _RtcSession(Session):
                 frame = await track.recv()
             except MediaStreamError:
                 return
+            if not isinstance(frame, AudioFrame):
+                continue
             for out in resampler.resample(frame):
                 pcm = out.to_ndarray().reshape(-1).astype(np.int16)
                 self.buffer.append(pcm)
-                self.call.heard_samples += pcm.size
+                self.record.heard_samples += pcm.size
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -431,8 +433,8 @@ class _RtcSession(Session):
         self.track.stop()
         if self.pc is not None:
             await self.pc.close()
-        self.call.closed = True
-        self.rtc_sim._forget(self.call.id)
+        self.record.closed = True
+        self.rtc_sim._forget(self.record.id)
 
     async def hang_up(self) -> None:
         """Close the call (hang-up, the simulator closing) and wait until its session has ended."""

@@ -127,6 +127,7 @@ class RtcClient:
                 frame = await track.recv()
             except MediaStreamError:
                 return
+            assert isinstance(frame, AudioFrame)
             for out in resampler.resample(frame):
                 pending = np.concatenate([pending, out.to_ndarray().reshape(-1)])
             while pending.size >= FRAME:
@@ -585,5 +586,37 @@ def test_a_channel_with_another_label_is_closed() -> None:
                 assert sim.calls[0].labels == ["realtime-channel"] and sim.server_events == []
             finally:
                 await pc.close()
+
+    run(body())
+
+
+def test_a_tool_call_with_a_spoken_preamble_then_the_grounded_answer() -> None:
+    """Function calls work over the data channel as over WebSocket: the preamble plays on the track (started,
+    stopped), the response ends with the call, and the answer after the output speaks what it said."""
+    tool = {"type": "function", "name": "lookup_exhibit_knowledge", "description": "Look up a fact.",
+            "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}
+
+    async def body() -> None:
+        async with rtc_simulator(**FAST, tool_call="lookup_exhibit_knowledge", preamble_ms=200) as sim, \
+                call(sim, {}, session={**PTT_SESSION, "tools": [tool]}) as c:
+            await ask(c, sim)
+            await c.send("response.create")
+            events = await c.until("response.done")
+            done = events[-1]["response"]
+            assert [item["type"] for item in done["output"]] == ["message", "function_call"]
+            assert "output_audio_buffer.started" in [e["type"] for e in events]
+            await c.until("output_audio_buffer.stopped")
+            function_call = done["output"][-1]
+            await c.send("conversation.item.create", item={"type": "function_call_output",
+                                                           "call_id": function_call["call_id"],
+                                                           "output": '{"fact": "Laid around 320 AD."}'})
+            await c.until("conversation.item.done")
+            await c.send("response.create")
+            answer = await c.until("response.done")
+            assert [i["type"] for i in answer[-1]["response"]["output"]] == ["message"]
+            text = "".join(e["delta"] for e in answer if e["type"] == "response.output_audio_transcript.delta")
+            assert "Laid around 320 AD." in text
+            await c.until("output_audio_buffer.stopped")
+            assert sim.calls[0].played_samples == (200 + FAST["reply_ms"]) * RATE // 1000
 
     run(body())
