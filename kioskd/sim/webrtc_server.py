@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fractions
+import functools
 import ipaddress
 import json
 from dataclasses import dataclass, field
@@ -246,16 +247,22 @@ class RtcSimulator(RealtimeRecords):
 
 def make_output_track(call: RtcCall) -> Any:
     """The call's outgoing audio track: a queue of 24 kHz PCM16 played out in 20 ms frames at real time (silence
-    when empty), as the service paces its reply from a buffer on its side. The class is built here, on first use,
-    so that this module imports without the webrtc extra."""
+    when empty), as the service paces its reply from a buffer on its side."""
+    return _output_track_class()(call)
+
+
+@functools.cache
+def _output_track_class() -> type[Any]:
+    """The track class, built on first use so that this module imports without the webrtc extra."""
     from aiortc.mediastreams import MediaStreamError, MediaStreamTrack  # noqa: PLC0415
     from av import AudioFrame  # noqa: PLC0415
 
     class _Track(MediaStreamTrack):
         kind = "audio"
 
-        def __init__(self) -> None:
+        def __init__(self, call: RtcCall) -> None:
             super().__init__()
+            self.call = call
             self.queued: Pcm = np.zeros(0, dtype=np.int16)
             self.written = 0  # samples ever written (cleared ones included)
             self._waiters: list[tuple[int, asyncio.Future[bool]]] = []
@@ -270,7 +277,7 @@ def make_output_track(call: RtcCall) -> Any:
             """Queue ``pcm``; returns the position its last sample will have played at."""
             self.queued = np.concatenate([self.queued, pcm.astype(np.int16)])
             self.written += pcm.size
-            call.written_samples += pcm.size
+            self.call.written_samples += pcm.size
             return self.written
 
         def clear(self) -> int:
@@ -311,7 +318,7 @@ def make_output_track(call: RtcCall) -> Any:
             if take:
                 out[:take] = self.queued[:take]
                 self.queued = self.queued[take:]
-                call.played_samples += take
+                self.call.played_samples += take
                 played, still = self.played, []
                 for position, waiter in self._waiters:
                     if position <= played:
@@ -326,7 +333,7 @@ def make_output_track(call: RtcCall) -> Any:
             frame.time_base = fractions.Fraction(1, API_RATE_HZ)
             return frame
 
-    return _Track()
+    return _Track
 
 
 class _RtcSession(Session):
