@@ -230,14 +230,14 @@ class RtcSimulator(RealtimeRecords):
             session.configure(config)
         except ClientError as exc:
             return _error(400, exc.code, exc.message, exc.param)
+        self._sessions[call.id] = session  # before the peer exists: close() reaches a call being answered
         try:
             answer = await session.answer(sdp)
         except ValueError as exc:
-            await session.hang_up()
+            await session.hang_up()  # forgets it
             return _error(400, "invalid_offer", f"Invalid SDP offer: {exc}", "sdp")
         self.calls.append(call)
         self.connections += 1
-        self._sessions[call.id] = session
         return web.Response(status=201, body=answer.encode(), content_type="application/sdp",
                             headers={"Location": f"{CALLS_PATHS[0]}/{call.id}"})
 

@@ -347,6 +347,9 @@ def test_a_bad_session_part_or_a_429_is_a_json_error() -> None:
                 assert status == 400 and error_of(text)["param"] == "session.model"
                 status, _, text = await post(sim.calls_url, multipart(sdp, {**PTT_SESSION, "voice": "alloy"}))
                 assert status == 400 and error_of(text)["code"] == "unknown_parameter"
+                for offer in ("v=0\r\n", sdp.replace("m=audio", "m=video")):
+                    status, _, text = await post(sim.calls_url, multipart(offer))
+                    assert status == 400 and error_of(text)["code"] == "invalid_offer", text
                 sim.arm_fault("refuse_429")
                 status, _, text = await post(sim.calls_url, multipart(sdp))
                 assert status == 429 and error_of(text)["code"] == "rate_limit_exceeded"
