@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="a config file, as for run (repeatable; after any given without --config)")
     sub.add_parser("devices", help="list the audio devices kioskd can open, by name")
     sim = sub.add_parser("simulate", help="run the local Realtime API simulator")
+    sim.add_argument("--transport", choices=("websocket", "webrtc"), default="websocket",
+                     help="websocket: /v1/realtime; webrtc: POST /v1/realtime/calls and an aiortc peer (needs the "
+                          "webrtc extra). Either way the line printed is the ws:// Realtime URL to configure")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=0, help="TCP port (0: any free port, printed at start)")
     sim.add_argument("--first-delta-delay-ms", type=float, default=300.0)
@@ -77,8 +80,20 @@ def _run(paths: list[str]) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     import os
 
-    from kioskd.sim.realtime_server import SimOptions, serve
+    from kioskd.sim import realtime_server
+    from kioskd.sim.realtime_server import SimOptions
 
+    serve = realtime_server.serve
+    if args.transport == "webrtc":
+        from kioskd.adapters.rtc_internals import missing
+
+        problem = missing()
+        if problem is not None:
+            print(f"kioskd: {problem}", file=sys.stderr)
+            return 1
+        from kioskd.sim import webrtc_server
+
+        serve = webrtc_server.serve
     key = os.environ.get(args.api_key_env) if args.api_key_env else None
     options = SimOptions(api_key=key, first_delta_delay_ms=args.first_delta_delay_ms, jitter_ms=args.jitter_ms,
                          voice=args.voice)

@@ -107,6 +107,32 @@ def test_simulate_serves_on_the_port_it_prints() -> None:
         proc.wait(timeout=10)
 
 
+def test_simulate_webrtc_serves_calls_at_the_url_it_prints() -> None:
+    """`kioskd simulate --transport webrtc` prints the same ws:// Realtime URL; the calls endpoint derived from it
+    (http, path + /calls) answers: here a raw SDP body with no ephemeral key, refused with a JSON error."""
+    pytest.importorskip("aiortc")
+    import json
+    import urllib.error
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-m", "kioskd", "simulate", "--transport", "webrtc", "--port", "0",
+                             "--voice", "tone"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "listening on ws://127.0.0.1:" in line
+        url = line.split("listening on ", 1)[1].split()[0]
+        calls = url.replace("ws://", "http://", 1).split("?")[0] + "/calls"
+        request = urllib.request.Request(calls, data=b"v=0\r\n", headers={"Content-Type": "application/sdp"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 400
+        assert "ephemeral" in json.loads(refused.value.read())["error"]["message"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def test_the_exhibit_files_are_checked_as_run_checks_them(tmp_path: Path) -> None:
     """A broken knowledge file stops `check-config` and `run` with exit 78 and its own file:line: key; the
     shipped example exhibit's files pass."""
