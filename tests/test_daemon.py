@@ -8,6 +8,7 @@ barge-in silenced it, and the truncate's audio_end_ms stayed within what was del
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,10 +42,16 @@ def band_level(pcm: np.ndarray, rate_hz: int, hz: float) -> float:
     return float(np.sqrt(np.mean(np.fft.irfft(band, x.size) ** 2)))
 
 
+@pytest.fixture(params=["websocket", pytest.param("webrtc", marks=pytest.mark.skipif(
+    importlib.util.find_spec("aiortc") is None, reason="the webrtc extra is not installed"))])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def sim() -> Iterator[RealtimeSimulator]:
+def sim(transport: str) -> Iterator[RealtimeSimulator]:
     thread = SimThread(SimOptions(voice="tone", tone_hz=REPLY_HZ, reply_ms=6000, first_delta_delay_ms=100,
-                                  speedup=2.0))
+                                  speedup=2.0), transport=transport)
     try:
         yield thread.sim
     finally:
@@ -66,11 +73,13 @@ def listen(room: Room, seconds: float) -> np.ndarray:
     return room.take()[1]
 
 
-def test_visit_question_reply_and_barge_in(tmp_path: Path, sim: RealtimeSimulator, room: Room) -> None:
-    """A whole visit: the question reaches the model, the reply comes out of the speaker, a press silences it,
-    the truncate reports no more than was delivered, and the next question is answered in full."""
+def test_visit_question_reply_and_barge_in(tmp_path: Path, sim: RealtimeSimulator, room: Room,
+                                           transport: str) -> None:
+    """A whole visit, over each transport: the question reaches the model, the reply comes out of the speaker, a
+    press silences it, the truncate reports no more than was delivered, and the next question is answered in
+    full."""
     question = write_wav(tmp_path / "q.wav", tone(QUESTION_HZ, 1000, 48000, 0.4), 48000)
-    kiosk = KioskdProcess(tmp_path, f"realtime:\n  url: {sim.url}\n"
+    kiosk = KioskdProcess(tmp_path, f"realtime:\n  url: {sim.url}\n  transport: {transport}\n"
                                     f"{NULL_SINK_AUDIO}"
                                     "  earcons: false\nlog:\n  format: json\n  level: debug\n")
     try:

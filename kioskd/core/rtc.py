@@ -68,7 +68,8 @@ class RtcDownlink:
     cancelled: set[str] = field(default_factory=set)
     held: list[ev.Input] = field(default_factory=list)
     drained_at: float | None = None  # when the server said the output buffer stopped or was cleared
-    sound_at: float | None = None  # the last frame with sound in it
+    sound_at: float | None = None  # the last frame with sound in it (the part's opening, before any)
+    sounded: bool = False  # the playing part has had sound: silence before it is the server's idle track
 
     def event(self, data: dict[str, Any], inp: ev.Input, now: float) -> list[ev.Input]:
         """One data-channel event (its JSON and its parsed input): the inputs to deliver now."""
@@ -77,7 +78,7 @@ class RtcDownlink:
         if kind == "response.content_part.added" and _audio_part(data):
             out += self._release()
             self.playing = (str(data.get("response_id")), str(data.get("item_id")))
-            self.sound_at = now
+            self.sound_at, self.sounded = now, False
         elif kind in ("output_audio_buffer.stopped", "output_audio_buffer.cleared") and self.playing is not None:
             said = data.get("response_id")
             if said is None or said == self.playing[0]:
@@ -94,9 +95,9 @@ class RtcDownlink:
         if self.playing is None or self.playing[0] in self.cancelled or not pcm.size:
             return []
         if int(np.abs(pcm.astype(np.int32)).max()) > SOUND_LEVEL:
-            self.sound_at = now
-        elif self.drained_at is not None:
-            return []  # the server's silence after the reply drained: not part of it
+            self.sound_at, self.sounded = now, True
+        elif not self.sounded or self.drained_at is not None:
+            return []  # the server's idle silence before the reply's first sound or after it drained
         return [ev.AudioDelta(response_id=self.playing[0], item_id=self.playing[1], pcm=pcm)]
 
     def cancel(self, response_id: str | None) -> list[ev.Input]:
@@ -124,7 +125,7 @@ class RtcDownlink:
 
     def _release(self) -> list[ev.Input]:
         out, self.held = self.held, []
-        self.playing, self.drained_at, self.sound_at = None, None, None
+        self.playing, self.drained_at, self.sound_at, self.sounded = None, None, None, False
         if len(self.cancelled) > 64:  # ids of long-gone responses: keep the set small
             self.cancelled.clear()
         return out

@@ -46,12 +46,20 @@ def wait_for(cond: Callable[[], bool], what: str, timeout_s: float) -> None:
 
 
 class SimThread:
-    """A simulator on its own loop in a daemon thread (on ``port``; 0: any free one): the Realtime one, or the Chat
-    Completions one when given ``ChatSimOptions``."""
+    """A simulator on its own loop in a daemon thread (on ``port``; 0: any free one): the Realtime one (over
+    ``transport``), or the Chat Completions one when given ``ChatSimOptions``."""
 
-    def __init__(self, options: SimOptions | ChatSimOptions, port: int = 0) -> None:
+    def __init__(self, options: SimOptions | ChatSimOptions, port: int = 0, transport: str = "websocket") -> None:
         self.loop = asyncio.new_event_loop()
-        self.sim: Any = ChatSimulator(options) if isinstance(options, ChatSimOptions) else RealtimeSimulator(options)
+        self.sim: Any
+        if isinstance(options, ChatSimOptions):
+            self.sim = ChatSimulator(options)
+        elif transport == "webrtc":
+            from kioskd.sim.webrtc_server import RtcSimulator
+
+            self.sim = RtcSimulator(options)
+        else:
+            self.sim = RealtimeSimulator(options)
         self._thread = threading.Thread(target=self.loop.run_forever, name="simulator", daemon=True)
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self.sim.start(port=port), self.loop).result(10)

@@ -61,8 +61,10 @@ def test_track_audio_is_nobodys_until_an_audio_part_opens() -> None:
     down = RtcDownlink()
     assert down.frame(SOUND, 0.0) == []
     feed(down, part_added(), 0.0)
+    assert down.frame(SILENCE, 0.05) == []  # the server's idle track before the first sound: not the reply
     [delta] = down.frame(SOUND, 0.1)
     assert isinstance(delta, ev.AudioDelta) and (delta.response_id, delta.item_id) == ("r1", "i1")
+    assert down.frame(SILENCE, 0.12)  # a pause within the reply is the reply's
 
 
 def test_the_reply_end_waits_for_the_server_to_drain_and_the_last_packets() -> None:
