@@ -376,23 +376,22 @@ class Daemon:
             restore_led=lambda: LED[kiosk.phase])
 
     async def _probe_session(self) -> str:
-        """A session opened on the configured endpoint with the configured key, closed at its ``session.created``
-        (its id returned); a server error or the connection's end raises."""
-        from kioskd.core.realtime import parse_server_event
-
-        r = self.cfg.realtime
-        conn = await realtime_ws.open_session(self._url, auth=r.auth, api_key=self._api_key,
-                                              open_timeout_s=r.connect_timeout_s)
+        """A session opened on the configured endpoint, transport and key (a link of its own, as the kiosk's),
+        closed at its ``session.created`` (its id returned); a server error or the link's end raises."""
+        inputs: asyncio.Queue[ev.Input] = asyncio.Queue()
+        link = self._open_link(inputs.put_nowait, "")
+        link.start()
         try:
-            async for frame in realtime_ws.frames(conn):
-                inp = parse_server_event(frame)
+            while True:
+                inp = await inputs.get()
                 if isinstance(inp, ev.SessionCreated):
                     return inp.session_id
                 if isinstance(inp, ev.ServerError):
                     raise KioskError(f"server error {inp.code}: {inp.message}")
-            raise KioskError("the connection ended before session.created")
+                if isinstance(inp, ev.Disconnected):
+                    raise inp.cause if isinstance(inp.cause, Exception) else KioskError(str(inp.cause))
         finally:
-            await conn.close()
+            await link.close()
 
     def _phase(self) -> str:
         if self.standby is not None:
