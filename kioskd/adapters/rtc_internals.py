@@ -105,6 +105,24 @@ def install() -> None:
 
     RTCRtpReceiver.__init__ = init
 
+    # A call that fails early (ICE finds no path) has aiortc close its transports while a second connect task of
+    # its own is still to run; that task then raises InvalidStateError into nobody, and asyncio prints "Task
+    # exception was never retrieved" with a traceback on every failed call. It is over: let it end quietly.
+    from aiortc import RTCPeerConnection  # noqa: PLC0415
+    from aiortc.exceptions import InvalidStateError  # noqa: PLC0415
+
+    connect = RTCPeerConnection._RTCPeerConnection__connect  # type: ignore[attr-defined]
+
+    @functools.wraps(connect)
+    async def connect_quietly(self: Any) -> None:
+        try:
+            await connect(self)
+        except InvalidStateError:
+            if self.connectionState not in ("failed", "closed"):
+                raise
+
+    RTCPeerConnection._RTCPeerConnection__connect = connect_quietly  # type: ignore[attr-defined]
+
 
 @functools.cache
 def allow_loopback() -> None:

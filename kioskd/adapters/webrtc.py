@@ -155,6 +155,7 @@ class RtcLink:
         self._pc: Any = None
         self._channel: Any = None
         self._call: str | None = None  # the Location of the call, for the hangup
+        self._answered = False  # the service answered the offer (201)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._ended = False
@@ -213,8 +214,13 @@ class RtcLink:
                     async with asyncio.timeout(o.connect_timeout_s):
                         remote = await self._connect(pc, http)
                 except TimeoutError:
-                    raise TimeoutError(f"{realtime_ws.endpoint_of(calls_url(o.url))}: no call within "
-                                       f"{o.connect_timeout_s:g} s") from None
+                    endpoint = realtime_ws.endpoint_of(calls_url(o.url))
+                    if not self._answered:
+                        raise TimeoutError(f"{endpoint}: no answer to the call within {o.connect_timeout_s:g} s") \
+                            from None
+                    raise TimeoutError(f"{endpoint}: the call was answered but no UDP path opened within "
+                                       f"{o.connect_timeout_s:g} s (UDP blocked? realtime.transport: websocket "
+                                       "needs only TCP)") from None
                 self._deliver(ev.Connected())
                 try:
                     async with asyncio.TaskGroup() as group:
@@ -249,7 +255,12 @@ class RtcLink:
 
         def on_state() -> None:
             if pc.connectionState in ("failed", "closed"):
-                self._end(ConnectionLost(None, f"the WebRTC connection {pc.connectionState}"))
+                if opened.done():
+                    self._end(ConnectionLost(None, f"the WebRTC connection {pc.connectionState}"))
+                else:
+                    self._end(ConnectionLost(None, f"the call was answered but the WebRTC connection "
+                                                   f"{pc.connectionState} before it opened (UDP blocked? "
+                                                   "realtime.transport: websocket needs only TCP)"))
 
         channel.on("open", on_open)
         channel.on("message", self._on_message)
@@ -283,6 +294,7 @@ class RtcLink:
             raise AuthError(endpoint, response.status_code)
         if response.status_code != 201:  # an error is JSON, never an SDP: check before setRemoteDescription
             raise HandshakeError(endpoint, response.status_code)
+        self._answered = True
         location = response.headers.get("location", "")
         if location.startswith("/"):
             parts = urlsplit(url)

@@ -16,7 +16,7 @@ from kioskd.adapters.link import LinkOptions  # noqa: E402
 from kioskd.adapters.webrtc import RtcLink, calls_url  # noqa: E402
 from kioskd.core import events as ev  # noqa: E402
 from kioskd.core.pcm import tone  # noqa: E402
-from kioskd.errors import AuthError, HandshakeError, classify  # noqa: E402
+from kioskd.errors import AuthError, ConnectionLost, HandshakeError, classify  # noqa: E402
 from kioskd.sim.realtime_session import SimOptions  # noqa: E402
 from kioskd.sim.webrtc_server import RtcSimulator  # noqa: E402
 from tests.conftest import UNIT_S, run  # noqa: E402
@@ -191,3 +191,44 @@ def test_a_call_dropped_mid_reply_is_reported_once_and_close_reports_nothing() -
             assert len(quiet.got) == before  # kioskd closed it: nothing reported after
             assert sim.calls[-1].hung_up
     run(main())
+
+
+def test_an_answered_call_with_no_udp_path_says_so() -> None:
+    """The POST is answered but no packet can get through (a network that blocks UDP: here the answer's
+    candidates are taken out): one Disconnected whose cause names UDP and the websocket way, and no task of
+    aiortc's raising into nobody (asyncio's "Task exception was never retrieved", a traceback a call)."""
+    unretrieved: list[str] = []
+
+    async def main() -> None:
+        import gc
+
+        import kioskd.adapters.webrtc as webrtc
+
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: unretrieved.append(context["message"]))
+        real = webrtc.RtcLink._post_offer
+
+        async def unreachable(self: RtcLink, http: Any, offer: str) -> str:
+            answer = await real(self, http, offer)
+            return "\r\n".join(line for line in answer.split("\r\n") if not line.startswith("a=candidate"))
+
+        webrtc.RtcLink._post_offer = unreachable  # type: ignore[method-assign]
+        try:
+            for _ in range(3):
+                async with simulator() as sim:
+                    got: list[ev.Input] = []
+                    link = RtcLink(LinkOptions(sim.url, api_key=KEY, connect_timeout_s=2.0), got.append,
+                                   "gpt-realtime")
+                    link.start()
+                    await until(lambda: bool(got), "the failure", timeout_s=20)
+                await asyncio.sleep(0.3)
+                await link.close()
+                [gone] = got
+                assert isinstance(gone, ev.Disconnected) and isinstance(gone.cause, (TimeoutError, ConnectionLost))
+                assert "UDP" in str(gone.cause) and "websocket" in str(gone.cause)
+                assert classify(gone.cause) == "retry"
+        finally:
+            webrtc.RtcLink._post_offer = real  # type: ignore[method-assign]
+        gc.collect()  # a task whose exception nobody retrieved says so when it is collected
+        await asyncio.sleep(0.1)
+    run(main())
+    assert not unretrieved, unretrieved
