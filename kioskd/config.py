@@ -36,7 +36,7 @@ from kioskd.errors import ConfigError
 from kioskd.core.realtime import INSTRUCTIONS_MAX_BYTES
 from kioskd.core import guide
 from kioskd.core.cost import DEFAULT_PRICES, Prices, prices_for
-from kioskd.core.settings import InputFormat, LinkSettings, ModelArm, Settings, ToolSpec, TurnSettings
+from kioskd.core.settings import LinkSettings, UplinkFormat, ModelArm, Settings, ToolSpec, TurnSettings
 
 Auth = Literal["auto", "bearer", "api-key"]
 Transport = Literal["websocket", "webrtc"]
@@ -122,9 +122,12 @@ class AudioConfig:
     preroll_ms: int = 200
     """Audio from just before the press sent first, so a visitor who speaks as they press is not clipped."""
     earcons: bool = True
-    input_format: InputFormat = _LINK.input_format
+    input_format: UplinkFormat = _LINK.input_format
     """The question on the wire: pcm16 (24 kHz PCM16) or pcmu (8 kHz G.711 µ-law, a sixth of the bytes); a change
     renews the session between visitors."""
+    narrow_backlog_ms: int = _LINK.narrow_backlog_ms
+    """``auto``: a question this far behind on the uplink at release (ms of its audio not yet delivered)
+    narrows the session to pcmu."""
     device_poll_s: float = 5.0
     """While a device is missing, how often kioskd looks for it (a short child process each time); within one
     outage the looks slow down, doubling up to a minute."""
@@ -453,6 +456,7 @@ CHECKS: Final[Mapping[str, Callable[[Any], str | None]]] = {
     "realtime.instructions": _instructions_problem,
     "realtime.connect_timeout_s": _positive,
     "realtime.keepalive_s": _positive,
+    "audio.narrow_backlog_ms": _positive,
     "realtime.recycle_margin_s": _non_negative,
     "realtime.backoff_first_max_s": _positive,
     "realtime.backoff_cap_s": _positive,
@@ -781,7 +785,8 @@ def _cross_check(cfg: KioskConfig, order: Sequence[str]) -> None:
             raise ConfigError(*cfg.where("realtime.transport"), "realtime.transport", problem)
         if cfg.audio.input_format != "pcm16":
             key = blamed("realtime.transport", "audio.input_format")
-            raise ConfigError(*cfg.where(key), key, "audio.input_format pcmu is for the websocket transport",
+            raise ConfigError(*cfg.where(key), key, f"audio.input_format {cfg.audio.input_format} is for the "
+                              "websocket transport",
                               "over webrtc the question goes up as Opus: leave audio.input_format at pcm16")
     if cfg.led.pin is not None and cfg.led.pin == cfg.button.pin:
         if blamed("led.pin", "button.pin") == "led.pin":
@@ -937,7 +942,8 @@ def core_settings(cfg: KioskConfig, *, endpoint: str, tools: tuple[ToolSpec, ...
         link=LinkSettings(
             endpoint=endpoint, voice=r.voice, instructions=instructions, tools=tools,
             context_tokens=cfg.conversation.context_tokens, max_output_tokens=t.max_reply_tokens,
-            input_format=cfg.audio.input_format, connect_timeout_s=r.connect_timeout_s,
+            input_format=cfg.audio.input_format, narrow_backlog_ms=cfg.audio.narrow_backlog_ms,
+            connect_timeout_s=r.connect_timeout_s,
             recycle_margin_s=r.recycle_margin_s, healthy_after_s=r.healthy_after_s,
             backoff_first_max_s=r.backoff_first_max_s, backoff_cap_s=r.backoff_cap_s, fault_retry_s=r.fault_retry_s,
             quick_failure_s=r.quick_failure_s, quick_failures_fatal=r.quick_failures_fatal,

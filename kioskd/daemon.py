@@ -34,6 +34,8 @@ from kioskd.adapters.link import LinkOptions, RealtimeLink
 
 if TYPE_CHECKING:
     from kioskd.adapters.webrtc import RtcLink
+    from kioskd.sim.realtime_server import RealtimeSimulator
+    from kioskd.sim.webrtc_server import RtcSimulator
 from kioskd.adapters.models import ModelLifecycle
 from kioskd.adapters.tools import ToolRunner
 from kioskd.core import events as ev
@@ -299,7 +301,7 @@ class Daemon:
         s = self.cfg.simulator
         options = SimOptions(api_key=None, first_delta_delay_ms=s.first_delta_delay_ms, jitter_ms=s.jitter_ms,
                              voice=s.voice, tool_call=s.tool_call, preamble_ms=s.preamble_ms)
-        sim: Any
+        sim: RealtimeSimulator | RtcSimulator
         if self.cfg.realtime.transport == "webrtc":  # the same session core, served over WebRTC
             from kioskd.sim.webrtc_server import RtcSimulator
 
@@ -308,8 +310,9 @@ class Daemon:
             sim = RealtimeSimulator(options)
         await sim.start()
         stack.push_async_callback(sim.close)
-        self._log.info("daemon.simulator", url=sim.url)
-        return sim.url
+        url: str = sim.url
+        self._log.info("daemon.simulator", url=url)
+        return url
 
     async def _start_chat_simulator(self, stack: contextlib.AsyncExitStack) -> str:
         from kioskd.sim.chat_server import ChatSimOptions, ChatSimulator

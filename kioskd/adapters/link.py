@@ -52,6 +52,7 @@ class RealtimeLink:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._ended = False
+        self._outbox_bytes = 0  # what the outbox holds, for the uplink's backlog
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="realtime-link")
@@ -62,13 +63,20 @@ class RealtimeLink:
         if self._closing or self._ended:
             return
         for event in self._encoder.encode(intent):
+            frame = json.dumps(event)
             try:
-                self._outbox.put_nowait(json.dumps(event))
+                self._outbox.put_nowait(frame)
             except asyncio.QueueFull:
                 self._end(ConnectionLost(None, f"send queue full ({OUTBOX_FRAMES} frames): network stalled"))
                 if self._task is not None:
                     self._task.cancel()
                 return
+            self._outbox_bytes += len(frame)
+        if isinstance(intent, ev.Commit) and self._conn is not None:
+            # the question is all queued: what of it has not reached the server yet (the commit's own few bytes
+            # aside) says whether the uplink keeps up (audio.input_format auto; the link machine decides)
+            behind = self._outbox_bytes + realtime_ws.unsent_bytes(self._conn.transport)
+            self._deliver(ev.UplinkBacklog(round(behind / self._encoder.bytes_per_ms)))
 
     async def close(self) -> None:
         """Close normally (code 1000) and wait for the session's tasks; nothing is reported after this."""
@@ -123,4 +131,6 @@ class RealtimeLink:
 
     async def _write(self, conn: ClientConnection) -> None:
         while True:
-            await realtime_ws.send(conn, await self._outbox.get())
+            frame = await self._outbox.get()
+            self._outbox_bytes -= len(frame)
+            await realtime_ws.send(conn, frame)

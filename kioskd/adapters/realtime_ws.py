@@ -7,6 +7,10 @@ goes only into the handshake header: never into a URL, a log line or an exceptio
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
+import struct
+import termios
 from collections.abc import AsyncIterator
 from typing import Final, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -112,6 +116,19 @@ async def frames(conn: ClientConnection) -> AsyncIterator[str | bytes]:
     if rcvd is None and sent is not None and sent.reason:  # kioskd gave up on a silent link (keepalive)
         raise ConnectionLost(conn.close_code, f"no close frame from the server; kioskd closed it: {sent.reason}")
     raise ConnectionLost(conn.close_code, conn.close_reason or "")
+
+
+def unsent_bytes(transport: asyncio.WriteTransport) -> int:
+    """Bytes written to a connection's transport that the peer has not yet acknowledged: the transport's buffer
+    and the kernel's send queue (SIOCOUTQ: unsent and unacknowledged). 0 when the socket cannot say."""
+    queued = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            queued += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        except OSError:
+            pass
+    return int(queued)
 
 
 async def send(conn: ClientConnection, frame: str) -> None:

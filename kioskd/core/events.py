@@ -276,6 +276,14 @@ class ToolResult:
     output: str
 
 
+@dataclass(frozen=True, slots=True)
+class UplinkBacklog:
+    """At a commit, how much of the question's audio had not yet reached the server (ms of audio: unsent or
+    unacknowledged): the link adapter's measure of a question falling behind on a slow or lossy uplink."""
+
+    backlog_ms: int
+
+
 #: why a server frame could not be used, in kioskd's own words (never the server's text)
 BadReason = Literal["binary", "not_json", "not_an_event", "missing_field", "bad_field", "bad_audio", "too_much_audio"]
 
@@ -295,7 +303,7 @@ Input = (
     | Reloaded | SpeakerReopenDue | Availability | TurnEnded
     | SessionCreated | SessionUpdated | InputCommitted | ResponseCreated | AudioDelta | AudioDone
     | TranscriptDone | ResponseDone | ItemTruncated | ServerError | ServerEvent | Unknown | BadEvent | ToolCall
-    | ToolResult | ItemAdded | Spent
+    | ToolResult | ItemAdded | Spent | UplinkBacklog
 )
 
 # ---------------------------------------------------------------------------------------------------- actions

@@ -50,7 +50,7 @@ LED: Final = {
 SERVING: Final = frozenset({Phase.IDLE, Phase.OFFLINE, Phase.FAULT, Phase.CLOSED})
 LINK_TIMERS: Final = frozenset({ev.Timer.CONNECT, ev.Timer.RECONNECT, ev.Timer.RECYCLE})
 LINK_INPUTS: Final = (ev.Connected, ev.Disconnected, ev.SessionCreated, ev.SessionUpdated, ev.Reloaded,
-                      ev.ResponseCreated, ev.BadEvent, ev.Unknown)
+                      ev.ResponseCreated, ev.BadEvent, ev.Unknown, ev.UplinkBacklog)
 TURN_INPUTS: Final = (
     ev.Pressed, ev.Released, ev.MicBlock, ev.Played, ev.PlaybackDrained, ev.PlaybackStarted, ev.InputCommitted,
     ev.ResponseCreated, ev.AudioDelta, ev.AudioDone, ev.TranscriptDone, ev.ResponseDone, ev.ItemTruncated,

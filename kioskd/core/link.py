@@ -50,6 +50,7 @@ class LinkPhase(str, Enum):
 
 REMOTE: Final = (
     ev.Connected, ev.Disconnected, ev.SessionCreated, ev.SessionUpdated, ev.ServerError, ev.ResponseCreated,
+    ev.UplinkBacklog,
 )
 
 
@@ -74,6 +75,7 @@ class LinkMachine(Machine[LinkPhase]):
         self._config_ref: str | None = None
         self._configs = 0
         self._renew_due = False
+        self._narrowed = False  # this session's uplink went to pcmu (audio.input_format auto)
         self._bad_seen: dict[tuple[str, str], int] = {}
         self.last_error = ""  # why the last session ended, for the turn it cost
         self.turn_busy = False  # set by the coupling: a visitor is mid-turn, so no renewal now
@@ -111,6 +113,7 @@ class LinkMachine(Machine[LinkPhase]):
     def _connect(self, now: float) -> list[ev.Action]:
         self.phase = LinkPhase.CONNECTING
         self._opening_model = self.model
+        self._narrowed = False  # a new session starts wide again: the link may have recovered
         return [ev.Connect(self.model), self.arm(ev.Timer.CONNECT, now + self.settings.connect_timeout_s)]
 
     def want(self, model: str, now: float) -> list[ev.Action]:
@@ -171,8 +174,12 @@ class LinkMachine(Machine[LinkPhase]):
             out.append(ev.Note("ws.clock_skew", "warning", {"expires_in_s": round(lifetime_s), "assumed_s": high_s}))
             lifetime_s = high_s
         self._lifetime_s = lifetime_s
-        return [*out, ev.ConfigureSession(self._config_ref, s.voice, s.instructions, s.tools, s.context_tokens,
-                                          s.max_output_tokens, s.input_format)]
+        return [*out, self._configure()]
+
+    def _configure(self) -> ev.ConfigureSession:
+        s = self.settings
+        return ev.ConfigureSession(self._config_ref or "", s.voice, s.instructions, s.tools, s.context_tokens,
+                                   s.max_output_tokens, s.uplink_format(self._narrowed))
 
     def _on_session_updated(self, inp: ev.SessionUpdated, now: float) -> list[ev.Action]:
         out = self.disarm(ev.Timer.CONNECT)
@@ -238,6 +245,18 @@ class LinkMachine(Machine[LinkPhase]):
         self._served = True
         return []
 
+    def _on_backlog(self, inp: ev.UplinkBacklog, now: float) -> list[ev.Action]:
+        """``auto``: a question still far from the server at release narrows this session's uplink to G.711 (a
+        sixth of the bytes), by a session.update the turn never waits for; the next session starts wide."""
+        s = self.settings
+        if s.input_format != "auto" or self._narrowed or inp.backlog_ms < s.narrow_backlog_ms:
+            return []
+        self._narrowed = True
+        self._configs += 1
+        self._config_ref = f"cfg_{self._configs}"
+        return [ev.Note("ws.uplink_narrowed", "warning", {"backlog_ms": inp.backlog_ms, "input_format": "pcmu"}),
+                self._configure()]
+
     def _on_bad_event(self, inp: ev.BadEvent, now: float) -> list[ev.Action]:
         """One warning per kind, (type, reason), for at most BAD_KINDS_MAX kinds; repeats are debug, counted.
         The detail (which may quote the server) is logged but never part of the kind."""
@@ -270,6 +289,7 @@ def _table() -> dict[tuple[LinkPhase | None, Key], Row[LinkPhase]]:
         (P.CONNECTING, ev.Reloaded): row(M._on_reload),
         (P.READY, ev.Reloaded): row(M._on_reload, P.READY, P.CONNECTING),
         (P.READY, ev.TurnEnded): row(M._on_turn_ended, P.READY, P.CONNECTING),
+        (P.READY, ev.UplinkBacklog): row(M._on_backlog),
         (ANY, ev.TurnEnded): row(M._on_turn_ended),
         (ANY, ev.ResponseCreated): row(M._on_response_created),
         (ANY, ev.BadEvent): row(M._on_bad_event),

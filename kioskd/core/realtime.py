@@ -214,6 +214,13 @@ class RealtimeEncoder:
         self._input_format: InputFormat = "pcm16"
         self._stream: Downsampler | None = None
 
+    @property
+    def bytes_per_ms(self) -> float:
+        """What one ms of the question costs in an append's base64: 64 bytes as PCM16 at 24 kHz, 10.7 as µ-law."""
+        samples_per_ms = API_RATE_HZ / 1000 if self._input_format == "pcm16" else 8
+        sample_bytes = BYTES_PER_SAMPLE if self._input_format == "pcm16" else 1
+        return samples_per_ms * sample_bytes * 4 / 3
+
     def _append(self, pcm: Pcm, last: bool = False) -> list[dict[str, Any]]:
         if self._input_format == "pcm16":
             return [self._event("input_audio_buffer.append", audio=pcm_to_b64(pcm))] if not last else []

@@ -16,6 +16,8 @@ from kioskd.core.cost import DEFAULT_PRICES, Prices
 Backend = Literal["realtime", "chat"]
 #: how the question travels to the Realtime API: PCM16 at 24 kHz, or G.711 µ-law at 8 kHz (a sixth of the bytes)
 InputFormat = Literal["pcm16", "pcmu"]
+#: what ``audio.input_format`` may say: a format, or ``auto`` (pcm16 until the question falls behind on the uplink)
+UplinkFormat = Literal["pcm16", "pcmu", "auto"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,14 +68,24 @@ class LinkSettings:
     default."""
     max_output_tokens: int | None = None
     """The most one reply may produce (audio, text and tool calls); None: the server's default."""
-    input_format: InputFormat = "pcm16"
-    """The question's format on the wire: ``pcmu`` sends it as 8 kHz G.711 µ-law (the session declares it)."""
+    input_format: UplinkFormat = "pcm16"
+    """The question's format on the wire: ``pcmu`` sends it as 8 kHz G.711 µ-law (the session declares it);
+    ``auto`` starts each session with pcm16 and narrows it to pcmu once a question is still ``narrow_backlog_ms``
+    from the server at release (``UplinkBacklog``)."""
+    narrow_backlog_ms: int = 300
+    """``auto``: the question's audio not yet delivered at release (ms of audio) that narrows the session's uplink."""
 
     @property
     def session(self) -> tuple[object, ...]:
         """What a configured session depends on: a change needs a new session."""
         return (self.endpoint, self.voice, self.instructions, self.tools, self.context_tokens,
                 self.max_output_tokens, self.input_format)
+
+    def uplink_format(self, narrowed: bool) -> InputFormat:
+        """The format a session is configured with: ``auto`` is pcm16 until the session's uplink was narrowed."""
+        if self.input_format == "auto":
+            return "pcmu" if narrowed else "pcm16"
+        return self.input_format
 
 
 @dataclass(frozen=True, slots=True)

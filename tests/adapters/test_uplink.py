@@ -55,3 +55,53 @@ def test_a_question_sent_as_pcmu_is_committed_whole() -> None:
             await sim.close()
 
     run(main())
+
+
+def test_unsent_bytes_counts_what_the_peer_has_not_taken() -> None:
+    """A peer that reads nothing: what was written and is not yet in its receive buffer is counted (the transport's
+    buffer and the kernel's send queue); once the peer reads it all, nothing is."""
+    from kioskd.adapters.realtime_ws import unsent_bytes
+
+    async def main() -> None:
+        accepted: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+        server = await asyncio.start_server(lambda r, w: accepted.put_nowait((r, w)), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, peer = await accepted.get()
+        assert unsent_bytes(writer.transport) == 0
+        blob = b"x" * (8 << 20)  # more than loopback's receive and send buffers together
+        writer.write(blob)
+        await asyncio.sleep(0.2)
+        assert 0 < unsent_bytes(writer.transport) <= len(blob)
+        await reader.readexactly(len(blob))
+        await writer.drain()
+        await wait_until(lambda: unsent_bytes(writer.transport) == 0, "the peer's acknowledgements")
+        writer.close()
+        peer.close()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_a_commit_reports_how_far_behind_the_question_is() -> None:
+    """At each commit the link says how much of the question had not yet reached the server: on loopback with a
+    server reading as fast as it comes, little of it."""
+
+    async def main() -> None:
+        async with RealtimeSimulator(SimOptions(voice="tone", reply_ms=100)) as sim:
+            posted: list[ev.Input] = []
+            link = RealtimeLink(LinkOptions(sim.url), posted.append)
+            link.start()
+            await wait_until(lambda: any(isinstance(p, ev.SessionCreated) for p in posted), "session.created")
+            link.send(ev.StartQuestion())
+            question = tone(300, 500)
+            for start in range(0, question.size, 480):
+                link.send(ev.AppendAudio(question[start:start + 480]))
+                await asyncio.sleep(0.02)
+            link.send(ev.Commit())
+            backlog = [p for p in posted if isinstance(p, ev.UplinkBacklog)]
+            assert len(backlog) == 1 and 0 <= backlog[0].backlog_ms < 100
+            await link.close()
+
+    run(main())

@@ -245,6 +245,29 @@ def test_a_reload_to_pcmu_renews_the_session_and_configures_it() -> None:
     assert isinstance(configure, ev.ConfigureSession) and configure.input_format == "pcmu"
 
 
+def test_auto_narrows_the_uplink_once_a_question_falls_behind() -> None:
+    """audio.input_format auto: pcm16 until a question is still narrow_backlog_ms from the server at release;
+    then this session is reconfigured to pcmu (said once, as a warning), and the next session starts wide."""
+    d = online(with_link(input_format="auto", narrow_backlog_ms=300))
+    assert said(d.feed(ev.UplinkBacklog(299))) == [] and not note_names(d.feed(ev.UplinkBacklog(0)))
+    out = d.feed(ev.UplinkBacklog(450))
+    (configure,) = said(out)
+    assert isinstance(configure, ev.ConfigureSession) and configure.input_format == "pcmu"
+    assert note(out, "ws.uplink_narrowed").fields == {"backlog_ms": 450, "input_format": "pcmu"}
+    assert note(out, "ws.uplink_narrowed").level == "warning"
+    assert d.phase == "idle" and d.feed(ev.UplinkBacklog(900)) == []  # narrowed once a session
+    d.feed(ev.Disconnected(ConnectionLost(1006)), after_s=1.0)
+    d.feed(ev.Timeout(ev.Timer.RECONNECT), after_s=0.5)
+    (configure,) = said(d.feed(ev.SessionCreated("sess_2", None)))
+    assert isinstance(configure, ev.ConfigureSession) and configure.input_format == "pcm16"
+
+
+@pytest.mark.parametrize("fmt", ["pcm16", "pcmu"])
+def test_a_fixed_input_format_is_never_narrowed(fmt: str) -> None:
+    d = online(with_link(input_format=fmt))
+    assert said(d.feed(ev.UplinkBacklog(5000))) == []
+
+
 # ================================================================================================ backoff, faults
 
 
