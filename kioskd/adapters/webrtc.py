@@ -17,8 +17,8 @@ the WebSocket codec; the question goes up on an Opus track, the reply comes down
 - **Barge-in** is the core's: ``response.cancel`` + ``output_audio_buffer.clear`` + ``conversation.item.truncate``
   at the heard position; the cancelled reply's audio still arriving is dropped here.
 - It ends in exactly one ``Disconnected`` — the call refused, the peer connection failed or closed, the data
-  channel closed, or the channel's send buffer past ``MAX_BUFFERED_BYTES`` (a stalled link) — unless kioskd
-  closed it first.
+  channel closed, a data-channel message over the WebSocket's frame limit, or the channel's send buffer past
+  ``MAX_BUFFERED_BYTES`` (a stalled link) — unless kioskd closed it first.
 
 UDP only: aioice has no ICE-TCP (§1.3), so a network that blocks UDP needs the websocket transport.
 """
@@ -187,11 +187,17 @@ class RtcLink:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def _end(self, cause: BaseException) -> None:
+    def _end(self, cause: BaseException) -> bool:
         if self._closing or self._ended:
-            return
+            return False
         self._ended = True
         self._post(ev.Disconnected(cause))
+        return True
+
+    def _fail(self, cause: BaseException) -> None:
+        """An aiortc callback saw the session end: report it and stop the session (hang up, close the peer)."""
+        if self._end(cause) and self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
 
     def _deliver(self, inp: ev.Input) -> None:
         if not (self._closing or self._ended):
@@ -249,11 +255,11 @@ class RtcLink:
 
         def on_state() -> None:
             if pc.connectionState in ("failed", "closed"):
-                self._end(ConnectionLost(None, f"the WebRTC connection {pc.connectionState}"))
+                self._fail(ConnectionLost(None, f"the WebRTC connection {pc.connectionState}"))
 
         channel.on("open", on_open)
         channel.on("message", self._on_message)
-        channel.on("close", lambda: self._end(ConnectionLost(None, "the data channel closed")))
+        channel.on("close", lambda: self._fail(ConnectionLost(None, "the data channel closed")))
         pc.on("track", on_track)
         pc.on("connectionstatechange", on_state)
 
@@ -299,6 +305,11 @@ class RtcLink:
                                            timeout=HANGUP_TIMEOUT_S))
 
     def _on_message(self, message: str | bytes) -> None:
+        size = len(message) if isinstance(message, bytes) else len(message.encode("utf-8", "replace"))
+        if size > realtime_ws.MAX_FRAME_BYTES:  # aiortc reassembles a message of any size: bound it as a frame
+            self._fail(ConnectionLost(None, f"the server sent a data-channel message over kioskd's "
+                                            f"{realtime_ws.MAX_FRAME_BYTES // 1024} KiB limit"))
+            return
         inp = parse_server_event(message)
         data: dict[str, Any] = {}
         if isinstance(message, str) and not isinstance(inp, ev.BadEvent):

@@ -16,7 +16,7 @@ from kioskd.adapters.link import LinkOptions  # noqa: E402
 from kioskd.adapters.webrtc import RtcLink, calls_url  # noqa: E402
 from kioskd.core import events as ev  # noqa: E402
 from kioskd.core.pcm import tone  # noqa: E402
-from kioskd.errors import AuthError, HandshakeError, classify  # noqa: E402
+from kioskd.errors import AuthError, ConnectionLost, HandshakeError, classify  # noqa: E402
 from kioskd.sim.realtime_session import SimOptions  # noqa: E402
 from kioskd.sim.webrtc_server import RtcSimulator  # noqa: E402
 from tests.conftest import UNIT_S, run  # noqa: E402
@@ -190,4 +190,26 @@ def test_a_call_dropped_mid_reply_is_reported_once_and_close_reports_nothing() -
             await asyncio.sleep(0.2)
             assert len(quiet.got) == before  # kioskd closed it: nothing reported after
             assert sim.calls[-1].hung_up
+    run(main())
+
+
+def test_a_data_channel_message_over_the_frame_limit_ends_the_session() -> None:
+    """aiortc reassembles a data-channel message of any size (a server may ignore the max-message-size kioskd
+    offers): one over the WebSocket's 256 KiB frame limit is refused the same way, as one Disconnected, and the
+    call is hung up without waiting for kioskd to close the link."""
+    async def main() -> None:
+        async with simulator() as sim:
+            s = Session(sim)
+            await s.open()
+            channel = sim.session_of(sim.calls[0].id).channel
+            channel.transport._remote_max_message_size = 0  # a server that ignores kioskd's a=max-message-size
+            channel.send('{"type":"error","error":{"type":"x","message":"' + "x" * (300 * 1024) + '"}}')
+            await until(lambda: bool(s.named(ev.Disconnected)), "the refusal")
+            await until(lambda: sim.calls[0].hung_up, "the hangup")
+            [gone] = s.named(ev.Disconnected)
+            assert isinstance(gone.cause, ConnectionLost) and "256 KiB" in str(gone.cause)
+            assert classify(gone.cause) == "retry"
+            assert not s.named(ev.ServerError)
+            await s.link.close()
+            assert len(s.named(ev.Disconnected)) == 1
     run(main())
