@@ -265,7 +265,11 @@ class RtcLink:
 
         await pc.setLocalDescription(await pc.createOffer())
         answer = await self._post_offer(http, pc.localDescription.sdp)
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        except Exception as exc:  # aiortc's words alone ("Media sections in answer do not match offer") name no one
+            endpoint = realtime_ws.endpoint_of(calls_url(self._options.url))
+            raise ConnectionLost(None, f"{endpoint}: unusable SDP answer: {exc or type(exc).__name__}") from None
         await opened
         return await remote
 

@@ -213,3 +213,36 @@ def test_a_data_channel_message_over_the_frame_limit_ends_the_session() -> None:
             await s.link.close()
             assert len(s.named(ev.Disconnected)) == 1
     run(main())
+
+
+def test_a_201_with_a_garbage_answer_is_one_disconnected_naming_the_endpoint() -> None:
+    """A 201 whose body is no SDP answer: the cause names the calls endpoint and the answer, not only aiortc's
+    words, and it is worth a retry."""
+    from aiohttp import web
+
+    async def main() -> None:
+        async def answer(request: web.Request) -> web.Response:
+            await request.read()
+            return web.Response(status=201, text="<html>hello</html>", headers={"Location": "/v1/realtime/calls/c"})
+
+        app = web.Application()
+        app.router.add_post("/v1/realtime/calls", answer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        got: list[ev.Input] = []
+        link = RtcLink(LinkOptions(f"ws://127.0.0.1:{port}/v1/realtime", api_key=KEY, connect_timeout_s=10 * UNIT_S),
+                       got.append, "gpt-realtime")
+        try:
+            link.start()
+            await until(lambda: bool(got), "the refusal")
+            await link.close()
+            [gone] = got
+            assert isinstance(gone, ev.Disconnected) and isinstance(gone.cause, ConnectionLost)
+            assert f"127.0.0.1:{port}/v1/realtime/calls: unusable SDP answer" in str(gone.cause)
+            assert KEY not in str(gone.cause) and classify(gone.cause) == "retry"
+        finally:
+            await runner.cleanup()
+    run(main())
