@@ -342,16 +342,20 @@ class RtcLink:
                 self._deliver(inp)
 
     async def _read_audio(self, remote: Any) -> None:
-        """The reply's audio, 20 ms at a time: 48 kHz stereo from the decoder → 24 kHz mono → the playing reply."""
+        """The reply's audio, 20 ms at a time: 48 kHz stereo from the decoder → 24 kHz mono → the playing reply (a
+        new resampler when the decoder's format changes: av's refuses a frame unlike its first)."""
         import av  # noqa: PLC0415
         from aiortc.mediastreams import MediaStreamError  # noqa: PLC0415
 
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=API_RATE_HZ)
+        resampler, shape = None, None
         while True:
             try:
                 frame = await remote.recv()
             except MediaStreamError:
                 raise ConnectionLost(None, "the reply's audio track ended") from None
+            if (frame.sample_rate, frame.layout.name, frame.format.name) != shape:  # Opus 48 kHz stereo, PCMU 8 kHz
+                shape = (frame.sample_rate, frame.layout.name, frame.format.name)  # mono: the server may switch
+                resampler = av.AudioResampler(format="s16", layout="mono", rate=API_RATE_HZ)
             for out in resampler.resample(frame):
                 pcm = out.to_ndarray().reshape(-1).astype(np.int16, copy=False)
                 for inp in self._downlink.frame(pcm, time.monotonic()):

@@ -246,3 +246,37 @@ def test_a_201_with_a_garbage_answer_is_one_disconnected_naming_the_endpoint() -
         finally:
             await runner.cleanup()
     run(main())
+
+
+def test_the_reply_track_changing_format_mid_reply_is_still_the_reply() -> None:
+    """The answer may list Opus and PCMU, and aiortc decodes each packet by its payload type: a server switching
+    codec mid-reply turns 48 kHz stereo frames into 8 kHz mono ones. The reply goes on; the session does not end
+    on av's "Frame does not match AudioResampler setup"."""
+    import av
+    from aiortc.mediastreams import MediaStreamError
+
+    def frame(rate: int, layout: str) -> av.AudioFrame:
+        channels = 2 if layout == "stereo" else 1
+        pcm = np.repeat(tone(REPLY_HZ, 20, rate, 0.3), channels).reshape(1, -1)
+        f = av.AudioFrame.from_ndarray(pcm, format="s16", layout=layout)
+        f.sample_rate = rate
+        return f
+
+    class Track:
+        def __init__(self) -> None:
+            self.frames = [frame(48000, "stereo")] * 10 + [frame(8000, "mono")] * 10 + [frame(48000, "stereo")] * 10
+
+        async def recv(self) -> av.AudioFrame:
+            if not self.frames:
+                raise MediaStreamError
+            return self.frames.pop(0)
+
+    async def main() -> None:
+        got: list[ev.Input] = []
+        link = RtcLink(LinkOptions("ws://127.0.0.1:9/v1/realtime", api_key=KEY), got.append, "gpt-realtime")
+        link._downlink.playing = ("resp_1", "item_1")
+        with pytest.raises(ConnectionLost, match="audio track ended"):
+            await link._read_audio(Track())
+        samples = sum(d.pcm.size for d in got if isinstance(d, ev.AudioDelta))
+        assert samples / 24000 == pytest.approx(0.6, abs=0.05)
+    run(main())
