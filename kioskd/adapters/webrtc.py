@@ -215,14 +215,14 @@ class RtcLink:
         pc = self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         try:
             async with httpx.AsyncClient(follow_redirects=False) as http:
-                try:
-                    async with asyncio.timeout(o.connect_timeout_s):
-                        remote = await self._connect(pc, http)
-                except TimeoutError:
-                    raise TimeoutError(f"{realtime_ws.endpoint_of(calls_url(o.url))}: no call within "
-                                       f"{o.connect_timeout_s:g} s") from None
-                self._deliver(ev.Connected())
-                try:
+                try:  # the call exists from its 201 on: hung up even if ICE never connects or kioskd closes first
+                    try:
+                        async with asyncio.timeout(o.connect_timeout_s):
+                            remote = await self._connect(pc, http)
+                    except TimeoutError:
+                        raise TimeoutError(f"{realtime_ws.endpoint_of(calls_url(o.url))}: no call within "
+                                           f"{o.connect_timeout_s:g} s") from None
+                    self._deliver(ev.Connected())
                     async with asyncio.TaskGroup() as group:
                         group.create_task(self._write(), name="rtc-writer")
                         group.create_task(self._tick(), name="rtc-tick")

@@ -280,3 +280,17 @@ def test_the_reply_track_changing_format_mid_reply_is_still_the_reply() -> None:
         samples = sum(d.pcm.size for d in got if isinstance(d, ev.AudioDelta))
         assert samples / 24000 == pytest.approx(0.6, abs=0.05)
     run(main())
+
+
+def test_a_call_closed_before_it_connected_is_hung_up() -> None:
+    """The call exists from its 201: closed while ICE and DTLS are still connecting (or never connect), it is hung
+    up all the same, and nothing is reported."""
+    async def main() -> None:
+        async with simulator() as sim:
+            s = Session(sim)
+            s.link.start()
+            await until(lambda: s.link._call is not None, "the 201")
+            await s.link.close()
+            assert sim.hangups == [sim.calls[0].id]
+            assert s.got == []
+    run(main())
