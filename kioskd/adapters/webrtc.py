@@ -305,8 +305,8 @@ class RtcLink:
             return
         o = self._options
         with contextlib.suppress(httpx.HTTPError, TimeoutError):
-            await asyncio.shield(http.post(self._call, headers=realtime_ws.auth_headers(o.url, o.auth, o.api_key),
-                                           timeout=HANGUP_TIMEOUT_S))
+            async with asyncio.timeout(HANGUP_TIMEOUT_S):  # as a whole: httpx's timeout is per read, and owned here
+                await http.post(self._call, headers=realtime_ws.auth_headers(o.url, o.auth, o.api_key))
 
     def _on_message(self, message: str | bytes) -> None:
         size = len(message) if isinstance(message, bytes) else len(message.encode("utf-8", "replace"))

@@ -294,3 +294,42 @@ def test_a_call_closed_before_it_connected_is_hung_up() -> None:
             assert sim.hangups == [sim.calls[0].id]
             assert s.got == []
     run(main())
+
+
+def test_a_hangup_whose_answer_never_ends_does_not_hold_the_session() -> None:
+    """The hangup is bounded as a whole, not per read: a server that trickles its answer to the hangup forever
+    does not hold back the Disconnected nor close()."""
+    from aiohttp import web
+
+    async def main() -> None:
+        async def answer(request: web.Request) -> web.Response:
+            await request.read()
+            return web.Response(status=201, text="no sdp", headers={"Location": "/v1/realtime/calls/c"})
+
+        async def hangup(request: web.Request) -> web.StreamResponse:
+            response = web.StreamResponse(status=200)
+            await response.prepare(request)
+            while True:  # one byte well inside httpx's read timeout, for ever
+                await response.write(b" ")
+                await asyncio.sleep(0.2)
+
+        app = web.Application()
+        app.router.add_post("/v1/realtime/calls", answer)
+        app.router.add_post("/v1/realtime/calls/c/hangup", hangup)
+        runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        got: list[ev.Input] = []
+        link = RtcLink(LinkOptions(f"ws://127.0.0.1:{port}/v1/realtime", api_key=KEY, connect_timeout_s=10 * UNIT_S),
+                       got.append, "gpt-realtime")
+        try:
+            link.start()
+            await until(lambda: bool(got), "the Disconnected", timeout_s=20)
+            await asyncio.wait_for(link.close(), 20 * UNIT_S)
+            [gone] = got
+            assert isinstance(gone, ev.Disconnected) and "unusable SDP answer" in str(gone.cause)
+        finally:
+            await runner.cleanup()
+    run(main(), timeout_units=60)
