@@ -17,8 +17,9 @@ the WebSocket codec; the question goes up on an Opus track, the reply comes down
 - **Barge-in** is the core's: ``response.cancel`` + ``output_audio_buffer.clear`` + ``conversation.item.truncate``
   at the heard position; the cancelled reply's audio still arriving is dropped here.
 - It ends in exactly one ``Disconnected`` — the call refused, the peer connection failed or closed, the data
-  channel closed, a data-channel message over the WebSocket's frame limit, or the channel's send buffer past
-  ``MAX_BUFFERED_BYTES`` (a stalled link) — unless kioskd closed it first.
+  channel closed, a data-channel message over the WebSocket's frame limit, the question's tail not taken by
+  the encoder within ``FLUSH_TIMEOUT_S``, or the channel's send buffer past ``MAX_BUFFERED_BYTES`` (a stalled
+  link) — unless kioskd closed it first.
 
 UDP only: aioice has no ICE-TCP (§1.3), so a network that blocks UDP needs the websocket transport.
 """
@@ -56,6 +57,8 @@ MIC_QUEUE_FRAMES: Final = 500
 MAX_BUFFERED_BYTES: Final = 1 << 20
 #: the SDP answer and an error body are small; a larger answer is no answer
 MAX_ANSWER_BYTES: Final = 64 * 1024
+#: the track hands the question's tail to the encoder at once (it is not paced); not within this, it never will
+FLUSH_TIMEOUT_S: Final = 2.0
 TICK_S: Final = 0.02
 HANGUP_TIMEOUT_S: Final = 2.0
 
@@ -227,6 +230,8 @@ class RtcLink:
                         group.create_task(self._write(), name="rtc-writer")
                         group.create_task(self._tick(), name="rtc-tick")
                         await self._read_audio(remote)
+                except* Exception as failed:  # reported before the hangup, whose echo (the channel closed) is no cause
+                    self._end(failed.exceptions[0])
                 finally:
                     await self._hangup(http)
         except* Exception as failed:
@@ -328,7 +333,12 @@ class RtcLink:
         while True:
             item = await self._outbox.get()
             if isinstance(item, _Flush):
-                await item.sent.wait()
+                try:
+                    async with asyncio.timeout(FLUSH_TIMEOUT_S):
+                        await item.sent.wait()
+                except TimeoutError:  # the sender stopped taking frames: the question never reached the server
+                    raise ConnectionLost(None, f"the microphone track sent nothing for {FLUSH_TIMEOUT_S:g} s: "
+                                               "the question's audio is stuck") from None
                 continue
             if self._channel.bufferedAmount > MAX_BUFFERED_BYTES:
                 raise ConnectionLost(None, f"data channel send buffer over {MAX_BUFFERED_BYTES >> 10} KiB: "

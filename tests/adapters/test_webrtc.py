@@ -333,3 +333,21 @@ def test_a_hangup_whose_answer_never_ends_does_not_hold_the_session() -> None:
         finally:
             await runner.cleanup()
     run(main(), timeout_units=60)
+
+
+def test_a_microphone_track_that_stops_sending_ends_the_session() -> None:
+    """The commit waits for the question's tail to be handed to the encoder; a sender that stopped taking frames
+    would hold the commit, and every event after it, for ever: the session ends as lost instead."""
+    async def main() -> None:
+        async with simulator() as sim:
+            s = Session(sim)
+            await s.open()
+            [sender] = s.link._pc.getSenders()
+            await sender.stop()
+            await s.ask(0.3)
+            await until(lambda: bool(s.named(ev.Disconnected)), "the Disconnected")
+            [gone] = s.named(ev.Disconnected)
+            assert isinstance(gone.cause, ConnectionLost) and "microphone track" in str(gone.cause)
+            assert classify(gone.cause) == "retry"
+            await s.link.close()
+    run(main())
