@@ -357,7 +357,8 @@ class RtcLink:
         import av  # noqa: PLC0415
         from aiortc.mediastreams import MediaStreamError  # noqa: PLC0415
 
-        resampler, shape = None, None
+        resampler: Any = None
+        shape: tuple[int, str, str] | None = None
         while True:
             try:
                 frame = await remote.recv()
