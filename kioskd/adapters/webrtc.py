@@ -260,11 +260,12 @@ class RtcLink:
 
         def on_state() -> None:
             if pc.connectionState in ("failed", "closed"):
-                self._fail(ConnectionLost(None, f"the WebRTC connection {pc.connectionState}"))
+                self._fail(ConnectionLost(None, f"the WebRTC connection {pc.connectionState}: the server hung up or "
+                                                "stopped answering (ICE consent checks)"))
 
         channel.on("open", on_open)
         channel.on("message", self._on_message)
-        channel.on("close", lambda: self._fail(ConnectionLost(None, "the data channel closed")))
+        channel.on("close", lambda: self._fail(ConnectionLost(None, "the data channel closed: the server hung up")))
         pc.on("track", on_track)
         pc.on("connectionstatechange", on_state)
 
