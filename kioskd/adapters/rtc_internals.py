@@ -1,7 +1,7 @@
 """What kioskd changes inside aiortc, in one place, for the pinned version only.
 
-aiortc is the optional ``webrtc`` extra. Two of its defaults are wrong for a lossy museum Wi-Fi (reference
-webrtc.md §2.6, §2.7), and both can only be fixed by reaching into it:
+aiortc is the optional ``webrtc`` extra. Three of its defaults are wrong for a lossy museum Wi-Fi (reference
+webrtc.md §2.6, §2.7), and all three can only be fixed by reaching into it (or aioice, which it runs on):
 
 - **The audio jitter buffer.** aiortc's ``JitterBuffer(capacity=16, prefetch=4)`` stalls on a lost packet until
   its window overflows and then stays about 14 packets (280 ms) deep for good (aiortc#543). kioskd has its own
@@ -11,6 +11,10 @@ webrtc.md §2.6, §2.7), and both can only be fixed by reaching into it:
 - **The SCTP retransmission floor.** aiortc retransmits a lost data-channel packet after at least 1 s
   (``SCTP_RTO_MIN``) and starts at 3 s (``SCTP_RTO_INITIAL``); a lost ``input_audio_buffer.commit`` would cost a
   second. kioskd sets 200 ms and 500 ms, the module globals aiortc reads when it computes a timeout.
+- **Dead-peer detection.** aiortc learns that the peer is gone only from aioice's consent freshness (RFC 7675):
+  a check every ``CONSENT_INTERVAL`` = 5 s, the call failed after ``CONSENT_FAILURES`` = 6 unanswered, about
+  33 s of a kiosk talking to nobody (the WebSocket's keepalive gives up in 20-40 s). kioskd checks every
+  ``CONSENT_INTERVAL_S`` (2 s), still 6 in a row: about 15 s. The module global is read at each check.
 
 ``tests/adapters/test_rtc_internals.py`` fails when the pinned version or any of these internals moves; moving
 the pin means running it and the transport benchmark again.
@@ -30,6 +34,8 @@ PREFETCH_PACKETS: Final = 2
 RESET_DISTANCE: Final = 100
 SCTP_RTO_MIN_S: Final = 0.2
 SCTP_RTO_INITIAL_S: Final = 0.5
+#: seconds between ICE consent checks (aioice: 5 s, ±20 %); 6 unanswered in a row (each waits 0.5 s) fail the call
+CONSENT_INTERVAL_S: Final = 2.0
 
 
 def missing() -> str | None:
@@ -84,10 +90,13 @@ class AudioJitterBuffer:
 
 @functools.cache
 def install() -> None:
-    """Apply both changes to aiortc (once per process; peer connections built after this get them)."""
+    """Apply these changes to aiortc (once per process; peer connections built after this get them)."""
     problem = missing()
     if problem is not None:
         raise RuntimeError(problem)
+    from aioice import ice  # noqa: PLC0415
+
+    ice.CONSENT_INTERVAL = CONSENT_INTERVAL_S
     from aiortc import rtcsctptransport  # noqa: PLC0415
     from aiortc.rtcrtpreceiver import RTCRtpReceiver  # noqa: PLC0415
 

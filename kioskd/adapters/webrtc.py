@@ -17,8 +17,9 @@ the WebSocket codec; the question goes up on an Opus track, the reply comes down
 - **Barge-in** is the core's: ``response.cancel`` + ``output_audio_buffer.clear`` + ``conversation.item.truncate``
   at the heard position; the cancelled reply's audio still arriving is dropped here.
 - It ends in exactly one ``Disconnected`` — the call refused, the peer connection failed or closed, the data
-  channel closed, or the channel's send buffer past ``MAX_BUFFERED_BYTES`` (a stalled link) — unless kioskd
-  closed it first.
+  channel closed, a data-channel message over the WebSocket's frame limit, the question's tail not taken by
+  the encoder within ``FLUSH_TIMEOUT_S``, or the channel's send buffer past ``MAX_BUFFERED_BYTES`` (a stalled
+  link) — unless kioskd closed it first.
 
 UDP only: aioice has no ICE-TCP (§1.3), so a network that blocks UDP needs the websocket transport.
 """
@@ -56,6 +57,8 @@ MIC_QUEUE_FRAMES: Final = 500
 MAX_BUFFERED_BYTES: Final = 1 << 20
 #: the SDP answer and an error body are small; a larger answer is no answer
 MAX_ANSWER_BYTES: Final = 64 * 1024
+#: the track hands the question's tail to the encoder at once (it is not paced); not within this, it never will
+FLUSH_TIMEOUT_S: Final = 2.0
 TICK_S: Final = 0.02
 HANGUP_TIMEOUT_S: Final = 2.0
 
@@ -188,11 +191,17 @@ class RtcLink:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def _end(self, cause: BaseException) -> None:
+    def _end(self, cause: BaseException) -> bool:
         if self._closing or self._ended:
-            return
+            return False
         self._ended = True
         self._post(ev.Disconnected(cause))
+        return True
+
+    def _fail(self, cause: BaseException) -> None:
+        """An aiortc callback saw the session end: report it and stop the session (hang up, close the peer)."""
+        if self._end(cause) and self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
 
     def _deliver(self, inp: ev.Input) -> None:
         if not (self._closing or self._ended):
@@ -210,23 +219,25 @@ class RtcLink:
         pc = self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         try:
             async with httpx.AsyncClient(follow_redirects=False) as http:
-                try:
-                    async with asyncio.timeout(o.connect_timeout_s):
-                        remote = await self._connect(pc, http)
-                except TimeoutError:
-                    endpoint = realtime_ws.endpoint_of(calls_url(o.url))
-                    if not self._answered:
-                        raise TimeoutError(f"{endpoint}: no answer to the call within {o.connect_timeout_s:g} s") \
-                            from None
-                    raise TimeoutError(f"{endpoint}: the call was answered but no UDP path opened within "
-                                       f"{o.connect_timeout_s:g} s (UDP blocked? realtime.transport: websocket "
-                                       "needs only TCP)") from None
-                self._deliver(ev.Connected())
-                try:
+                try:  # the call exists from its 201 on: hung up even if ICE never connects or kioskd closes first
+                    try:
+                        async with asyncio.timeout(o.connect_timeout_s):
+                            remote = await self._connect(pc, http)
+                    except TimeoutError:
+                        endpoint = realtime_ws.endpoint_of(calls_url(o.url))
+                        if not self._answered:
+                            raise TimeoutError(f"{endpoint}: no answer to the call within "
+                                               f"{o.connect_timeout_s:g} s") from None
+                        raise TimeoutError(f"{endpoint}: the call was answered but no UDP path opened within "
+                                           f"{o.connect_timeout_s:g} s (UDP blocked? realtime.transport: websocket "
+                                           "needs only TCP)") from None
+                    self._deliver(ev.Connected())
                     async with asyncio.TaskGroup() as group:
                         group.create_task(self._write(), name="rtc-writer")
                         group.create_task(self._tick(), name="rtc-tick")
                         await self._read_audio(remote)
+                except* Exception as failed:  # reported before the hangup, whose echo (the channel closed) is no cause
+                    self._end(failed.exceptions[0])
                 finally:
                     await self._hangup(http)
         except* Exception as failed:
@@ -256,21 +267,26 @@ class RtcLink:
         def on_state() -> None:
             if pc.connectionState in ("failed", "closed"):
                 if opened.done():
-                    self._end(ConnectionLost(None, f"the WebRTC connection {pc.connectionState}"))
+                    self._fail(ConnectionLost(None, f"the WebRTC connection {pc.connectionState}: the server hung "
+                                                    "up or stopped answering (ICE consent checks)"))
                 else:
-                    self._end(ConnectionLost(None, f"the call was answered but the WebRTC connection "
-                                                   f"{pc.connectionState} before it opened (UDP blocked? "
-                                                   "realtime.transport: websocket needs only TCP)"))
+                    self._fail(ConnectionLost(None, f"the call was answered but the WebRTC connection "
+                                                    f"{pc.connectionState} before it opened (UDP blocked? "
+                                                    "realtime.transport: websocket needs only TCP)"))
 
         channel.on("open", on_open)
         channel.on("message", self._on_message)
-        channel.on("close", lambda: self._end(ConnectionLost(None, "the data channel closed")))
+        channel.on("close", lambda: self._fail(ConnectionLost(None, "the data channel closed: the server hung up")))
         pc.on("track", on_track)
         pc.on("connectionstatechange", on_state)
 
         await pc.setLocalDescription(await pc.createOffer())
         answer = await self._post_offer(http, pc.localDescription.sdp)
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        except Exception as exc:  # aiortc's words alone ("Media sections in answer do not match offer") name no one
+            endpoint = realtime_ws.endpoint_of(calls_url(self._options.url))
+            raise ConnectionLost(None, f"{endpoint}: unusable SDP answer: {exc or type(exc).__name__}") from None
         await opened
         return await remote
 
@@ -307,10 +323,15 @@ class RtcLink:
             return
         o = self._options
         with contextlib.suppress(httpx.HTTPError, TimeoutError):
-            await asyncio.shield(http.post(self._call, headers=realtime_ws.auth_headers(o.url, o.auth, o.api_key),
-                                           timeout=HANGUP_TIMEOUT_S))
+            async with asyncio.timeout(HANGUP_TIMEOUT_S):  # as a whole: httpx's timeout is per read, and owned here
+                await http.post(self._call, headers=realtime_ws.auth_headers(o.url, o.auth, o.api_key))
 
     def _on_message(self, message: str | bytes) -> None:
+        size = len(message) if isinstance(message, bytes) else len(message.encode("utf-8", "replace"))
+        if size > realtime_ws.MAX_FRAME_BYTES:  # aiortc reassembles a message of any size: bound it as a frame
+            self._fail(ConnectionLost(None, f"the server sent a data-channel message over kioskd's "
+                                            f"{realtime_ws.MAX_FRAME_BYTES // 1024} KiB limit"))
+            return
         inp = parse_server_event(message)
         data: dict[str, Any] = {}
         if isinstance(message, str) and not isinstance(inp, ev.BadEvent):
@@ -325,7 +346,12 @@ class RtcLink:
         while True:
             item = await self._outbox.get()
             if isinstance(item, _Flush):
-                await item.sent.wait()
+                try:
+                    async with asyncio.timeout(FLUSH_TIMEOUT_S):
+                        await item.sent.wait()
+                except TimeoutError:  # the sender stopped taking frames: the question never reached the server
+                    raise ConnectionLost(None, f"the microphone track sent nothing for {FLUSH_TIMEOUT_S:g} s: "
+                                               "the question's audio is stuck") from None
                 continue
             if self._channel.bufferedAmount > MAX_BUFFERED_BYTES:
                 raise ConnectionLost(None, f"data channel send buffer over {MAX_BUFFERED_BYTES >> 10} KiB: "
@@ -339,16 +365,21 @@ class RtcLink:
                 self._deliver(inp)
 
     async def _read_audio(self, remote: Any) -> None:
-        """The reply's audio, 20 ms at a time: 48 kHz stereo from the decoder → 24 kHz mono → the playing reply."""
+        """The reply's audio, 20 ms at a time: 48 kHz stereo from the decoder → 24 kHz mono → the playing reply (a
+        new resampler when the decoder's format changes: av's refuses a frame unlike its first)."""
         import av  # noqa: PLC0415
         from aiortc.mediastreams import MediaStreamError  # noqa: PLC0415
 
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=API_RATE_HZ)
+        resampler: Any = None
+        shape: tuple[int, str, str] | None = None
         while True:
             try:
                 frame = await remote.recv()
             except MediaStreamError:
                 raise ConnectionLost(None, "the reply's audio track ended") from None
+            if (frame.sample_rate, frame.layout.name, frame.format.name) != shape:  # Opus 48 kHz stereo, PCMU 8 kHz
+                shape = (frame.sample_rate, frame.layout.name, frame.format.name)  # mono: the server may switch
+                resampler = av.AudioResampler(format="s16", layout="mono", rate=API_RATE_HZ)
             for out in resampler.resample(frame):
                 pcm = out.to_ndarray().reshape(-1).astype(np.int16, copy=False)
                 for inp in self._downlink.frame(pcm, time.monotonic()):

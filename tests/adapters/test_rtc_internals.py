@@ -96,3 +96,14 @@ def test_sequence_numbers_wrap_and_a_new_stream_starts_again() -> None:
     buffer = ri.AudioJitterBuffer()
     feed(buffer, [10, 11, 12])
     assert feed(buffer, [5000, 5001, 5002, 5003]) == [5000, 5001]  # the sender restarted: nothing held back
+
+
+def test_install_shortens_the_ice_consent_interval() -> None:
+    """A dead peer is known only from aioice's consent checks: kioskd checks more often, and that works only while
+    aioice reads the interval (and counts failures against) module globals at each check."""
+    from aioice import ice
+    ri.install()
+    assert ice.CONSENT_INTERVAL == ri.CONSENT_INTERVAL_S
+    assert ice.CONSENT_FAILURES == 6  # the failures it takes; the detection time is their product
+    names = ice.Connection.query_consent.__code__.co_names
+    assert "CONSENT_INTERVAL" in names and "CONSENT_FAILURES" in names

@@ -180,7 +180,8 @@ def test_a_call_dropped_mid_reply_is_reported_once_and_close_reports_nothing() -
             await s.ask(0.3)
             await until(lambda: bool(s.named(ev.Disconnected)), "the drop", timeout_s=40)
             await asyncio.sleep(0.2)
-            assert len(s.named(ev.Disconnected)) == 1
+            [gone] = s.named(ev.Disconnected)
+            assert "the server hung up" in str(gone.cause), gone.cause  # one line a technician reads
             await s.link.close()
 
             quiet = Session(sim)
@@ -232,3 +233,163 @@ def test_an_answered_call_with_no_udp_path_says_so() -> None:
         await asyncio.sleep(0.1)
     run(main())
     assert not unretrieved, unretrieved
+
+
+def test_a_data_channel_message_over_the_frame_limit_ends_the_session() -> None:
+    """aiortc reassembles a data-channel message of any size (a server may ignore the max-message-size kioskd
+    offers): one over the WebSocket's 256 KiB frame limit is refused the same way, as one Disconnected, and the
+    call is hung up without waiting for kioskd to close the link."""
+    async def main() -> None:
+        async with simulator() as sim:
+            s = Session(sim)
+            await s.open()
+            channel = sim.session_of(sim.calls[0].id).channel
+            channel.transport._remote_max_message_size = 0  # a server that ignores kioskd's a=max-message-size
+            channel.send('{"type":"error","error":{"type":"x","message":"' + "x" * (300 * 1024) + '"}}')
+            await until(lambda: bool(s.named(ev.Disconnected)), "the refusal")
+            await until(lambda: sim.calls[0].hung_up, "the hangup")
+            [gone] = s.named(ev.Disconnected)
+            assert isinstance(gone.cause, ConnectionLost) and "256 KiB" in str(gone.cause)
+            assert classify(gone.cause) == "retry"
+            assert not s.named(ev.ServerError)
+            await s.link.close()
+            assert len(s.named(ev.Disconnected)) == 1
+    run(main())
+
+
+def test_a_201_with_a_garbage_answer_is_one_disconnected_naming_the_endpoint() -> None:
+    """A 201 whose body is no SDP answer: the cause names the calls endpoint and the answer, not only aiortc's
+    words, and it is worth a retry."""
+    from aiohttp import web
+
+    async def main() -> None:
+        async def answer(request: web.Request) -> web.Response:
+            await request.read()
+            return web.Response(status=201, text="<html>hello</html>", headers={"Location": "/v1/realtime/calls/c"})
+
+        app = web.Application()
+        app.router.add_post("/v1/realtime/calls", answer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        got: list[ev.Input] = []
+        link = RtcLink(LinkOptions(f"ws://127.0.0.1:{port}/v1/realtime", api_key=KEY, connect_timeout_s=10 * UNIT_S),
+                       got.append, "gpt-realtime")
+        try:
+            link.start()
+            await until(lambda: bool(got), "the refusal")
+            await link.close()
+            [gone] = got
+            assert isinstance(gone, ev.Disconnected) and isinstance(gone.cause, ConnectionLost)
+            assert f"127.0.0.1:{port}/v1/realtime/calls: unusable SDP answer" in str(gone.cause)
+            assert KEY not in str(gone.cause) and classify(gone.cause) == "retry"
+        finally:
+            await runner.cleanup()
+    run(main())
+
+
+def test_the_reply_track_changing_format_mid_reply_is_still_the_reply() -> None:
+    """The answer may list Opus and PCMU, and aiortc decodes each packet by its payload type: a server switching
+    codec mid-reply turns 48 kHz stereo frames into 8 kHz mono ones. The reply goes on; the session does not end
+    on av's "Frame does not match AudioResampler setup"."""
+    import av
+    from aiortc.mediastreams import MediaStreamError
+
+    def frame(rate: int, layout: str) -> av.AudioFrame:
+        channels = 2 if layout == "stereo" else 1
+        pcm = np.repeat(tone(REPLY_HZ, 20, rate, 0.3), channels).reshape(1, -1)
+        f = av.AudioFrame.from_ndarray(pcm, format="s16", layout=layout)
+        f.sample_rate = rate
+        return f
+
+    class Track:
+        def __init__(self) -> None:
+            self.frames = [frame(48000, "stereo")] * 10 + [frame(8000, "mono")] * 10 + [frame(48000, "stereo")] * 10
+
+        async def recv(self) -> av.AudioFrame:
+            if not self.frames:
+                raise MediaStreamError
+            return self.frames.pop(0)
+
+    async def main() -> None:
+        got: list[ev.Input] = []
+        link = RtcLink(LinkOptions("ws://127.0.0.1:9/v1/realtime", api_key=KEY), got.append, "gpt-realtime")
+        link._downlink.playing = ("resp_1", "item_1")
+        with pytest.raises(ConnectionLost, match="audio track ended"):
+            await link._read_audio(Track())
+        samples = sum(d.pcm.size for d in got if isinstance(d, ev.AudioDelta))
+        assert samples / 24000 == pytest.approx(0.6, abs=0.05)
+    run(main())
+
+
+def test_a_call_closed_before_it_connected_is_hung_up() -> None:
+    """The call exists from its 201: closed while ICE and DTLS are still connecting (or never connect), it is hung
+    up all the same, and nothing is reported."""
+    async def main() -> None:
+        async with simulator() as sim:
+            s = Session(sim)
+            s.link.start()
+            await until(lambda: s.link._call is not None, "the 201")
+            await s.link.close()
+            assert sim.hangups == [sim.calls[0].id]
+            assert s.got == []
+    run(main())
+
+
+def test_a_hangup_whose_answer_never_ends_does_not_hold_the_session() -> None:
+    """The hangup is bounded as a whole, not per read: a server that trickles its answer to the hangup forever
+    does not hold back the Disconnected nor close()."""
+    from aiohttp import web
+
+    async def main() -> None:
+        async def answer(request: web.Request) -> web.Response:
+            await request.read()
+            return web.Response(status=201, text="no sdp", headers={"Location": "/v1/realtime/calls/c"})
+
+        async def hangup(request: web.Request) -> web.StreamResponse:
+            response = web.StreamResponse(status=200)
+            await response.prepare(request)
+            while True:  # one byte well inside httpx's read timeout, for ever
+                await response.write(b" ")
+                await asyncio.sleep(0.2)
+
+        app = web.Application()
+        app.router.add_post("/v1/realtime/calls", answer)
+        app.router.add_post("/v1/realtime/calls/c/hangup", hangup)
+        runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        got: list[ev.Input] = []
+        link = RtcLink(LinkOptions(f"ws://127.0.0.1:{port}/v1/realtime", api_key=KEY, connect_timeout_s=10 * UNIT_S),
+                       got.append, "gpt-realtime")
+        try:
+            link.start()
+            await until(lambda: bool(got), "the Disconnected", timeout_s=20)
+            await asyncio.wait_for(link.close(), 20 * UNIT_S)
+            [gone] = got
+            assert isinstance(gone, ev.Disconnected) and "unusable SDP answer" in str(gone.cause)
+        finally:
+            await runner.cleanup()
+    run(main(), timeout_units=60)
+
+
+def test_a_microphone_track_that_stops_sending_ends_the_session() -> None:
+    """The commit waits for the question's tail to be handed to the encoder; a sender that stopped taking frames
+    would hold the commit, and every event after it, for ever: the session ends as lost instead."""
+    async def main() -> None:
+        async with simulator() as sim:
+            s = Session(sim)
+            await s.open()
+            [sender] = s.link._pc.getSenders()
+            await sender.stop()
+            await s.ask(0.3)
+            await until(lambda: bool(s.named(ev.Disconnected)), "the Disconnected")
+            [gone] = s.named(ev.Disconnected)
+            assert isinstance(gone.cause, ConnectionLost) and "microphone track" in str(gone.cause)
+            assert classify(gone.cause) == "retry"
+            await s.link.close()
+    run(main())
