@@ -32,6 +32,13 @@ INSTALL_HINT: Final = f"pip install 'kioskd[webrtc]' (aiortc=={AIORTC_VERSION})"
 PREFETCH_PACKETS: Final = 2
 #: a packet this far (in sequence numbers) from the next one expected is a new stream: start again
 RESET_DISTANCE: Final = 100
+#: the most one data-channel stream may hold while aiortc puts a message together; past it the association is
+#: dropped (the WebRTC connection closes). aiortc holds a message of any size (its receive window, 1 MiB, only
+#: stops a sender that keeps to it, and then the message never completes), while kioskd refuses any message over
+#: 256 KiB once whole (``adapters/webrtc``): twice that is held at most.
+REASSEMBLY_MAX_BYTES: Final = 512 * 1024
+#: an SCTP DATA chunk carries at most about 1,200 bytes: below this many chunks the sum need not be taken
+_REASSEMBLY_CHUNKS_FREE: Final = 256
 SCTP_RTO_MIN_S: Final = 0.2
 SCTP_RTO_INITIAL_S: Final = 0.5
 #: seconds between ICE consent checks (aioice: 5 s, ±20 %); 6 unanswered in a row (each waits 0.5 s) fail the call
@@ -131,6 +138,30 @@ def install() -> None:
                 raise
 
     RTCPeerConnection._RTCPeerConnection__connect = connect_quietly  # type: ignore[attr-defined]
+
+    # A stream putting together a message bigger than kioskd would ever take: drop the association (DTLS's
+    # reader ends the connection on a ConnectionError) rather than hold it; oversized(pc) tells the link why.
+    from aiortc.rtcsctptransport import InboundStream  # noqa: PLC0415
+
+    add_chunk = InboundStream.add_chunk
+
+    @functools.wraps(add_chunk)
+    def add_chunk_bounded(self: Any, chunk: Any) -> None:
+        add_chunk(self, chunk)
+        if len(self.reassembly) > _REASSEMBLY_CHUNKS_FREE and \
+                sum(len(c.user_data) for c in self.reassembly) > REASSEMBLY_MAX_BYTES:
+            self.reassembly.clear()
+            self.kioskd_oversized = True
+            raise ConnectionError(f"a data-channel message over {REASSEMBLY_MAX_BYTES // 1024} KiB")
+
+    InboundStream.add_chunk = add_chunk_bounded  # type: ignore[method-assign]
+
+
+def oversized(pc: Any) -> bool:
+    """The peer connection was dropped because the server sent a message over ``REASSEMBLY_MAX_BYTES``."""
+    sctp = getattr(pc, "sctp", None)
+    streams = getattr(sctp, "_inbound_streams", {}) if sctp is not None else {}
+    return any(getattr(stream, "kioskd_oversized", False) for stream in streams.values())
 
 
 @functools.cache

@@ -266,7 +266,9 @@ class RtcLink:
 
         def on_state() -> None:
             if pc.connectionState in ("failed", "closed"):
-                if opened.done():
+                if rtc_internals.oversized(pc):
+                    self._fail(_oversized())
+                elif opened.done():
                     self._fail(ConnectionLost(None, f"the WebRTC connection {pc.connectionState}: the server hung "
                                                     "up or stopped answering (ICE consent checks)"))
                 else:
@@ -376,7 +378,8 @@ class RtcLink:
             try:
                 frame = await remote.recv()
             except MediaStreamError:
-                raise ConnectionLost(None, "the reply's audio track ended") from None
+                raise (_oversized() if rtc_internals.oversized(self._pc)
+                       else ConnectionLost(None, "the reply's audio track ended")) from None
             if (frame.sample_rate, frame.layout.name, frame.format.name) != shape:  # Opus 48 kHz stereo, PCMU 8 kHz
                 shape = (frame.sample_rate, frame.layout.name, frame.format.name)  # mono: the server may switch
                 resampler = av.AudioResampler(format="s16", layout="mono", rate=API_RATE_HZ)
@@ -384,3 +387,8 @@ class RtcLink:
                 pcm = out.to_ndarray().reshape(-1).astype(np.int16, copy=False)
                 for inp in self._downlink.frame(pcm, time.monotonic()):
                     self._deliver(inp)
+
+
+def _oversized() -> ConnectionLost:
+    return ConnectionLost(None, "the server sent a data-channel message over kioskd's "
+                                f"{rtc_internals.REASSEMBLY_MAX_BYTES // 1024} KiB limit; kioskd dropped the connection")

@@ -107,3 +107,22 @@ def test_install_shortens_the_ice_consent_interval() -> None:
     assert ice.CONSENT_FAILURES == 6  # the failures it takes; the detection time is their product
     names = ice.Connection.query_consent.__code__.co_names
     assert "CONSENT_INTERVAL" in names and "CONSENT_FAILURES" in names
+
+
+def test_a_stream_putting_together_too_big_a_message_raises_before_holding_more() -> None:
+    """aiortc's reassembly is bounded once install() ran: the chunk that takes a message past
+    REASSEMBLY_MAX_BYTES drops what was held and raises ConnectionError (DTLS's reader then ends the connection)."""
+    from aiortc.rtcsctptransport import SCTP_DATA_FIRST_FRAG, DataChunk, InboundStream
+
+    ri.install()
+    stream = InboundStream()
+    size, sent = 1200, 0
+    with pytest.raises(ConnectionError):
+        for tsn in range(10_000):
+            chunk = DataChunk(flags=SCTP_DATA_FIRST_FRAG if tsn == 0 else 0)
+            chunk.tsn, chunk.stream_id, chunk.stream_seq, chunk.protocol = tsn, 0, 0, 51
+            chunk.user_data = b"x" * size
+            sent += size
+            stream.add_chunk(chunk)
+    assert ri.REASSEMBLY_MAX_BYTES < sent <= ri.REASSEMBLY_MAX_BYTES + size
+    assert stream.reassembly == [] and stream.kioskd_oversized  # type: ignore[attr-defined]

@@ -257,6 +257,29 @@ def test_a_data_channel_message_over_the_frame_limit_ends_the_session() -> None:
     run(main())
 
 
+def test_a_message_too_big_to_put_together_drops_the_connection_before_it_is_held() -> None:
+    """A server that goes on sending one message past what aiortc's receive window allows: kioskd does not hold
+    it (aiortc would, without bound, from a sender ignoring the window; one keeping to it would stall for ever):
+    the connection is dropped at rtc_internals.REASSEMBLY_MAX_BYTES, said as such, once."""
+    from kioskd.adapters import rtc_internals
+
+    async def main() -> None:
+        async with simulator() as sim:
+            s = Session(sim)
+            await s.open()
+            channel = sim.session_of(sim.calls[0].id).channel
+            channel.transport._remote_max_message_size = 0  # a server that ignores kioskd's a=max-message-size
+            channel.send('{"type":"error","error":{"type":"x","message":"' + "x" * (3 << 20) + '"}}')
+            await until(lambda: bool(s.named(ev.Disconnected)), "the drop", timeout_s=30)
+            [gone] = s.named(ev.Disconnected)
+            assert isinstance(gone.cause, ConnectionLost)
+            assert f"{rtc_internals.REASSEMBLY_MAX_BYTES // 1024} KiB" in str(gone.cause)
+            assert classify(gone.cause) == "retry"
+            await s.link.close()
+            assert len(s.named(ev.Disconnected)) == 1
+    run(main())
+
+
 def test_a_201_with_a_garbage_answer_is_one_disconnected_naming_the_endpoint() -> None:
     """A 201 whose body is no SDP answer: the cause names the calls endpoint and the answer, not only aiortc's
     words, and it is worth a retry."""
