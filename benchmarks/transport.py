@@ -41,6 +41,7 @@ import heapq
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -64,6 +65,12 @@ QUEUE_NUM: Final = 7
 IPT: Final = "iptables-legacy"  # the nft backend has no NFQUEUE here (reference §3.2)
 BASELINE: Final = Path(__file__).with_name("baseline.py")
 REPLY_MS: Final = 1500
+#: a noise floor (σ in int16 LSB, about -68 dBFS) on the question and the reply tones. A pure tone is far more
+#: compressible than speech: under permessage-deflate (the naive client's websockets default; kioskd offers no
+#: compression) a tone's base64 frames shrink to 2 % of their size, espeak-ng speech's to 60 %. With σ = 12 the
+#: tones shrink like speech (60 %), so neither client gets a wire advantage that real audio would not give it;
+#: the floor is far below the loudness thresholds the recording is judged by.
+NOISE_LSB: Final = 12.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,20 @@ class Cell:
 QUICK_CELLS: Final = (Cell(), Cell(3, 30, 5), Cell(5, 60, 10), Cell(1, 30, 5, 1000))
 FULL_CELLS: Final = tuple(Cell(loss, delay, delay / 6) for delay in (0, 30, 60) for loss in (0, 1, 3, 5)) + (
     Cell(0, 30, 5, 1000), Cell(3, 30, 5, 1000))
+
+
+def speechlike(pcm: np.ndarray, seed: int) -> np.ndarray:
+    """``pcm`` with the NOISE_LSB noise floor (seeded): as compressible on the wire as speech."""
+    noise = np.random.default_rng(seed).normal(0.0, NOISE_LSB, pcm.size)
+    return np.clip(pcm.astype(np.float64) + noise, -32768, 32767).astype(np.int16)
+
+
+def wire_bytes() -> tuple[int, int]:
+    """(acked bytes sent, bytes received) over the kiosk namespace's TCP connections to the simulator."""
+    out = in_ns(NS_KIOSK, "ss", "-tinH", "dst", IP_SERVER, check=False).stdout
+    up = sum(int(m) for m in re.findall(r"bytes_acked:(\d+)", out))
+    down = sum(int(m) for m in re.findall(r"bytes_received:(\d+)", out))
+    return up, down
 
 
 # ------------------------------------------------------------------------------------------- root plumbing
@@ -208,14 +229,24 @@ def run_server(host: str, port: int, reply_ms: int) -> int:
         sim = RealtimeSimulator(SimOptions(voice="tone", tone_hz=1000, reply_ms=reply_ms, delta_ms=100,
                                            first_delta_delay_ms=200.0))
         await sim.start(host, port)
+        sim.reply_pcm = speechlike(sim.reply_pcm, 2)  # every reply the same: each client hears the same audio
         print(f"listening {sim.url}", flush=True)
         seen = 0
+        kinds: dict[str, list[int]] = {}  # event type -> [count, characters] since the last response.create
         try:
             while True:
                 await asyncio.sleep(0.01)
                 for event, t in zip(sim.client_events[seen:], sim.client_times[seen:]):
-                    if event.get("type") == "response.create":
+                    kind = str(event.get("type"))
+                    counts = kinds.setdefault(kind, [0, 0])
+                    counts[0] += 1
+                    counts[1] += len(json.dumps(event))
+                    if kind == "input_audio_buffer.commit":
+                        print(f"commit {t:.6f}", flush=True)
+                    elif kind == "response.create":
                         print(f"create {t:.6f}", flush=True)
+                        print("sent " + " ".join(f"{k}={n}/{c}" for k, (n, c) in kinds.items()), flush=True)
+                        kinds.clear()
                 seen = len(sim.client_events)
         finally:
             await sim.close()
@@ -239,18 +270,27 @@ class Server:
         if not line.startswith("listening "):
             raise RuntimeError(f"the simulator did not start: {line!r}")
         self.url = line.split()[1]
-        self.creates: list[float] = []
+        self.times: dict[str, list[float]] = {"create": [], "commit": []}
+        self.sent: list[tuple[float, str]] = []  # (the create's time, what the client sent before it)
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
-            if line.startswith("create "):
-                self.creates.append(float(line.split()[1]))
+            kind, _, rest = line.strip().partition(" ")
+            if kind in self.times:
+                self.times[kind].append(float(rest))
+            elif kind == "sent" and self.times["create"]:
+                self.sent.append((self.times["create"][-1], rest))
 
-    def create_after(self, t: float) -> float | None:
-        later = [c for c in self.creates if c >= t]
+    def first_after(self, kind: str, t: float) -> float | None:
+        """The first ``kind`` event (create: response.create, commit: input_audio_buffer.commit) received at or
+        after ``t`` (time.monotonic(), shared by the namespaces)."""
+        later = [c for c in self.times[kind] if c >= t]
         return later[0] if later else None
+
+    def sent_before(self, create: float) -> str:
+        return next((text for t, text in self.sent if t == create), "")
 
     def close(self) -> None:
         self.proc.terminate()
@@ -319,6 +359,16 @@ class NetnsKioskd:
         phases = [line for line in self.lines if line.get("event") == "turn.phase"]
         return str(phases[-1]["to"]) if phases else "idle"
 
+    def turn_note(self) -> str:
+        """kioskd's own view of its last turn (turn.done), for --verbose."""
+        done = [line for line in self.lines if line.get("event") == "turn.done"]
+        if not done:
+            return ""
+        d, playout = done[-1], done[-1].get("playout") or {}
+        return (f"; kioskd: first delta {d.get('release_to_first_delta_ms')} ms, first sound "
+                f"{d.get('release_to_first_sound_ms')} ms, underruns {d.get('underruns')}, target "
+                f"{playout.get('target_ms')} ms, jitter {playout.get('jitter_ms')} ms")
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -364,6 +414,9 @@ class NetnsBaseline:
         phases = [line.split()[1] for line in self.lines if line.startswith("phase ")]
         return phases[-1] if phases else "starting"
 
+    def turn_note(self) -> str:
+        return ""
+
     def stop(self) -> None:
         try:
             self._send("quit")
@@ -382,6 +435,8 @@ class Figures:
     gaps: list[int] = field(default_factory=list)
     lost_audio_ms: list[float] = field(default_factory=list)
     turns_lost: int = 0
+    wire_up_kb: list[float] = field(default_factory=list)  # TCP payload a turn, acked (retransmissions once)
+    wire_down_kb: list[float] = field(default_factory=list)
 
 
 def audible_ms(pcm: np.ndarray, rate_hz: int, loud: int) -> float:
@@ -393,6 +448,18 @@ def audible_ms(pcm: np.ndarray, rate_hz: int, loud: int) -> float:
     return float(np.count_nonzero(peaks >= loud // 4) * 2)
 
 
+def parse_cells(text: str) -> tuple[Cell, ...]:
+    """``LOSS:DELAY:JITTER[:RATE]`` cells, comma-separated (e.g. ``5:60:10,1:30:5:1000``)."""
+    cells = []
+    for spec in text.split(","):
+        parts = spec.strip().split(":")
+        if not 1 <= len(parts) <= 4:
+            raise argparse.ArgumentTypeError(f"a cell is LOSS:DELAY:JITTER[:RATE], got {spec!r}")
+        loss, delay, jitter = (float(x) for x in (parts + ["0", "0"])[:3])
+        cells.append(Cell(loss, delay, jitter, int(parts[3]) if len(parts) == 4 and parts[3] else None))
+    return tuple(cells)
+
+
 def run_turns(client: Any, server: Server, room: Any, question: Path, turns: int, verbose: bool) -> Figures:
     from kioskd.sim.harness import Room, speak, wait_for
     from turn_latency import LOUD, first_sound_s, gaps_in_reply, record_until_silent
@@ -401,6 +468,7 @@ def run_turns(client: Any, server: Server, room: Any, question: Path, turns: int
     for _ in range(turns):
         try:
             wait_for(lambda: client.phase() == "idle", f"{client.name} idle", 20)
+            wire0 = wire_bytes()
             client.press()
             speak(question)
             room.take()
@@ -414,8 +482,11 @@ def run_turns(client: Any, server: Server, room: Any, question: Path, turns: int
                 print(f"    {client.name}: turn lost ({exc})", flush=True)
             continue
         times, pcm = record_until_silent(room, released_s)
+        wire1 = wire_bytes()
+        fig.wire_up_kb.append((wire1[0] - wire0[0]) / 1000)
+        fig.wire_down_kb.append((wire1[1] - wire0[1]) / 1000)
         sound_s = first_sound_s(times, pcm, released_s)
-        create = server.create_after(released_mono)
+        create = server.first_after("create", released_mono)
         if create is not None:
             fig.at_server_ms.append((create - released_mono) * 1000)
         if sound_s is None:
@@ -427,7 +498,11 @@ def run_turns(client: Any, server: Server, room: Any, question: Path, turns: int
         fig.lost_audio_ms.append(max(0.0, REPLY_MS - audible_ms(reply, Room.RATE_HZ, LOUD)))
         if verbose:
             print(f"    {client.name}: at server {fig.at_server_ms[-1] if create else float('nan'):.0f} ms, "
-                  f"sound {fig.first_sound_ms[-1]:.0f} ms, gaps {fig.gaps[-1]}", flush=True)
+                  f"sound {fig.first_sound_ms[-1]:.0f} ms, gaps {fig.gaps[-1]}, wire {fig.wire_up_kb[-1]:.1f} KB up / {fig.wire_down_kb[-1]:.1f} KB down"
+                  f"{client.turn_note()}", flush=True)
+            if create is not None:
+                time.sleep(0.05)
+                print(f"      sent: {server.sent_before(create)}", flush=True)
     return fig
 
 
@@ -482,10 +557,10 @@ def bench(args: argparse.Namespace) -> int:
         if not shutil.which(tool):
             print(f"missing {tool}: run with --install-deps once (see the docstring)", file=sys.stderr)
             return 2
-    cells = QUICK_CELLS if args.quick else FULL_CELLS
+    cells = args.cells or (QUICK_CELLS if args.quick else FULL_CELLS)
     turns = args.turns or (4 if args.quick else 20)
     work = Path(tempfile.mkdtemp(prefix="kioskd-transport-"))
-    question = write_wav(work / "q.wav", tone(300, 400, 48000, 0.4), 48000)
+    question = write_wav(work / "q.wav", speechlike(tone(300, 400, 48000, 0.4), 1), 48000)
     rev = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
                          cwd=Path(__file__).parent).stdout.strip()
     print(f"transport benchmark: {len(cells)} cells × {turns} turns a client; kioskd at {rev}; "
@@ -550,6 +625,8 @@ def main() -> int:
     parser.add_argument("--turns", type=int, default=0, help="turns a cell a client (default 4 quick, 20 full)")
     parser.add_argument("--clients", default="kioskd,baseline",
                         help="kioskd, kioskd-pcmu (the question as 8 kHz G.711), baseline (default kioskd,baseline)")
+    parser.add_argument("--cells", type=parse_cells, metavar="L:D:J[:R],...",
+                        help="only these cells: loss %%, one-way delay ms, jitter ms, tbf kbit/s (e.g. 5:60:10)")
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--install-deps", action="store_true", help="apt + pip install what the impairment needs")
