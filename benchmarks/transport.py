@@ -121,8 +121,10 @@ def speechlike(pcm: np.ndarray, seed: int) -> np.ndarray:
 
 
 def wire_bytes() -> tuple[int, int]:
-    """(acked bytes sent, bytes received) over the kiosk namespace's TCP connections to the simulator."""
-    out = in_ns(NS_KIOSK, "ss", "-tinH", "dst", IP_SERVER, check=False).stdout
+    """(acked bytes sent, bytes received) over the kiosk namespace's established TCP connections to the
+    simulator."""
+    # established only: a previous client's closing connection must not count (its counters vanish with it)
+    out = in_ns(NS_KIOSK, "ss", "-tinH", "state", "established", "dst", IP_SERVER, check=False).stdout
     up = sum(int(m) for m in re.findall(r"bytes_acked:(\d+)", out))
     down = sum(int(m) for m in re.findall(r"bytes_received:(\d+)", out))
     return up, down
