@@ -30,7 +30,7 @@ question as G.711, ``baseline-ws`` for the naive client, ``baseline-ws-raw`` for
 share), release → first sound on the speaker monitor p50/p95, gaps > 10 ms per reply, reply audio not heard (the
 tone's length less what was audible, mean per reply), turns lost (no sound within the timeout, or the client never
 left waiting), barge-in press → speaker silent (every BARGE_EVERY-th turn is interrupted by a press
-BARGE_AFTER_S after its first sound, then asked again), the client process's CPU (% of one core, over the cell from
+BARGE_AFTER_S after its first sound, or, if that falls in a gap, when it sounds again; then asked again), the client process's CPU (% of one core, over the cell from
 its first press) and RSS at the end of its cell, and the TCP payload a turn moved each way (``ss``).
 
 Setup (benchmark only, root): ``apt-get install iptables libnetfilter-queue-dev build-essential`` and
@@ -654,6 +654,20 @@ class Recording:
         return None
 
 
+    def sounding(self, timeout_s: float) -> bool:
+        """Wait (polling) until the newest 20 ms recorded hold a loud sample: the reply is sounding now."""
+        from turn_latency import LOUD
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            times, pcm = self.take()
+            if times.size and (np.abs(pcm[times > times[-1] - 0.02].astype(np.int32)) > LOUD).any():
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+
+
 def ask(client: Any, question: Path, room: Any) -> tuple[float, float]:
     """Speak the question (the button is held), release: (the release on time.time, on time.monotonic)."""
     from kioskd.sim.harness import speak
@@ -688,10 +702,12 @@ def run_turns(client: Any, spec: ClientSpec, server: Server, room: Any, question
                 sound_s = rec.first_sound(released_s, 10)
                 if sound_s is not None:
                     time.sleep(max(0.0, sound_s + BARGE_AFTER_S - time.time()))
+                    rec.sounding(1.0)  # in a gap (a stall), wait up to a second for the reply to sound again
                     pressed_s = time.time()
                     client.press()
+                    before = rec.take()  # the reply up to now, then the rest until the speaker is quiet
                     times, pcm = record_until_silent(room, pressed_s)
-                    times, pcm = np.concatenate([rec.take()[0], times]), np.concatenate([rec.take()[1], pcm])
+                    times, pcm = np.concatenate([before[0], times]), np.concatenate([before[1], pcm])
                     is_loud = np.abs(pcm.astype(np.int32)) > LOUD
                     loud = times[(times > pressed_s) & is_loud]
                     if times[(times > pressed_s - 0.05) & (times <= pressed_s) & is_loud].size:
@@ -863,11 +879,11 @@ def bench(args: argparse.Namespace) -> int:
     finally:
         room.close()
         teardown()
-    print()
-    print_table(rows)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
-        print(f"\nwrote {args.json}")
+        print()
+        print_table(rows)  # what was measured, even when a failure cut the run short
+        if args.json:
+            Path(args.json).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+            print(f"\nwrote {args.json}")
     return 0
 
 
