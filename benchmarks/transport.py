@@ -907,8 +907,8 @@ def main() -> int:
     parser.add_argument("--cells", type=parse_cells, metavar="L[b]:D:J[:R],...",
                         help="only these cells: loss %% (b: bursty), one-way delay ms, jitter ms, tbf kbit/s "
                              "(e.g. 5:60:10,3b:30:5)")
-    parser.add_argument("--tcp-cc", metavar="NAME", help="TCP congestion control in both namespaces (e.g. cubic; "
-                        "default: the host's)")
+    parser.add_argument("--tcp-cc", metavar="NAME", help="TCP congestion control in both namespaces (e.g. reno; "
+                        "only what the host allows; default: the host's)")
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--install-deps", action="store_true", help="apt + pip install what the impairment needs")
