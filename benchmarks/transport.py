@@ -30,8 +30,9 @@ question as G.711, ``baseline-ws`` for the naive client, ``baseline-ws-raw`` for
 share), release → first sound on the speaker monitor p50/p95, gaps > 10 ms per reply, reply audio not heard (the
 tone's length less what was audible, mean per reply), turns lost (no sound within the timeout, or the client never
 left waiting), barge-in press → speaker silent (every BARGE_EVERY-th turn is interrupted by a press
-BARGE_AFTER_S after its first sound, or, if that falls in a gap, when it sounds again; then asked again), the client process's CPU (% of one core, over the cell from
-its first press) and RSS at the end of its cell, and the TCP payload a turn moved each way (``ss``).
+BARGE_AFTER_S after its first sound, or, if that falls in a gap, when it sounds again; then asked again), the
+client process's CPU (% of one core, over the cell from its first press) and RSS at the end of its cell, and the
+TCP payload a turn moved each way (``ss``).
 
 Setup (benchmark only, root): ``apt-get install iptables libnetfilter-queue-dev build-essential`` and
 ``.venv/bin/pip install NetfilterQueue`` (``--install-deps`` does both). Then, with no test run on the sinks:
@@ -583,7 +584,8 @@ class ClientSpec:
 #: (over WebRTC the question's audio is the RTP stream itself; the commit is what ends it at the server)
 CLIENTS: Final[dict[str, ClientSpec]] = {
     "kioskd": ClientSpec("websocket", lambda work, url: NetnsKioskd(work, url)),
-    "kioskd-pcmu": ClientSpec("websocket-pcmu", lambda work, url: NetnsKioskd(work, url, audio="  input_format: pcmu\n")),
+    "kioskd-pcmu": ClientSpec("websocket-pcmu",
+                              lambda work, url: NetnsKioskd(work, url, audio="  input_format: pcmu\n")),
     "baseline": ClientSpec("baseline-ws", lambda work, url: NetnsBaseline(url)),
     "baseline-raw": ClientSpec("baseline-ws-raw", lambda work, url: NetnsBaseline(url, "--no-compression")),
 }
@@ -746,7 +748,8 @@ def run_turns(client: Any, spec: ClientSpec, server: Server, room: Any, question
         if verbose:
             wire = (f", wire {(wire1[0] - wire0[0]) / 1000:.1f} KB up / {(wire1[1] - wire0[1]) / 1000:.1f} KB down"
                     + (" (two questions)" if barge else ""))
-            print(f"    {client.name}: at server {(at_server - released_mono) * 1000 if at_server else float('nan'):.0f} ms, "
+            at_ms = (at_server - released_mono) * 1000 if at_server is not None else float("nan")
+            print(f"    {client.name}: at server {at_ms:.0f} ms, "
                   f"sound {fig.first_sound_ms[-1]:.0f} ms, gaps {fig.gaps[-1]}{note}{wire}{client.turn_note()}",
                   flush=True)
             print(f"      sent: {server.sent_before(released_mono)}", flush=True)
