@@ -8,7 +8,8 @@ What it does, on purpose, as openai-python's push_to_talk_app / audio_util do (r
     drains, zero-filling whenever the queue is empty;
   - barge-in is only "stop enqueueing": a press sends ``response.cancel`` and drops later deltas, but whatever is
     already queued keeps playing; no truncate.
-GA protocol over ``websockets`` (no Authorization header: meant for the simulator), manual turns
+GA protocol over ``websockets`` with its defaults, so permessage-deflate is offered (``--no-compression``: not; no
+Authorization header: meant for the simulator), manual turns
 (``turn_detection: null``), the microphone at 24 kHz sent in 20 ms appends while the button is held.
 
 Driven over stdin, one command a line: ``press``, ``release``, ``quit``. Prints ``phase <name>`` lines
@@ -140,6 +141,8 @@ async def main() -> int:
     parser.add_argument("--url", required=True)
     parser.add_argument("--input-device", default="kiosk_microphone")
     parser.add_argument("--output-device", default="kiosk_speaker")
+    parser.add_argument("--no-compression", action="store_true",
+                        help="offer no permessage-deflate (websockets offers it by default; kioskd never does)")
     args = parser.parse_args()
     lines: asyncio.Queue[str] = asyncio.Queue()
     loop = asyncio.get_running_loop()
@@ -149,7 +152,7 @@ async def main() -> int:
             loop.call_soon_threadsafe(lines.put_nowait, raw.strip())
         loop.call_soon_threadsafe(lines.put_nowait, "quit")
 
-    async with connect(args.url) as ws:
+    async with connect(args.url, compression=None if args.no_compression else "deflate") as ws:
         await ws.send(json.dumps({"type": "session.update", "session": {
             "type": "realtime", "output_modalities": ["audio"], "audio": {"input": {"turn_detection": None}}}}))
         client = Baseline(ws, args.input_device, args.output_device)
