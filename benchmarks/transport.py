@@ -24,8 +24,8 @@ Impairment of the veth, the same in both directions (reference webrtc.md §3.2; 
 TCP's congestion control is the namespaces' (inherited from the host; printed in the header; ``--tcp-cc``).
 
 Per cell and client (the ``transport`` column: ``websocket`` for kioskd, ``websocket-pcmu`` for kioskd sending the
-question as G.711, ``baseline-ws`` for the naive client, ``baseline-ws-raw`` for it without permessage-deflate;
-``webrtc`` later, see CLIENTS): release → the question complete at the server (the client's ``at_server_event``,
+question as G.711, ``websocket-auto`` for kioskd with ``audio.input_format: auto``, ``baseline-ws`` for the naive client,
+``baseline-ws-raw`` for it without permessage-deflate, ``webrtc`` for kioskd over WebRTC; see CLIENTS): release → the question complete at the server (the client's ``at_server_event``,
 ``response.create`` on a WebSocket, received by the simulator, timed on CLOCK_MONOTONIC, which the namespaces
 share), release → first sound on the speaker monitor p50/p95, gaps > 10 ms per reply, reply audio not heard (the
 tone's length less what was audible, mean per reply), turns lost (no sound within the timeout, or the client never
@@ -306,15 +306,22 @@ def run_delayer(delay_ms: float, jitter_ms: float, burst_loss_pct: float = 0.0, 
 AT_SERVER_EVENTS: Final = ("input_audio_buffer.commit", "response.create")
 
 
-def run_server(host: str, port: int, reply_ms: int) -> int:
-    """The Realtime (WebSocket) simulator on ``host``; prints ``event TYPE T`` (time.monotonic()) for each
+def run_server(host: str, port: int, reply_ms: int, transport: str = "websocket") -> int:
+    """The Realtime simulator (over ``transport``: the WebSocket one, or the WebRTC one sharing its session core)
+    on ``host``; prints ``event TYPE T`` (time.monotonic()) for each
     AT_SERVER_EVENTS event received, and after each response.create ``sent TYPE=COUNT/CHARS ...``: what the client
     sent since the previous one."""
     from kioskd.sim.realtime_server import RealtimeSimulator, SimOptions
 
     async def main() -> None:
-        sim = RealtimeSimulator(SimOptions(voice="tone", tone_hz=1000, reply_ms=reply_ms, delta_ms=100,
-                                           first_delta_delay_ms=200.0))
+        options = SimOptions(voice="tone", tone_hz=1000, reply_ms=reply_ms, delta_ms=100, first_delta_delay_ms=200.0)
+        sim: Any
+        if transport == "webrtc":
+            from kioskd.sim.webrtc_server import RtcSimulator
+
+            sim = RtcSimulator(options)
+        else:
+            sim = RealtimeSimulator(options)
         await sim.start(host, port)
         sim.reply_pcm = speechlike(sim.reply_pcm, 2)  # every reply the same: each client hears the same audio
         print(f"listening {sim.url}", flush=True)
@@ -345,10 +352,12 @@ def run_server(host: str, port: int, reply_ms: int) -> int:
 
 
 #: how to start each kind of simulator in the server namespace: a command line after ``python transport.py`` that
-#: prints ``listening URL`` and then the ``event``/``sent`` lines of run_server. "webrtc" is to come: a WebRTC
-#: simulator (reference webrtc.md §3.1) with a `serve-webrtc` helper here printing the same lines.
+#: prints ``listening URL`` and then the ``event``/``sent`` lines of run_server: the WebSocket simulator, and the
+#: WebRTC one (reference webrtc.md §3.1) on the next port.
 SIMULATORS: Final[dict[str, list[str]]] = {
     "ws": ["serve", "--host", IP_SERVER, "--port", str(PORT), "--reply-ms", str(REPLY_MS)],
+    "webrtc": ["serve", "--host", IP_SERVER, "--port", str(PORT + 1), "--reply-ms", str(REPLY_MS),
+               "--transport", "webrtc"],
 }
 
 
@@ -578,14 +587,16 @@ class ClientSpec:
     at_server_event: str = "response.create"  # an AT_SERVER_EVENTS type
 
 
-#: --clients names. WebRTC, once its transport and simulator exist, is one more entry:
-#:   "kioskd-webrtc": ClientSpec("webrtc", lambda work, url: NetnsKioskd(work, url, "  transport: webrtc\n"),
-#:                               simulator="webrtc", at_server_event="input_audio_buffer.commit"),
-#: (over WebRTC the question's audio is the RTP stream itself; the commit is what ends it at the server)
+#: --clients names. Over WebRTC the question's audio is the RTP stream itself: the commit is what ends it at the
+#: server.
 CLIENTS: Final[dict[str, ClientSpec]] = {
     "kioskd": ClientSpec("websocket", lambda work, url: NetnsKioskd(work, url)),
     "kioskd-pcmu": ClientSpec("websocket-pcmu",
                               lambda work, url: NetnsKioskd(work, url, audio="  input_format: pcmu\n")),
+    "kioskd-auto": ClientSpec("websocket-auto",
+                              lambda work, url: NetnsKioskd(work, url, audio="  input_format: auto\n")),
+    "kioskd-webrtc": ClientSpec("webrtc", lambda work, url: NetnsKioskd(work, url, "  transport: webrtc\n"),
+                                simulator="webrtc", at_server_event="input_audio_buffer.commit"),
     "baseline": ClientSpec("baseline-ws", lambda work, url: NetnsBaseline(url)),
     "baseline-raw": ClientSpec("baseline-ws-raw", lambda work, url: NetnsBaseline(url, "--no-compression")),
 }
@@ -903,6 +914,7 @@ def main() -> int:
     s.add_argument("--host", required=True)
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--reply-ms", type=int, default=REPLY_MS)
+    s.add_argument("--transport", choices=("websocket", "webrtc"), default="websocket")
     parser.add_argument("--quick", action="store_true", help="5 cells × 4 turns a client")
     parser.add_argument("--turns", type=int, default=0, help="turns a cell a client (default 4 quick, 20 full)")
     parser.add_argument("--clients", default="kioskd,baseline",
@@ -920,7 +932,7 @@ def main() -> int:
     if args.helper == "delay":
         return run_delayer(args.delay_ms, args.jitter_ms, args.burst_loss_pct, args.burst_packets, args.seed)
     if args.helper == "serve":
-        return run_server(args.host, args.port, args.reply_ms)
+        return run_server(args.host, args.port, args.reply_ms, args.transport)
     if args.cleanup:
         teardown()
         return 0
