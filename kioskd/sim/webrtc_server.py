@@ -257,7 +257,7 @@ def _output_track_class() -> type[Any]:
     from aiortc.mediastreams import MediaStreamError, MediaStreamTrack  # noqa: PLC0415
     from av import AudioFrame  # noqa: PLC0415
 
-    class _Track(MediaStreamTrack):
+    class _Track(MediaStreamTrack):  # type: ignore[misc]
         kind = "audio"
 
         def __init__(self, call: RtcCall) -> None:
