@@ -416,3 +416,24 @@ def test_a_microphone_track_that_stops_sending_ends_the_session() -> None:
             assert classify(gone.cause) == "retry"
             await s.link.close()
     run(main())
+
+
+def test_azure_calls_path_and_api_key_header() -> None:
+    """An Azure Realtime URL (``/openai/v1/realtime``, ``auth: api-key``): the call goes to its
+    ``/openai/v1/realtime/calls`` with the ``api-key`` header and the deployment as the session's model, and the
+    hangup follows the call's Location."""
+    async def main() -> None:
+        async with simulator() as sim:
+            url = f"ws://127.0.0.1:{sim.port}/openai/v1/realtime?model=my-deployment"
+            got: list[ev.Input] = []
+            link = RtcLink(LinkOptions(url, auth="api-key", api_key=KEY, connect_timeout_s=10 * UNIT_S), got.append,
+                           "my-deployment")
+            link.start()
+            await until(lambda: any(isinstance(g, (ev.SessionCreated, ev.Disconnected)) for g in got), "the call")
+            assert not [g for g in got if isinstance(g, ev.Disconnected)], got
+            await link.close()
+            [call] = sim.calls
+            assert (call.path, call.model) == ("/openai/v1/realtime/calls", "my-deployment")
+            assert sim.request_headers[-1].get("api-key") == KEY and "authorization" not in sim.request_headers[-1]
+            assert sim.hangups == [call.id]
+    run(main())
