@@ -24,8 +24,10 @@ Impairment of the veth, the same in both directions (reference webrtc.md §3.2; 
 TCP's congestion control is the namespaces' (inherited from the host; printed in the header; ``--tcp-cc``).
 
 Per cell and client (the ``transport`` column: ``websocket`` for kioskd, ``websocket-pcmu`` for kioskd sending the
-question as G.711, ``websocket-auto`` for kioskd with ``audio.input_format: auto``, ``baseline-ws`` for the naive client,
-``baseline-ws-raw`` for it without permessage-deflate, ``webrtc`` for kioskd over WebRTC; see CLIENTS): release → the question complete at the server (the client's ``at_server_event``,
+question as G.711, ``websocket-auto`` for kioskd with ``audio.input_format: auto``, ``baseline-ws`` for the naive
+client, ``baseline-ws-raw`` for it without permessage-deflate, ``webrtc`` for kioskd over WebRTC; see CLIENTS):
+release → the question complete at the server (the client's ``at_server_event``, ``input_audio_buffer.commit`` over
+WebRTC,
 ``response.create`` on a WebSocket, received by the simulator, timed on CLOCK_MONOTONIC, which the namespaces
 share), release → first sound on the speaker monitor p50/p95, gaps > 10 ms per reply, reply audio not heard (the
 tone's length less what was audible, mean per reply), turns lost (no sound within the timeout, or the client never

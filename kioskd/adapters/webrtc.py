@@ -391,4 +391,5 @@ class RtcLink:
 
 def _oversized() -> ConnectionLost:
     return ConnectionLost(None, "the server sent a data-channel message over kioskd's "
-                                f"{rtc_internals.REASSEMBLY_MAX_BYTES // 1024} KiB limit; kioskd dropped the connection")
+                                f"{rtc_internals.REASSEMBLY_MAX_BYTES // 1024} KiB limit; "
+                                "kioskd dropped the connection")

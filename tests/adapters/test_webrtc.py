@@ -79,7 +79,8 @@ def simulator(**options: Any) -> RtcSimulator:
 
 
 def test_calls_url_follows_the_realtime_url() -> None:
-    assert calls_url("wss://api.openai.com/v1/realtime?model=gpt-realtime") == "https://api.openai.com/v1/realtime/calls"
+    assert (calls_url("wss://api.openai.com/v1/realtime?model=gpt-realtime")
+            == "https://api.openai.com/v1/realtime/calls")
     assert (calls_url("wss://r.openai.azure.com/openai/v1/realtime?model=dep")
             == "https://r.openai.azure.com/openai/v1/realtime/calls")
     assert calls_url("ws://127.0.0.1:8/v1/realtime") == "http://127.0.0.1:8/v1/realtime/calls"
@@ -153,7 +154,8 @@ def test_barge_in_clears_the_servers_buffer_and_truncates() -> None:
     run(main())
 
 
-@pytest.mark.parametrize(("key", "fault", "error"), [("wrong-key", None, AuthError), (KEY, "refuse_429", HandshakeError)])
+@pytest.mark.parametrize(("key", "fault", "error"), [("wrong-key", None, AuthError),
+                                                     (KEY, "refuse_429", HandshakeError)])
 def test_a_refused_call_is_one_disconnected_with_its_cause(key: str, fault: str | None, error: type) -> None:
     async def main() -> None:
         async with simulator() as sim:
