@@ -81,7 +81,9 @@ class RtcDownlink:
             self.sound_at, self.sounded = now, False
         elif kind in ("output_audio_buffer.stopped", "output_audio_buffer.cleared") and self.playing is not None:
             said = data.get("response_id")
-            if said is None or said == self.playing[0]:
+            # one that names no response is taken only once the part has sounded: a late one for a reply kioskd
+            # cancelled must not end the next reply before its audio came (the quiet rule still ends that one)
+            if said == self.playing[0] or (said is None and self.sounded):
                 self.drained_at = now
         if (self.playing is not None and self.playing[0] not in self.cancelled
                 and isinstance(inp, (ev.AudioDone, ev.ResponseDone)) and inp.response_id == self.playing[0]):

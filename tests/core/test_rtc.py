@@ -125,6 +125,7 @@ def test_a_cancelled_replys_audio_is_dropped_and_its_end_delivered() -> None:
 def test_cleared_closes_the_reply_like_stopped(said: str | None) -> None:
     down = RtcDownlink()
     feed(down, part_added(), 0.0)
+    down.frame(SOUND, 0.05)
     feed(down, response_done(), 0.1)
     fields = {} if said is None else {"response_id": said}
     feed(down, server("output_audio_buffer.cleared", **fields), 0.2)
@@ -139,3 +140,15 @@ def test_a_new_audio_part_releases_what_the_last_one_held() -> None:
     assert [type(i) for i in out] == [ev.ResponseDone, ev.ServerEvent]  # the held end first, then the event
     [delta] = down.frame(SOUND, 0.3)
     assert delta.response_id == "r2"  # type: ignore[attr-defined]
+
+
+def test_a_late_cleared_naming_no_response_does_not_end_the_next_reply_before_it_sounds() -> None:
+    """A barge-in's clear answered late, with no response_id, after the next reply's part opened: the next reply
+    keeps its audio; one naming another response is ignored too."""
+    down = RtcDownlink()
+    feed(down, part_added("r2", "i2"), 0.0)
+    feed(down, server("output_audio_buffer.cleared"), 0.01)
+    feed(down, server("output_audio_buffer.cleared", response_id="r1"), 0.02)
+    feed(down, response_done("r2"), 0.03)
+    assert down.due(0.5) == []
+    assert down.frame(SOUND, 0.5)  # still r2's
