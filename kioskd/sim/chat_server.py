@@ -43,6 +43,7 @@ from aiohttp import web
 from kioskd.core.pcm import API_RATE_HZ, Pcm, ms_to_samples, pcm_to_b64, samples_to_ms
 from kioskd.sim.common import DEFAULT_REPLY_TEXT, TOOL_QUESTION, Json, SimServer, serve_until_cancelled
 from kioskd.sim.voice import Voice, reply_audio
+from kioskd.sim.web import port_of, serve_app
 
 OPENAI_PATH: Final = "/v1/chat/completions"
 AZURE_V1_PATH: Final = "/openai/v1/chat/completions"
@@ -234,16 +235,12 @@ class ChatSimulator(SimServer):
             app.router.add_post(path, self._handle)
         app.router.add_get("/v1/models/{model}", self._model)
         # handler_cancellation: a client that goes away cancels its handler at once (generation stops there)
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
         self._host = host
-        await web.TCPSite(self._runner, host, port).start()
+        self._runner = await serve_app(app, host, port, handler_cancellation=True)
 
     @property
     def port(self) -> int:
-        if self._runner is None or not self._runner.addresses:
-            raise RuntimeError("the simulator is not started")
-        return int(self._runner.addresses[0][1])
+        return port_of(self._runner)
 
     @property
     def base(self) -> str:

@@ -68,6 +68,7 @@ from kioskd.sim.realtime_session import (
     SessionGone,
     SimOptions,
 )
+from kioskd.sim.web import port_of, serve_app
 
 if TYPE_CHECKING:
     from aiortc import RTCDataChannel, RTCPeerConnection
@@ -134,16 +135,12 @@ class RtcSimulator(RealtimeRecords):
             app.router.add_post(path, self._call)
             app.router.add_post(path + "/{call_id}/hangup", self._hangup)
         app.router.add_get("/v1/models/{model}", self._model)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
         self._host = host
-        await web.TCPSite(self._runner, host, port).start()
+        self._runner = await serve_app(app, host, port)
 
     @property
     def port(self) -> int:
-        if self._runner is None or not self._runner.addresses:
-            raise RuntimeError("the simulator is not started")
-        return int(self._runner.addresses[0][1])
+        return port_of(self._runner)
 
     @property
     def url(self) -> str:
