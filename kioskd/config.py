@@ -1074,7 +1074,7 @@ def check_credentials(cfg: KioskConfig, url: str, api_key: str | None, key: str 
     if parts.scheme in ("wss", "https") and not api_key:
         raise ConfigError(*where, "no API key for this endpoint",
                           "set realtime.api_key_file, systemd LoadCredential=openai_api_key, or OPENAI_API_KEY")
-    if not api_key or parts.scheme not in PLAINTEXT_SCHEMES or _is_loopback(parts.hostname or ""):
+    if not api_key or parts.scheme not in PLAINTEXT_SCHEMES or is_loopback(parts.hostname or ""):
         return []
     if not cfg.realtime.allow_plaintext:
         raise ConfigError(*where, f"{parts.scheme}:// would send the API key unencrypted to {parts.hostname}",
@@ -1082,7 +1082,8 @@ def check_credentials(cfg: KioskConfig, url: str, api_key: str | None, key: str 
     return [f"the API key goes unencrypted ({parts.scheme}://) to {parts.hostname}: realtime.allow_plaintext"]
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
     if host == "localhost":
         return True
     try:

@@ -41,6 +41,7 @@ import numpy as np
 
 from kioskd.adapters import realtime_ws, rtc_internals
 from kioskd.adapters.link import LinkOptions
+from kioskd.config import is_loopback
 from kioskd.core import events as ev
 from kioskd.core.pcm import API_RATE_HZ, Pcm, ms_to_samples
 from kioskd.core.realtime import parse_server_event
@@ -214,7 +215,7 @@ class RtcLink:
 
         o = self._options
         rtc_internals.install()
-        if (urlsplit(o.url).hostname or "") in ("127.0.0.1", "localhost"):
+        if is_loopback(urlsplit(o.url).hostname or ""):
             rtc_internals.allow_loopback()
         pc = self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         try:

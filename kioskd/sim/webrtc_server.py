@@ -48,7 +48,6 @@ import asyncio
 import contextlib
 import fractions
 import functools
-import ipaddress
 import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -57,6 +56,7 @@ import numpy as np
 from aiohttp import web
 
 from kioskd.adapters import rtc_internals
+from kioskd.config import is_loopback
 from kioskd.core.pcm import API_RATE_HZ, Pcm, ms_to_samples, samples_to_ms
 from kioskd.sim.common import Json, serve_until_cancelled
 from kioskd.sim.realtime_session import (
@@ -128,7 +128,7 @@ class RtcSimulator(RealtimeRecords):
             raise RuntimeError(problem)
         await self.synthesise()
         rtc_internals.install()
-        if _is_loopback(host):
+        if is_loopback(host):
             rtc_internals.allow_loopback()
         app = web.Application()
         for path in CALLS_PATHS:
@@ -506,15 +506,6 @@ def _text(value: Any) -> str | None:
     if isinstance(value, web.FileField):
         return bytes(value.file.read()).decode("utf-8", errors="replace")
     return str(value)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 async def serve(options: SimOptions, host: str, port: int) -> None:

@@ -18,6 +18,7 @@ from kioskd.core import events as ev  # noqa: E402
 from kioskd.core.pcm import tone  # noqa: E402
 from kioskd.errors import AuthError, ConnectionLost, HandshakeError, classify  # noqa: E402
 from kioskd.sim.realtime_session import SimOptions  # noqa: E402
+from kioskd.sim.web import port_of, serve_app  # noqa: E402
 from kioskd.sim.webrtc_server import RtcSimulator  # noqa: E402
 from tests.conftest import UNIT_S, run  # noqa: E402
 from tests.realtime_schema import validate_client, validate_server  # noqa: E402
@@ -294,11 +295,8 @@ def test_a_201_with_a_garbage_answer_is_one_disconnected_naming_the_endpoint() -
 
         app = web.Application()
         app.router.add_post("/v1/realtime/calls", answer)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        runner = await serve_app(app, "127.0.0.1", 0)
+        port = port_of(runner)
         got: list[ev.Input] = []
         link = RtcLink(LinkOptions(f"ws://127.0.0.1:{port}/v1/realtime", api_key=KEY, connect_timeout_s=10 * UNIT_S),
                        got.append, "gpt-realtime")
@@ -383,11 +381,8 @@ def test_a_hangup_whose_answer_never_ends_does_not_hold_the_session() -> None:
         app = web.Application()
         app.router.add_post("/v1/realtime/calls", answer)
         app.router.add_post("/v1/realtime/calls/c/hangup", hangup)
-        runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        runner = await serve_app(app, "127.0.0.1", 0)
+        port = port_of(runner)
         got: list[ev.Input] = []
         link = RtcLink(LinkOptions(f"ws://127.0.0.1:{port}/v1/realtime", api_key=KEY, connect_timeout_s=10 * UNIT_S),
                        got.append, "gpt-realtime")
